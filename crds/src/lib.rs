@@ -1,0 +1,1 @@
+//! Rust types of the `sluice.dev` custom resources. RateLimit, Auth and Cache land with their issues.

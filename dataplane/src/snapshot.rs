@@ -1,0 +1,182 @@
+//! The routing snapshot: an immutable description of everything the request path needs.
+//!
+//! The controller builds a [`Snapshot`] from Kubernetes objects (or YAML files) and hands it
+//! to the data plane as an `Arc`. Nothing in here refers to Kubernetes types, so the data
+//! plane stays free of kube and k8s-openapi. Routes and endpoints live behind separate `Arc`s
+//! so that an endpoint-only change can reuse the route table untouched.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::balance::HashRing;
+
+/// One generation of routing state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Increases by one for every snapshot the controller publishes.
+    pub generation: u64,
+    pub routes: Arc<RouteTable>,
+    pub backends: Arc<BackendTable>,
+}
+
+impl Snapshot {
+    /// A snapshot that routes nothing: every request gets 404.
+    pub fn empty(generation: u64) -> Self {
+        Snapshot {
+            generation,
+            routes: Arc::new(RouteTable::default()),
+            backends: Arc::new(BackendTable::default()),
+        }
+    }
+
+    /// The same routes with a new endpoint table: the endpoint fast lane.
+    pub fn with_backends(&self, generation: u64, backends: Arc<BackendTable>) -> Self {
+        Snapshot {
+            generation,
+            routes: Arc::clone(&self.routes),
+            backends,
+        }
+    }
+}
+
+/// The namespace and name of the object that produced a route; used for metrics and logs.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ObjectRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectRef {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Host and path rules, indexed for lookup.
+///
+/// Lookup order for a request: the exact host, then the one `*.` wildcard that can match it,
+/// then the rules that name no host. Within each, an exact path beats the longest prefix.
+/// When none of them has a matching path the default backend answers, otherwise 404.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RouteTable {
+    /// Lower-case host names without port.
+    pub exact_hosts: BTreeMap<String, VirtualHost>,
+    /// Keyed by the suffix after `*.`: `*.foo.com` is stored as `foo.com`.
+    pub wildcard_hosts: BTreeMap<String, VirtualHost>,
+    /// Rules with no host: they apply to every host.
+    pub any_host: VirtualHost,
+    pub default_backend: Option<RouteTarget>,
+}
+
+/// The path rules of one host.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VirtualHost {
+    /// The host as written in the rule (`foo.com`, `*.foo.com`, or empty); a metrics label.
+    pub name: String,
+    /// `pathType: Exact`, matched case-sensitively against the whole path.
+    pub exact_paths: BTreeMap<String, RouteTarget>,
+    /// `pathType: Prefix` (and `ImplementationSpecific`), stored without a trailing slash
+    /// (the root prefix is `/`), matched element by element.
+    pub prefix_paths: BTreeMap<String, RouteTarget>,
+}
+
+impl VirtualHost {
+    pub fn is_empty(&self) -> bool {
+        self.exact_paths.is_empty() && self.prefix_paths.is_empty()
+    }
+}
+
+/// Where a matched request goes and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTarget {
+    /// The Ingress that owns this route.
+    pub owner: ObjectRef,
+    pub backend: BackendKey,
+    pub balance: BalancePolicy,
+}
+
+/// A Service port, resolved to its number.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendKey {
+    pub namespace: String,
+    pub service: String,
+    pub port: u16,
+}
+
+impl fmt::Display for BackendKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}:{}", self.namespace, self.service, self.port)
+    }
+}
+
+/// How a route picks an endpoint of its backend.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub enum BalancePolicy {
+    #[default]
+    RoundRobin,
+    /// Power of two random choices, the one with fewer requests in flight (per weight).
+    LeastRequest,
+    /// Power of two random choices, the one with the lower moving average of latency.
+    Ewma,
+    /// Consistent hashing on a request attribute.
+    Hash(HashOn),
+}
+
+/// The request attribute that consistent hashing uses.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HashOn {
+    /// A header, by lower-case name.
+    Header(String),
+    Cookie(String),
+    ClientIp,
+}
+
+/// Every backend that some route refers to, with its endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BackendTable {
+    pub backends: BTreeMap<BackendKey, Backend>,
+}
+
+/// The usable endpoints of one backend.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Backend {
+    /// Sorted by address, without duplicates.
+    pub endpoints: Vec<Endpoint>,
+    /// Built only when some route hashes onto this backend.
+    pub ring: Option<HashRing>,
+}
+
+impl Backend {
+    /// Sorts and de-duplicates the endpoints, and builds the hash ring when asked.
+    pub fn new(mut endpoints: Vec<Endpoint>, with_ring: bool) -> Self {
+        endpoints.sort_by_key(|endpoint| endpoint.addr);
+        endpoints.dedup_by_key(|endpoint| endpoint.addr);
+        let ring = with_ring.then(|| HashRing::build(&endpoints));
+        Backend { endpoints, ring }
+    }
+}
+
+/// One address that serves a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// Relative share of traffic; at least 1.
+    pub weight: u32,
+}
+
+impl Endpoint {
+    pub fn new(addr: SocketAddr) -> Self {
+        Endpoint { addr, weight: 1 }
+    }
+}
