@@ -2,5 +2,11 @@
 //!
 //! This crate must never depend on kube or k8s-openapi; CI checks `cargo tree`.
 
+pub mod admin;
 pub mod balance;
+pub mod live;
+pub mod metrics;
+pub mod proxy;
+pub mod router;
+pub mod server;
 pub mod snapshot;

@@ -1,0 +1,282 @@
+//! Snapshot delivery: the data plane's current state, swapped atomically per generation.
+//!
+//! Requests load one `Arc<LiveState>` from an [`ArcSwap`] (no lock shared with the
+//! controller) and keep it for their whole life, so a swap never disturbs requests in
+//! flight, and keep-alive connections simply see the new routes on their next request.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::balance::{BackendBalancer, BalancerClock, HealthConfig};
+use crate::metrics::{BackendLabels, Metrics};
+use crate::snapshot::{BackendKey, RouteTable, Snapshot};
+
+/// One snapshot together with the balancers of its backends.
+#[derive(Debug)]
+pub struct LiveState {
+    pub snapshot: Arc<Snapshot>,
+    balancers: HashMap<BackendKey, Arc<BackendBalancer>>,
+}
+
+impl LiveState {
+    fn build(
+        snapshot: Arc<Snapshot>,
+        previous: Option<&LiveState>,
+        clock: BalancerClock,
+        health: HealthConfig,
+    ) -> Self {
+        let balancers = snapshot
+            .backends
+            .backends
+            .iter()
+            .map(|(key, backend)| {
+                let old = previous.and_then(|p| p.balancers.get(key));
+                let balancer = match old {
+                    // Unchanged endpoints: keep the very same balancer and its counters.
+                    Some(old) if old.spec == *backend => Arc::clone(old),
+                    _ => Arc::new(BackendBalancer::new(
+                        key.clone(),
+                        backend.clone(),
+                        old.map(Arc::as_ref),
+                        clock,
+                        health,
+                    )),
+                };
+                (key.clone(), balancer)
+            })
+            .collect();
+        LiveState {
+            snapshot,
+            balancers,
+        }
+    }
+
+    pub fn balancer(&self, key: &BackendKey) -> Option<&Arc<BackendBalancer>> {
+        self.balancers.get(key)
+    }
+}
+
+/// Problems found by the controller, one line each (`Ingress shop/web: …`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigReport {
+    pub problems: Vec<String>,
+}
+
+/// The data plane's handle on routing state: the controller side applies snapshots, the
+/// request side loads them.
+#[derive(Debug)]
+pub struct DataPlane {
+    live: ArcSwap<LiveState>,
+    ready: AtomicBool,
+    report: ArcSwap<ConfigReport>,
+    clock: BalancerClock,
+    health: HealthConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl DataPlane {
+    pub fn new(health: HealthConfig, metrics: Arc<Metrics>) -> Self {
+        let clock = BalancerClock::new();
+        let empty = LiveState::build(Arc::new(Snapshot::empty(0)), None, clock, health);
+        DataPlane {
+            live: ArcSwap::from_pointee(empty),
+            ready: AtomicBool::new(false),
+            report: ArcSwap::from_pointee(ConfigReport::default()),
+            clock,
+            health,
+            metrics,
+        }
+    }
+
+    /// The state for one request.
+    pub fn load(&self) -> Arc<LiveState> {
+        self.live.load_full()
+    }
+
+    /// True once the first snapshot from the controller has been applied.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// The configuration problems of the last compile, as shown on `/readyz?verbose`.
+    pub fn config_report(&self) -> Arc<ConfigReport> {
+        self.report.load_full()
+    }
+
+    pub fn set_config_report(&self, report: ConfigReport) {
+        self.metrics
+            .config_errors
+            .set(i64::try_from(report.problems.len()).unwrap_or(i64::MAX));
+        self.report.store(Arc::new(report));
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Installs a snapshot. Called from one task only (see [`follow_snapshots`]).
+    pub fn apply(&self, snapshot: Arc<Snapshot>) {
+        let started = Instant::now();
+        let previous = self.live.load_full();
+        let next = LiveState::build(
+            Arc::clone(&snapshot),
+            Some(&previous),
+            self.clock,
+            self.health,
+        );
+        self.live.store(Arc::new(next));
+        self.ready.store(true, Ordering::Release);
+        self.record(&previous.snapshot, &snapshot);
+        self.metrics
+            .snapshot_apply_seconds
+            .observe(started.elapsed().as_secs_f64());
+        tracing::debug!(
+            generation = snapshot.generation,
+            routes_reused = Arc::ptr_eq(&previous.snapshot.routes, &snapshot.routes),
+            "snapshot applied"
+        );
+    }
+
+    fn record(&self, previous: &Snapshot, snapshot: &Snapshot) {
+        let metrics = &self.metrics;
+        metrics
+            .snapshot_generation
+            .set(i64::try_from(snapshot.generation).unwrap_or(i64::MAX));
+        if !Arc::ptr_eq(&previous.routes, &snapshot.routes) {
+            metrics
+                .snapshot_routes
+                .set(i64::try_from(route_count(&snapshot.routes)).unwrap_or(i64::MAX));
+        }
+        let current: BTreeSet<&BackendKey> = snapshot.backends.backends.keys().collect();
+        for key in previous
+            .backends
+            .backends
+            .keys()
+            .filter(|k| !current.contains(k))
+        {
+            metrics.endpoints.remove(&backend_labels(key));
+        }
+        for (key, backend) in &snapshot.backends.backends {
+            metrics
+                .endpoints
+                .get_or_create(&backend_labels(key))
+                .set(i64::try_from(backend.endpoints.len()).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+pub fn backend_labels(key: &BackendKey) -> BackendLabels {
+    BackendLabels {
+        backend: key.to_string().into(),
+    }
+}
+
+fn route_count(routes: &RouteTable) -> usize {
+    routes
+        .exact_hosts
+        .values()
+        .chain(routes.wildcard_hosts.values())
+        .chain(std::iter::once(&routes.any_host))
+        .map(|host| host.exact_paths.len() + host.prefix_paths.len())
+        .sum::<usize>()
+        + usize::from(routes.default_backend.is_some())
+}
+
+/// Applies every snapshot published on `updates` until the sender goes away.
+/// `None` means "nothing compiled yet": the data plane stays not ready.
+pub async fn follow_snapshots(
+    data_plane: Arc<DataPlane>,
+    mut updates: watch::Receiver<Option<Arc<Snapshot>>>,
+) {
+    loop {
+        let latest = updates.borrow_and_update().clone();
+        if let Some(snapshot) = latest {
+            data_plane.apply(snapshot);
+        }
+        if updates.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{Backend, BackendTable, Endpoint};
+
+    fn key() -> BackendKey {
+        BackendKey {
+            namespace: "default".into(),
+            service: "web".into(),
+            port: 80,
+        }
+    }
+
+    fn snapshot_with(generation: u64, addrs: &[&str]) -> Snapshot {
+        let endpoints = addrs
+            .iter()
+            .map(|a| Endpoint::new(a.parse().unwrap()))
+            .collect();
+        let mut backends = BackendTable::default();
+        backends
+            .backends
+            .insert(key(), Backend::new(endpoints, false));
+        Snapshot {
+            generation,
+            routes: Arc::new(RouteTable::default()),
+            backends: Arc::new(backends),
+        }
+    }
+
+    #[tokio::test]
+    async fn becomes_ready_on_the_first_snapshot_and_keeps_unchanged_balancers() {
+        let plane = Arc::new(DataPlane::new(
+            HealthConfig::default(),
+            Arc::new(Metrics::new()),
+        ));
+        let (publish, updates) = watch::channel(None);
+        let follower = tokio::spawn(follow_snapshots(Arc::clone(&plane), updates));
+        assert!(!plane.is_ready());
+
+        let first = Arc::new(snapshot_with(1, &["127.0.0.1:80"]));
+        publish.send_replace(Some(Arc::clone(&first)));
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while !plane.is_ready() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        let before = Arc::clone(plane.load().balancer(&key()).unwrap());
+
+        // Same endpoints, new generation: the balancer object is reused.
+        plane.apply(Arc::new(
+            first.with_backends(2, Arc::clone(&first.backends)),
+        ));
+        assert!(Arc::ptr_eq(&before, plane.load().balancer(&key()).unwrap()));
+        assert_eq!(plane.load().snapshot.generation, 2);
+
+        // Endpoint change: a new balancer, and the route table is still the same Arc.
+        let changed = snapshot_with(3, &["127.0.0.1:80", "127.0.0.2:80"]);
+        plane.apply(Arc::new(
+            first.with_backends(3, Arc::clone(&changed.backends)),
+        ));
+        let live = plane.load();
+        assert!(!Arc::ptr_eq(&before, live.balancer(&key()).unwrap()));
+        assert!(Arc::ptr_eq(&first.routes, &live.snapshot.routes));
+        assert!(
+            plane
+                .metrics()
+                .encode()
+                .contains(r#"sluice_backend_endpoints{backend="default/web:80"} 2"#)
+        );
+
+        drop(publish);
+        follower.await.unwrap();
+    }
+}

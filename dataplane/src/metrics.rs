@@ -1,0 +1,257 @@
+//! Prometheus metrics for the data plane and the controller's snapshot delivery.
+//!
+//! Label values come from the snapshot (route owner, virtual host name, backend) or from
+//! small fixed sets (method, status class), never from raw request data, so the number of
+//! series is bounded by the configuration, not by traffic.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of a request counted against a route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub namespace: Arc<str>,
+    pub ingress: Arc<str>,
+    pub host: Arc<str>,
+    pub method: MethodLabel,
+    pub status: StatusClass,
+}
+
+/// Labels of a route: the owning Ingress and the virtual host it matched in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub namespace: Arc<str>,
+    pub ingress: Arc<str>,
+    pub host: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub backend: Arc<str>,
+}
+
+/// HTTP methods as a closed set; anything else is `OTHER`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum MethodLabel {
+    GET,
+    HEAD,
+    POST,
+    PUT,
+    DELETE,
+    PATCH,
+    OPTIONS,
+    CONNECT,
+    TRACE,
+    OTHER,
+}
+
+impl From<&http::Method> for MethodLabel {
+    fn from(method: &http::Method) -> Self {
+        match *method {
+            http::Method::GET => MethodLabel::GET,
+            http::Method::HEAD => MethodLabel::HEAD,
+            http::Method::POST => MethodLabel::POST,
+            http::Method::PUT => MethodLabel::PUT,
+            http::Method::DELETE => MethodLabel::DELETE,
+            http::Method::PATCH => MethodLabel::PATCH,
+            http::Method::OPTIONS => MethodLabel::OPTIONS,
+            http::Method::CONNECT => MethodLabel::CONNECT,
+            http::Method::TRACE => MethodLabel::TRACE,
+            _ => MethodLabel::OTHER,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatusClass {
+    Informational,
+    Success,
+    Redirection,
+    ClientError,
+    ServerError,
+}
+
+impl EncodeLabelValue for StatusClass {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let text = match self {
+            StatusClass::Informational => "1xx",
+            StatusClass::Success => "2xx",
+            StatusClass::Redirection => "3xx",
+            StatusClass::ClientError => "4xx",
+            StatusClass::ServerError => "5xx",
+        };
+        EncodeLabelValue::encode(&text, encoder)
+    }
+}
+
+impl From<http::StatusCode> for StatusClass {
+    fn from(status: http::StatusCode) -> Self {
+        match status.as_u16() {
+            100..=199 => StatusClass::Informational,
+            200..=299 => StatusClass::Success,
+            300..=399 => StatusClass::Redirection,
+            400..=499 => StatusClass::ClientError,
+            _ => StatusClass::ServerError,
+        }
+    }
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn request_duration_histogram() -> Histogram {
+    // 1 ms to about 65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+fn apply_duration_histogram() -> Histogram {
+    // 10 µs to about 5 s.
+    Histogram::new(exponential_buckets(0.000_01, 2.5, 15))
+}
+
+/// Every metric Sluice exports, registered once at start-up.
+#[derive(Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: HistogramFamily<RouteLabels>,
+    pub upstream_connect_errors: Family<BackendLabels, Counter>,
+    pub upstream_retries: Family<BackendLabels, Counter>,
+    pub endpoint_ejections: Family<BackendLabels, Counter>,
+    pub endpoints: Family<BackendLabels, Gauge>,
+    pub active_connections: Gauge,
+    pub snapshot_generation: Gauge,
+    pub snapshot_apply_seconds: Histogram,
+    pub snapshot_routes: Gauge,
+    pub config_errors: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sluice");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "Requests handled, by route owner, virtual host, method and status class",
+            requests.clone(),
+        );
+        let request_duration: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(request_duration_histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request received to response finished, by route",
+            request_duration.clone(),
+        );
+        let upstream_connect_errors = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "upstream_connect_errors",
+            "Connections to upstream endpoints that failed, by backend",
+            upstream_connect_errors.clone(),
+        );
+        let upstream_retries = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "upstream_retries",
+            "Requests retried on another endpoint after a connection failure, by backend",
+            upstream_retries.clone(),
+        );
+        let endpoint_ejections = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "endpoint_ejections",
+            "Endpoints ejected by passive health checking, by backend",
+            endpoint_ejections.clone(),
+        );
+        let endpoints = Family::<BackendLabels, Gauge>::default();
+        registry.register(
+            "backend_endpoints",
+            "Usable endpoints per backend in the current snapshot",
+            endpoints.clone(),
+        );
+        let active_connections = Gauge::default();
+        registry.register(
+            "active_connections",
+            "Client connections open on the traffic listeners",
+            active_connections.clone(),
+        );
+        let snapshot_generation = Gauge::default();
+        registry.register(
+            "snapshot_generation",
+            "Generation of the routing snapshot being served",
+            snapshot_generation.clone(),
+        );
+        let snapshot_apply_seconds = apply_duration_histogram();
+        registry.register(
+            "snapshot_apply_seconds",
+            "Time to install a new snapshot in the data plane",
+            snapshot_apply_seconds.clone(),
+        );
+        let snapshot_routes = Gauge::default();
+        registry.register(
+            "snapshot_routes",
+            "Host and path routes in the current snapshot",
+            snapshot_routes.clone(),
+        );
+        let config_errors = Gauge::default();
+        registry.register(
+            "config_errors",
+            "Objects with configuration errors in the last compile",
+            config_errors.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_connect_errors,
+            upstream_retries,
+            endpoint_ejections,
+            endpoints,
+            active_connections,
+            snapshot_generation,
+            snapshot_apply_seconds,
+            snapshot_routes,
+            config_errors,
+        }
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_series_are_labelled_by_route_not_path() {
+        let metrics = Metrics::new();
+        let labels = RequestLabels {
+            namespace: "shop".into(),
+            ingress: "web".into(),
+            host: "shop.example".into(),
+            method: MethodLabel::from(&http::Method::from_bytes(b"PROPFIND").unwrap()),
+            status: StatusClass::from(http::StatusCode::BAD_GATEWAY),
+        };
+        metrics.requests.get_or_create(&labels).inc();
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"sluice_http_requests_total{namespace="shop",ingress="web",host="shop.example",method="OTHER",status="5xx"} 1"#),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! Header rewriting between client and upstream: hop-by-hop removal and the forwarding
+//! headers (`X-Forwarded-*`, `X-Real-IP`, `Via`).
+
+use std::net::IpAddr;
+
+use http::header::{CONNECTION, HeaderMap, HeaderName, HeaderValue, TE};
+use ipnet::IpNet;
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
+/// non-standard ones that proxies have long treated the same way.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Removes hop-by-hop headers and every header that `Connection` names.
+/// `TE: trailers` survives, since it tells the upstream that trailers are welcome.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let keep_te = headers
+        .get_all(TE)
+        .iter()
+        .any(|value| value.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    headers.remove(TE);
+    if keep_te {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Proxies whose forwarding headers are believed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn new(networks: Vec<IpNet>) -> Self {
+        TrustedProxies(networks)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client address: the socket peer, or, when the peer is trusted, the right-most
+    /// `X-Forwarded-For` entry that is not itself a trusted proxy. Entries to its left are
+    /// client-supplied and never believed.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = canonical(peer);
+        if !self.contains(peer) {
+            return peer;
+        }
+        let mut client = peer;
+        let hops = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>();
+        for hop in hops.into_iter().rev() {
+            let Ok(ip) = hop.parse::<IpAddr>() else {
+                break;
+            };
+            client = canonical(ip);
+            if !self.contains(client) {
+                break;
+            }
+        }
+        client
+    }
+}
+
+/// Maps IPv4-mapped IPv6 addresses to IPv4 so `::ffff:10.0.0.1` is treated as `10.0.0.1`.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+/// What the forwarding headers describe about the client side of a request.
+pub struct ForwardedFor<'a> {
+    pub peer: IpAddr,
+    pub client: IpAddr,
+    pub peer_trusted: bool,
+    pub scheme: &'static str,
+    pub host: Option<&'a str>,
+    pub local_port: u16,
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host/-Port` and `X-Real-IP`. Values from an untrusted
+/// peer are replaced, never extended, so clients cannot forge them.
+pub fn set_forwarded(headers: &mut HeaderMap, forwarded: &ForwardedFor<'_>) {
+    let peer = canonical(forwarded.peer).to_string();
+    let chain = if forwarded.peer_trusted {
+        let previous: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .collect();
+        if previous.is_empty() {
+            peer
+        } else {
+            format!("{}, {peer}", previous.join(", "))
+        }
+    } else {
+        peer
+    };
+    insert_text(headers, &X_FORWARDED_FOR, &chain);
+    insert_text(headers, &X_REAL_IP, &forwarded.client.to_string());
+    if !(forwarded.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(
+            &X_FORWARDED_PROTO,
+            HeaderValue::from_static(forwarded.scheme),
+        );
+    }
+    if !(forwarded.peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match forwarded.host {
+            Some(host) => insert_text(headers, &X_FORWARDED_HOST, host),
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+    if !(forwarded.peer_trusted && headers.contains_key(&X_FORWARDED_PORT)) {
+        headers.insert(&X_FORWARDED_PORT, HeaderValue::from(forwarded.local_port));
+    }
+}
+
+fn insert_text(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("te", "trailers"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut map);
+        let mut names: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, vec!["te", "x-kept"]);
+        let mut map = headers(&[("te", "gzip")]);
+        strip_hop_by_hop(&mut map);
+        assert!(map.is_empty());
+    }
+
+    #[test]
+    fn untrusted_peers_cannot_forge_forwarding_headers() {
+        let proxies = TrustedProxies::default();
+        let mut map = headers(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let peer: IpAddr = "127.0.0.9".parse().unwrap();
+        let client = proxies.client_ip(peer, &map);
+        assert_eq!(client, peer);
+        set_forwarded(
+            &mut map,
+            &ForwardedFor {
+                peer,
+                client,
+                peer_trusted: false,
+                scheme: "http",
+                host: Some("a.example"),
+                local_port: 8080,
+            },
+        );
+        assert_eq!(map["x-forwarded-for"], "127.0.0.9");
+        assert_eq!(map["x-forwarded-proto"], "http");
+        assert_eq!(map["x-real-ip"], "127.0.0.9");
+        assert_eq!(map["x-forwarded-host"], "a.example");
+        assert_eq!(map["x-forwarded-port"], "8080");
+    }
+
+    #[test]
+    fn trusted_peers_extend_the_chain_and_name_the_client() {
+        let proxies = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let mut map = headers(&[
+            ("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.1.1.1"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let peer: IpAddr = "::ffff:10.0.0.2".parse().unwrap();
+        let client = proxies.client_ip(peer, &map);
+        assert_eq!(client, "1.2.3.4".parse::<IpAddr>().unwrap());
+        set_forwarded(
+            &mut map,
+            &ForwardedFor {
+                peer,
+                client,
+                peer_trusted: true,
+                scheme: "http",
+                host: None,
+                local_port: 80,
+            },
+        );
+        assert_eq!(
+            map["x-forwarded-for"],
+            "6.6.6.6, 1.2.3.4, 10.1.1.1, 10.0.0.2"
+        );
+        assert_eq!(map["x-forwarded-proto"], "https");
+        assert_eq!(map["x-real-ip"], "1.2.3.4");
+    }
+
+    #[test]
+    fn garbage_in_the_chain_stops_the_walk() {
+        let proxies = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let map = headers(&[("x-forwarded-for", "1.2.3.4, nonsense, 10.0.0.5")]);
+        let client = proxies.client_ip("10.0.0.2".parse().unwrap(), &map);
+        assert_eq!(client, "10.0.0.5".parse::<IpAddr>().unwrap());
+    }
+}

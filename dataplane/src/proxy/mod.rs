@@ -1,0 +1,617 @@
+//! The request path: normalise, route, pick an endpoint, forward, answer.
+
+mod body;
+mod headers;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, HeaderValue, VIA};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::{Either, Empty, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+pub use body::{RequestFinish, ResponseBody, UpstreamBody};
+pub use headers::TrustedProxies;
+
+use crate::balance::{BackendBalancer, HealthConfig, Outcome, stable_hash};
+use crate::live::{DataPlane, backend_labels};
+use crate::metrics::{MethodLabel, RequestLabels, RouteLabels, StatusClass};
+use crate::router::{normalize_host, normalize_path};
+use crate::snapshot::{BalancePolicy, HashOn, RouteTarget};
+
+/// Limits, timeouts and header settings of the proxy.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Time allowed to open a TCP connection to an endpoint.
+    pub connect_timeout: Duration,
+    /// Time allowed from sending the request until the upstream's response headers arrive.
+    pub request_timeout: Duration,
+    /// How long an idle upstream connection stays in the pool.
+    pub upstream_idle_timeout: Duration,
+    pub max_idle_per_endpoint: usize,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_request_body: u64,
+    /// Extra attempts on other endpoints after a connection failure (idempotent, body-less
+    /// requests only).
+    pub retries: u32,
+    pub health: HealthConfig,
+    pub trusted_proxies: TrustedProxies,
+    /// Pseudonym for `Via`; `None` sends no `Via`.
+    pub via: Option<String>,
+    pub access_log: bool,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(60),
+            upstream_idle_timeout: Duration::from_secs(90),
+            max_idle_per_endpoint: 256,
+            max_request_body: 16 * 1024 * 1024,
+            retries: 2,
+            health: HealthConfig::default(),
+            trusted_proxies: TrustedProxies::default(),
+            via: None,
+            access_log: false,
+        }
+    }
+}
+
+/// Who is on the other end of a client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientConnection {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub scheme: &'static str,
+}
+
+/// The reverse proxy: one per process, shared by every connection.
+#[derive(Debug)]
+pub struct Proxy {
+    data_plane: Arc<DataPlane>,
+    client: Client<HttpConnector, UpstreamBody>,
+    config: ProxyConfig,
+    via_request: [Option<HeaderValue>; 3],
+    via_response: Option<HeaderValue>,
+}
+
+/// Why a request was answered by Sluice itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LocalAnswer {
+    BadRequest,
+    NoRoute,
+    NoEndpoints,
+    PayloadTooLarge,
+    UpstreamFailed,
+    UpstreamTimeout,
+}
+
+impl LocalAnswer {
+    fn status(self) -> StatusCode {
+        match self {
+            LocalAnswer::BadRequest => StatusCode::BAD_REQUEST,
+            LocalAnswer::NoRoute => StatusCode::NOT_FOUND,
+            LocalAnswer::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
+            LocalAnswer::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            LocalAnswer::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            LocalAnswer::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            LocalAnswer::BadRequest => "400 bad request: malformed path or host\n",
+            LocalAnswer::NoRoute => "404 not found: no route for this host and path\n",
+            LocalAnswer::NoEndpoints => {
+                "503 service unavailable: the backend has no ready endpoints\n"
+            }
+            LocalAnswer::PayloadTooLarge => "413 payload too large\n",
+            LocalAnswer::UpstreamFailed => "502 bad gateway: the upstream failed\n",
+            LocalAnswer::UpstreamTimeout => {
+                "504 gateway timeout: the upstream did not answer in time\n"
+            }
+        }
+    }
+
+    fn response(self) -> Response<ResponseBody> {
+        let mut response = Response::new(ResponseBody::local(self.text()));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(self.text().len()));
+        response
+    }
+}
+
+/// The route a request took, for metrics and logs.
+struct Routed {
+    target: RouteTarget,
+    virtual_host: Arc<str>,
+}
+
+impl Proxy {
+    pub fn new(data_plane: Arc<DataPlane>, config: ProxyConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.upstream_idle_timeout)
+            .pool_max_idle_per_host(config.max_idle_per_endpoint)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        let via = |version: &str| {
+            config
+                .via
+                .as_ref()
+                .and_then(|name| HeaderValue::from_str(&format!("{version} {name}")).ok())
+        };
+        Proxy {
+            via_request: [via("1.0"), via("1.1"), via("2")],
+            via_response: via("1.1"),
+            data_plane,
+            client,
+            config,
+        }
+    }
+
+    pub fn data_plane(&self) -> &Arc<DataPlane> {
+        &self.data_plane
+    }
+
+    /// Handles one request end to end. Never fails: every problem becomes a response.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        connection: ClientConnection,
+    ) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let (response, routed) = self.route_and_forward(request, connection, started).await;
+        let status = response.status();
+        let metrics = self.data_plane.metrics();
+        let (namespace, ingress, host): (Arc<str>, Arc<str>, Arc<str>) = match &routed {
+            Some(routed) => (
+                routed.target.owner.namespace.as_str().into(),
+                routed.target.owner.name.as_str().into(),
+                Arc::clone(&routed.virtual_host),
+            ),
+            None => ("".into(), "".into(), "".into()),
+        };
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                namespace: Arc::clone(&namespace),
+                ingress: Arc::clone(&ingress),
+                host: Arc::clone(&host),
+                method: MethodLabel::from(&method),
+                status: StatusClass::from(status),
+            })
+            .inc();
+        if self.config.access_log {
+            tracing::info!(
+                target: "sluice::access",
+                client = %connection.peer.ip(),
+                method = %method,
+                status = status.as_u16(),
+                namespace = &*namespace,
+                ingress = &*ingress,
+                host = &*host,
+                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "request"
+            );
+        }
+        response
+    }
+
+    async fn route_and_forward(
+        &self,
+        request: Request<Incoming>,
+        connection: ClientConnection,
+        started: Instant,
+    ) -> (Response<ResponseBody>, Option<Routed>) {
+        let (mut parts, body) = request.into_parts();
+
+        // Normalise once; the router and the upstream both see the result.
+        let authority = parts
+            .uri
+            .authority()
+            .map(Authority::as_str)
+            .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()))
+            .map(str::to_owned);
+        let host = match authority.as_deref() {
+            Some(authority) => match normalize_host(authority) {
+                Some(host) => host,
+                None => return (LocalAnswer::BadRequest.response(), None),
+            },
+            None => String::new(),
+        };
+        let path_and_query = match normalized_path_and_query(&parts.uri) {
+            Some(path_and_query) => path_and_query,
+            None => return (LocalAnswer::BadRequest.response(), None),
+        };
+
+        let live = self.data_plane.load();
+        let Some(matched) = live.snapshot.routes.lookup(&host, path_and_query.path()) else {
+            return (LocalAnswer::NoRoute.response(), None);
+        };
+        let routed = Routed {
+            target: matched.target.clone(),
+            virtual_host: matched.virtual_host.into(),
+        };
+        let duration = self
+            .data_plane
+            .metrics()
+            .request_duration
+            .get_or_create(&RouteLabels {
+                namespace: routed.target.owner.namespace.as_str().into(),
+                ingress: routed.target.owner.name.as_str().into(),
+                host: Arc::clone(&routed.virtual_host),
+            })
+            .clone();
+        let finish = RequestFinish {
+            started,
+            duration: Some(duration),
+            in_flight: None,
+        };
+        let local = |answer: LocalAnswer, finish: RequestFinish| {
+            let response = answer.response();
+            let (parts, body) = response.into_parts();
+            Response::from_parts(parts, body.with_finish(finish))
+        };
+
+        let Some(balancer) = live
+            .balancer(&routed.target.backend)
+            .filter(|b| !b.is_empty())
+        else {
+            return (local(LocalAnswer::NoEndpoints, finish), Some(routed));
+        };
+        if content_length(&parts.headers)
+            .is_some_and(|length| length > self.config.max_request_body)
+        {
+            return (local(LocalAnswer::PayloadTooLarge, finish), Some(routed));
+        }
+
+        let client_ip = self
+            .config
+            .trusted_proxies
+            .client_ip(connection.peer.ip(), &parts.headers);
+        let hash = hash_input(&routed.target.balance, &parts.headers, client_ip);
+        self.prepare_upstream_headers(&mut parts, authority.as_deref(), connection, client_ip);
+
+        let result = self
+            .forward(
+                parts,
+                body,
+                path_and_query,
+                balancer,
+                &routed.target.balance,
+                hash,
+            )
+            .await;
+        let response = match result {
+            Ok((response, in_flight)) => {
+                let (mut response_parts, upstream_body) = response.into_parts();
+                headers::strip_hop_by_hop(&mut response_parts.headers);
+                if let Some(via) = &self.via_response {
+                    response_parts.headers.append(VIA, via.clone());
+                }
+                let mut finish = finish;
+                finish.in_flight = Some(in_flight);
+                Response::from_parts(
+                    response_parts,
+                    ResponseBody::upstream(upstream_body, finish),
+                )
+            }
+            Err(answer) => local(answer, finish),
+        };
+        (response, Some(routed))
+    }
+
+    fn prepare_upstream_headers(
+        &self,
+        parts: &mut http::request::Parts,
+        authority: Option<&str>,
+        connection: ClientConnection,
+        client_ip: IpAddr,
+    ) {
+        let via_index = match parts.version {
+            Version::HTTP_10 | Version::HTTP_09 => 0,
+            Version::HTTP_11 => 1,
+            _ => 2,
+        };
+        let headers = &mut parts.headers;
+        headers::strip_hop_by_hop(headers);
+        // Keep the client's Host; HTTP/2 clients send it as :authority instead.
+        if let Some(authority) = authority
+            && let Ok(value) = HeaderValue::from_str(authority)
+        {
+            headers.insert(HOST, value);
+        }
+        let peer_trusted = self.config.trusted_proxies.contains(connection.peer.ip());
+        headers::set_forwarded(
+            headers,
+            &headers::ForwardedFor {
+                peer: connection.peer.ip(),
+                client: client_ip,
+                peer_trusted,
+                scheme: connection.scheme,
+                host: authority,
+                local_port: connection.local.port(),
+            },
+        );
+        if let Some(via) = &self.via_request[via_index] {
+            headers.append(VIA, via.clone());
+        }
+    }
+
+    /// Sends the request to an endpoint, retrying connection failures on other endpoints
+    /// when the request can safely be sent again.
+    async fn forward(
+        &self,
+        parts: http::request::Parts,
+        body: Incoming,
+        path_and_query: PathAndQuery,
+        balancer: &BackendBalancer,
+        policy: &BalancePolicy,
+        hash: Option<u64>,
+    ) -> Result<(Response<Incoming>, crate::balance::InFlight), LocalAnswer> {
+        let replayable = is_idempotent(&parts.method) && body.is_end_stream();
+        let mut body = Some(body);
+        let attempts = if replayable {
+            self.config.retries.saturating_add(1)
+        } else {
+            1
+        };
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last_error = LocalAnswer::UpstreamFailed;
+        for attempt in 0..attempts {
+            let Some(index) = balancer.pick(policy, hash, &tried) else {
+                break;
+            };
+            tried.push(index);
+            let (Some(endpoint), Some(in_flight)) =
+                (balancer.endpoint(index), balancer.start(index))
+            else {
+                break;
+            };
+            let uri = match upstream_uri(endpoint.addr, &path_and_query) {
+                Some(uri) => uri,
+                None => return Err(LocalAnswer::BadRequest),
+            };
+            let upstream_body: UpstreamBody = match (replayable, body.take()) {
+                (false, Some(incoming)) => Either::Left(Limited::new(
+                    incoming,
+                    limit_usize(self.config.max_request_body),
+                )),
+                _ => Either::Right(Empty::new()),
+            };
+            let mut request = Request::new(upstream_body);
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = uri;
+            *request.headers_mut() = parts.headers.clone();
+            let sent_at = Instant::now();
+            let result =
+                tokio::time::timeout(self.config.request_timeout, self.client.request(request))
+                    .await;
+            let labels = || backend_labels(&balancer.key);
+            match result {
+                Ok(Ok(response)) => {
+                    let outcome = match response.status() {
+                        StatusCode::BAD_GATEWAY
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::GATEWAY_TIMEOUT => Outcome::Failure,
+                        _ => Outcome::Success {
+                            latency: sent_at.elapsed(),
+                        },
+                    };
+                    self.report(balancer, index, outcome);
+                    return Ok((response, in_flight));
+                }
+                Ok(Err(error)) => {
+                    if body_limit_exceeded(&error) {
+                        return Err(LocalAnswer::PayloadTooLarge);
+                    }
+                    self.report(balancer, index, Outcome::Failure);
+                    if error.is_connect() {
+                        self.data_plane
+                            .metrics()
+                            .upstream_connect_errors
+                            .get_or_create(&labels())
+                            .inc();
+                        tracing::debug!(endpoint = %endpoint.addr, backend = %balancer.key, %error, "upstream connect failed");
+                        if attempt + 1 < attempts {
+                            self.data_plane
+                                .metrics()
+                                .upstream_retries
+                                .get_or_create(&labels())
+                                .inc();
+                            continue;
+                        }
+                    } else {
+                        tracing::debug!(endpoint = %endpoint.addr, backend = %balancer.key, %error, "upstream request failed");
+                    }
+                    last_error = LocalAnswer::UpstreamFailed;
+                    break;
+                }
+                Err(_elapsed) => {
+                    self.report(balancer, index, Outcome::Failure);
+                    last_error = LocalAnswer::UpstreamTimeout;
+                    break;
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    fn report(&self, balancer: &BackendBalancer, index: usize, outcome: Outcome) {
+        if balancer.report(index, outcome) {
+            self.data_plane
+                .metrics()
+                .endpoint_ejections
+                .get_or_create(&backend_labels(&balancer.key))
+                .inc();
+            if let Some(endpoint) = balancer.endpoint(index) {
+                tracing::warn!(endpoint = %endpoint.addr, backend = %balancer.key, "endpoint ejected after consecutive failures");
+            }
+        }
+    }
+}
+
+/// The request's path (normalised) and query, or `None` when the path must be refused.
+fn normalized_path_and_query(uri: &Uri) -> Option<PathAndQuery> {
+    let path = uri.path();
+    match normalize_path(path).ok()? {
+        std::borrow::Cow::Borrowed(_) => Some(
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        ),
+        std::borrow::Cow::Owned(normalized) => {
+            let joined = match uri.query() {
+                Some(query) => format!("{normalized}?{query}"),
+                None => normalized,
+            };
+            PathAndQuery::from_maybe_shared(Bytes::from(joined)).ok()
+        }
+    }
+}
+
+fn upstream_uri(addr: SocketAddr, path_and_query: &PathAndQuery) -> Option<Uri> {
+    let authority = Authority::from_maybe_shared(Bytes::from(addr.to_string())).ok()?;
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(path_and_query.clone())
+        .build()
+        .ok()
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn limit_usize(limit: u64) -> usize {
+    usize::try_from(limit).unwrap_or(usize::MAX)
+}
+
+fn body_limit_exceeded(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if current.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
+
+/// The value consistent hashing uses, when the route hashes and the request has one.
+fn hash_input(policy: &BalancePolicy, headers: &http::HeaderMap, client_ip: IpAddr) -> Option<u64> {
+    let BalancePolicy::Hash(on) = policy else {
+        return None;
+    };
+    match on {
+        HashOn::ClientIp => Some(stable_hash(client_ip)),
+        HashOn::Header(name) => headers
+            .get(name.as_str())
+            .map(|value| stable_hash(value.as_bytes())),
+        HashOn::Cookie(name) => headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| stable_hash(value.as_bytes())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_and_query_survive_unchanged_unless_normalised() {
+        let uri: Uri = "/a/b?x=1&y=%2F".parse().unwrap();
+        assert_eq!(
+            normalized_path_and_query(&uri).unwrap().as_str(),
+            "/a/b?x=1&y=%2F"
+        );
+        let uri: Uri = "//a//%62?q".parse().unwrap();
+        assert_eq!(normalized_path_and_query(&uri).unwrap().as_str(), "/a/b?q");
+        let uri: Uri = "/a/../etc?q".parse().unwrap();
+        assert!(normalized_path_and_query(&uri).is_none());
+        let uri: Uri = "http://example.com".parse().unwrap();
+        assert_eq!(normalized_path_and_query(&uri).unwrap().as_str(), "/");
+    }
+
+    #[test]
+    fn hash_inputs_come_from_the_named_attribute() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-user", HeaderValue::from_static("alice"));
+        headers.insert(COOKIE, HeaderValue::from_static("a=1; sid=xyz"));
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let header = BalancePolicy::Hash(HashOn::Header("x-user".into()));
+        let cookie = BalancePolicy::Hash(HashOn::Cookie("sid".into()));
+        let missing = BalancePolicy::Hash(HashOn::Cookie("nope".into()));
+        assert_eq!(
+            hash_input(&header, &headers, ip),
+            Some(stable_hash(b"alice".as_slice()))
+        );
+        assert_eq!(
+            hash_input(&cookie, &headers, ip),
+            Some(stable_hash(b"xyz".as_slice()))
+        );
+        assert_eq!(hash_input(&missing, &headers, ip), None);
+        assert_eq!(
+            hash_input(&BalancePolicy::Hash(HashOn::ClientIp), &headers, ip),
+            Some(stable_hash(ip))
+        );
+        assert_eq!(hash_input(&BalancePolicy::RoundRobin, &headers, ip), None);
+    }
+
+    #[test]
+    fn local_answers_have_a_small_typed_body() {
+        for answer in [
+            LocalAnswer::NoRoute,
+            LocalAnswer::NoEndpoints,
+            LocalAnswer::UpstreamFailed,
+            LocalAnswer::UpstreamTimeout,
+            LocalAnswer::PayloadTooLarge,
+        ] {
+            let response = answer.response();
+            assert_eq!(
+                response.headers()[CONTENT_TYPE],
+                "text/plain; charset=utf-8"
+            );
+            assert!(response.status().as_str().starts_with(&answer.text()[..3]));
+        }
+    }
+}
