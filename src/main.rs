@@ -1,1 +1,329 @@
-fn main() {}
+//! The `sluice` binary: command-line flags and wiring, nothing else.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+use sluice_controller::compile::CompileOptions;
+use sluice_controller::error::Severity;
+use sluice_controller::publish::Publisher;
+use sluice_controller::standalone::{ManifestFolder, run_folder};
+use sluice_dataplane::admin::serve_admin;
+use sluice_dataplane::balance::HealthConfig;
+use sluice_dataplane::live::{DataPlane, follow_snapshots};
+use sluice_dataplane::metrics::Metrics;
+use sluice_dataplane::proxy::{Proxy, ProxyConfig, TrustedProxies};
+use sluice_dataplane::server::{ListenerConfig, serve_traffic};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// A Kubernetes ingress controller that applies changes without reloads.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the controller and the data plane.
+    Run(Box<RunArgs>),
+    /// Compile a folder of manifests and print each object's problems; exits 1 on errors.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// Folder of YAML manifests (Ingress, IngressClass, Service, EndpointSlice, Secret).
+    #[arg(long, env = "SLUICE_MANIFESTS")]
+    manifests: PathBuf,
+    #[command(flatten)]
+    class: ClassArgs,
+}
+
+#[derive(Debug, Args)]
+struct ClassArgs {
+    /// The IngressClass name this controller serves.
+    #[arg(long, env = "SLUICE_INGRESS_CLASS", default_value = "sluice")]
+    ingress_class: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Standalone mode: read objects from this folder of YAML manifests instead of the
+    /// Kubernetes API, and follow its changes.
+    #[arg(long, env = "SLUICE_MANIFESTS")]
+    manifests: Option<PathBuf>,
+    /// Address of the plain HTTP listener (HTTP/1.1 and h2c).
+    #[arg(long, env = "SLUICE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Address of the HTTPS listener. TLS termination is not available yet.
+    #[arg(long, env = "SLUICE_HTTPS_ADDR")]
+    https_addr: Option<SocketAddr>,
+    /// Address of the admin listener: /metrics, /healthz, /readyz.
+    #[arg(long, env = "SLUICE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+    admin_addr: SocketAddr,
+    #[command(flatten)]
+    class: ClassArgs,
+    /// Log format.
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log one line per request (target `sluice::access`).
+    #[arg(long, env = "SLUICE_ACCESS_LOG")]
+    access_log: bool,
+    /// Networks whose X-Forwarded-* headers are believed, comma-separated CIDRs.
+    #[arg(long, env = "SLUICE_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<IpNet>,
+    /// Add `Via: <version> <NAME>` to requests and responses.
+    #[arg(long, env = "SLUICE_VIA")]
+    via: Option<String>,
+    /// Time allowed to connect to an upstream endpoint.
+    #[arg(long, env = "SLUICE_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+    /// Time allowed for an upstream to send its response headers.
+    #[arg(long, env = "SLUICE_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
+    /// How long idle upstream connections are kept for reuse.
+    #[arg(long, env = "SLUICE_UPSTREAM_IDLE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
+    upstream_idle_timeout: Duration,
+    /// Time a client gets to send a request's headers.
+    #[arg(long, env = "SLUICE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
+    /// Largest request body in bytes; larger requests get 413.
+    #[arg(long, env = "SLUICE_MAX_REQUEST_BODY", default_value_t = 16 * 1024 * 1024)]
+    max_request_body: u64,
+    /// Largest request header block in bytes; larger requests get 431.
+    #[arg(long, env = "SLUICE_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    max_header_bytes: usize,
+    /// Most header fields in one request; more get 431.
+    #[arg(long, env = "SLUICE_MAX_HEADERS", default_value_t = 100)]
+    max_headers: usize,
+    /// Extra attempts on other endpoints after a connection failure (idempotent requests
+    /// without a body).
+    #[arg(long, env = "SLUICE_RETRIES", default_value_t = 2)]
+    retries: u32,
+    /// Consecutive failures that eject an endpoint.
+    #[arg(long, env = "SLUICE_EJECT_AFTER", default_value_t = 5)]
+    eject_after: u32,
+    /// How long an ejected endpoint is left out before it is tried again.
+    #[arg(long, env = "SLUICE_EJECT_FOR", default_value = "10s", value_parser = humantime::parse_duration)]
+    eject_for: Duration,
+    /// How long in-flight requests get to finish on SIGTERM.
+    #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+    /// How long to gather changes before compiling.
+    #[arg(long, env = "SLUICE_DEBOUNCE", default_value = "50ms", value_parser = humantime::parse_duration)]
+    debounce: Duration,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(*args),
+        Command::Check(args) => check(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("sluice: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn compile_options(class: &ClassArgs) -> CompileOptions {
+    CompileOptions {
+        ingress_class: class.ingress_class.clone(),
+        ..CompileOptions::default()
+    }
+}
+
+fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
+    if !args.manifests.is_dir() {
+        bail!("{} is not a folder", args.manifests.display());
+    }
+    let loaded = ManifestFolder::new(&args.manifests).load();
+    let compiled = sluice_controller::compile::compile(
+        &loaded.objects,
+        &Default::default(),
+        &compile_options(&args.class),
+    );
+    let mut errors = 0usize;
+    for problem in &loaded.problems {
+        println!("{problem}");
+    }
+    errors += usize::from(loaded.has_errors);
+    for (key, object_errors) in &compiled.statuses {
+        for error in object_errors {
+            let notice = error.severity() == Severity::Notice;
+            let level = if notice { "note" } else { "error" };
+            errors += usize::from(!notice);
+            println!("{level}: {key}: {error}");
+        }
+    }
+    println!(
+        "{} Ingresses of class {:?} accepted, {} errors",
+        compiled.accepted_ingresses.len(),
+        args.class.ingress_class,
+        errors
+    );
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let Some(manifests) = args.manifests.clone() else {
+        bail!(
+            "no --manifests folder given: the Kubernetes API source is not available yet; \
+             run in standalone mode with --manifests DIR"
+        );
+    };
+    if let Some(addr) = args.https_addr {
+        bail!("--https-addr {addr}: the HTTPS listener (TLS termination) is not available yet");
+    }
+    if !manifests.is_dir() {
+        bail!("--manifests {}: not a folder", manifests.display());
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    let health = HealthConfig {
+        failures_to_eject: args.eject_after.max(1),
+        eject_for: args.eject_for,
+    };
+    let data_plane = Arc::new(DataPlane::new(health, Arc::clone(&metrics)));
+    let proxy = Arc::new(Proxy::new(
+        Arc::clone(&data_plane),
+        ProxyConfig {
+            connect_timeout: args.connect_timeout,
+            request_timeout: args.request_timeout,
+            upstream_idle_timeout: args.upstream_idle_timeout,
+            max_request_body: args.max_request_body,
+            retries: args.retries,
+            health,
+            trusted_proxies: TrustedProxies::new(args.trusted_proxies.clone()),
+            via: args.via.clone(),
+            access_log: args.access_log,
+            ..ProxyConfig::default()
+        },
+    ));
+    let traffic = TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on --http-addr {}", args.http_addr))?;
+    let admin = TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on --admin-addr {}", args.admin_addr))?;
+    tracing::info!(
+        http = %traffic.local_addr().unwrap_or(args.http_addr),
+        admin = %admin.local_addr().unwrap_or(args.admin_addr),
+        manifests = %manifests.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "listening"
+    );
+
+    let (publisher, updates) = Publisher::new(compile_options(&args.class));
+    tokio::spawn(follow_snapshots(Arc::clone(&data_plane), updates));
+    let mut controller = tokio::spawn(run_folder(
+        ManifestFolder::new(manifests),
+        publisher,
+        args.debounce,
+    ));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut receiver: watch::Receiver<bool>| async move {
+        let _ = receiver.wait_for(|stop| *stop).await;
+    };
+    let listener_config = ListenerConfig {
+        header_read_timeout: args.header_read_timeout,
+        max_header_bytes: args.max_header_bytes,
+        max_headers: args.max_headers,
+        drain_timeout: args.drain_timeout,
+    };
+    let traffic_task = tokio::spawn(serve_traffic(
+        traffic,
+        Arc::clone(&proxy),
+        listener_config,
+        stopped(stop_rx.clone()),
+    ));
+    let admin_task = tokio::spawn(serve_admin(
+        admin,
+        Arc::clone(&data_plane),
+        stopped(stop_rx),
+    ));
+
+    let outcome = tokio::select! {
+        signal = shutdown_signal() => {
+            tracing::info!(signal, "shutting down");
+            Ok(ExitCode::SUCCESS)
+        }
+        ended = &mut controller => match ended {
+            Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+            Ok(Err(error)) => Err(anyhow::Error::new(error).context("the controller stopped")),
+            Err(error) => Err(anyhow::Error::new(error).context("the controller task failed")),
+        },
+    };
+    // Report not ready first, so load balancers stop sending while requests drain.
+    data_plane.begin_drain();
+    let _ = stop_tx.send(true);
+    let _ = traffic_task.await;
+    admin_task.abort();
+    controller.abort();
+    outcome
+}
+
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => tokio::select! {
+                _ = terminate.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}

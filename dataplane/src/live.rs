@@ -73,6 +73,7 @@ pub struct ConfigReport {
 pub struct DataPlane {
     live: ArcSwap<LiveState>,
     ready: AtomicBool,
+    draining: AtomicBool,
     report: ArcSwap<ConfigReport>,
     clock: BalancerClock,
     health: HealthConfig,
@@ -86,6 +87,7 @@ impl DataPlane {
         DataPlane {
             live: ArcSwap::from_pointee(empty),
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             report: ArcSwap::from_pointee(ConfigReport::default()),
             clock,
             health,
@@ -98,9 +100,15 @@ impl DataPlane {
         self.live.load_full()
     }
 
-    /// True once the first snapshot from the controller has been applied.
+    /// True once the first snapshot from the controller has been applied, until shutdown
+    /// begins.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Shutdown has begun: report not ready so traffic moves elsewhere while requests drain.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Release);
     }
 
     /// The configuration problems of the last compile, as shown on `/readyz?verbose`.
@@ -187,16 +195,28 @@ fn route_count(routes: &RouteTable) -> usize {
         + usize::from(routes.default_backend.is_some())
 }
 
-/// Applies every snapshot published on `updates` until the sender goes away.
-/// `None` means "nothing compiled yet": the data plane stays not ready.
+/// What the controller publishes: a snapshot and the problems found while compiling it.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub snapshot: Arc<Snapshot>,
+    pub report: Arc<ConfigReport>,
+}
+
+/// Applies every publication on `updates` until the sender goes away. `None` means
+/// "nothing compiled yet": the data plane stays not ready.
 pub async fn follow_snapshots(
     data_plane: Arc<DataPlane>,
-    mut updates: watch::Receiver<Option<Arc<Snapshot>>>,
+    mut updates: watch::Receiver<Option<Publication>>,
 ) {
     loop {
         let latest = updates.borrow_and_update().clone();
-        if let Some(snapshot) = latest {
-            data_plane.apply(snapshot);
+        if let Some(publication) = latest {
+            if !Arc::ptr_eq(&data_plane.load().snapshot, &publication.snapshot) {
+                data_plane.apply(publication.snapshot);
+            }
+            if *data_plane.config_report() != *publication.report {
+                data_plane.set_config_report(ConfigReport::clone(&publication.report));
+            }
         }
         if updates.changed().await.is_err() {
             return;
@@ -244,7 +264,12 @@ mod tests {
         assert!(!plane.is_ready());
 
         let first = Arc::new(snapshot_with(1, &["127.0.0.1:80"]));
-        publish.send_replace(Some(Arc::clone(&first)));
+        publish.send_replace(Some(Publication {
+            snapshot: Arc::clone(&first),
+            report: Arc::new(ConfigReport {
+                problems: vec!["Ingress a/b: broken".into()],
+            }),
+        }));
         tokio::time::timeout(std::time::Duration::from_secs(5), async {
             while !plane.is_ready() {
                 tokio::task::yield_now().await;
@@ -253,6 +278,10 @@ mod tests {
         .await
         .unwrap();
         let before = Arc::clone(plane.load().balancer(&key()).unwrap());
+        assert_eq!(
+            plane.config_report().problems,
+            vec!["Ingress a/b: broken".to_string()]
+        );
 
         // Same endpoints, new generation: the balancer object is reused.
         plane.apply(Arc::new(

@@ -1,0 +1,336 @@
+//! The `sluice.dev/*` annotations: their names and parsers.
+//!
+//! Ingress annotations apply to every route of the Ingress; a bad one rejects the whole
+//! Ingress, since serving it without the behaviour it asks for would be wrong in ways
+//! nobody sees. Add a new Ingress annotation as a field of [`IngressAnnotations`] and a
+//! parser called from [`parse_ingress_annotations`].
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use sluice_dataplane::snapshot::{BalancePolicy, HashOn};
+
+use crate::error::CompileError;
+
+/// `round-robin`, `least-request`, `ewma` or `hash`.
+pub const LOAD_BALANCE: &str = "sluice.dev/load-balance";
+/// `header:<name>`, `cookie:<name>` or `client-ip`; required by `load-balance: hash`.
+pub const HASH_KEY: &str = "sluice.dev/hash-key";
+/// On an EndpointSlice: `address=weight` entries separated by commas, weights 1 to 1000.
+pub const ENDPOINT_WEIGHTS: &str = "sluice.dev/endpoint-weights";
+
+/// The largest weight an endpoint may have; bounds the hash ring's size.
+pub const MAX_ENDPOINT_WEIGHT: u32 = 1000;
+
+/// What the `sluice.dev/*` annotations of an Ingress ask for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct IngressAnnotations {
+    pub balance: BalancePolicy,
+}
+
+/// The field path of an annotation, for errors.
+pub(crate) fn annotation_field(name: &str) -> String {
+    format!("metadata.annotations[{name}]")
+}
+
+/// Parses every `sluice.dev/*` annotation of an Ingress, reporting all that are bad.
+pub(crate) fn parse_ingress_annotations(
+    annotations: Option<&BTreeMap<String, String>>,
+) -> Result<IngressAnnotations, Vec<CompileError>> {
+    let get = |name: &str| {
+        annotations
+            .and_then(|all| all.get(name))
+            .map(String::as_str)
+    };
+    let mut errors = Vec::new();
+    let invalid = |name: &str, value: &str, why: &str| CompileError::InvalidAnnotation {
+        field: annotation_field(name),
+        value: value.to_owned(),
+        why: why.to_owned(),
+    };
+
+    // Parsed even when the policy is not `hash`, so a typo is caught before it matters.
+    let hash_key = match get(HASH_KEY).map(|value| (value, parse_hash_key(value))) {
+        None => None,
+        Some((_, Ok(hash_on))) => Some(hash_on),
+        Some((value, Err(why))) => {
+            errors.push(invalid(HASH_KEY, value, why));
+            None
+        }
+    };
+
+    let balance = match get(LOAD_BALANCE).map(str::trim) {
+        None | Some("round-robin") => BalancePolicy::RoundRobin,
+        Some("least-request") => BalancePolicy::LeastRequest,
+        Some("ewma") => BalancePolicy::Ewma,
+        Some("hash") => match (hash_key, get(HASH_KEY)) {
+            (Some(hash_on), _) => BalancePolicy::Hash(hash_on),
+            // Already reported as a bad hash key.
+            (None, Some(_)) => BalancePolicy::RoundRobin,
+            (None, None) => {
+                errors.push(CompileError::InvalidAnnotation {
+                    field: annotation_field(HASH_KEY),
+                    value: String::new(),
+                    why: format!("{LOAD_BALANCE}: hash needs {HASH_KEY}"),
+                });
+                BalancePolicy::RoundRobin
+            }
+        },
+        Some(other) => {
+            errors.push(invalid(
+                LOAD_BALANCE,
+                other,
+                "expected round-robin, least-request, ewma or hash",
+            ));
+            BalancePolicy::RoundRobin
+        }
+    };
+
+    if errors.is_empty() {
+        Ok(IngressAnnotations { balance })
+    } else {
+        Err(errors)
+    }
+}
+
+fn parse_hash_key(value: &str) -> Result<HashOn, &'static str> {
+    let value = value.trim();
+    if value == "client-ip" {
+        Ok(HashOn::ClientIp)
+    } else if let Some(name) = value.strip_prefix("header:") {
+        if is_token(name) {
+            // Header names are case-insensitive; the data plane looks them up lower-cased.
+            Ok(HashOn::Header(name.to_ascii_lowercase()))
+        } else {
+            Err("the header name must be a non-empty HTTP token")
+        }
+    } else if let Some(name) = value.strip_prefix("cookie:") {
+        if is_token(name) {
+            Ok(HashOn::Cookie(name.to_owned()))
+        } else {
+            Err("the cookie name must be a non-empty HTTP token")
+        }
+    } else {
+        Err("expected header:<name>, cookie:<name> or client-ip")
+    }
+}
+
+/// An RFC 9110 token: what header names and cookie names are made of.
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Parses an EndpointSlice's weights annotation. Bad entries are reported and skipped;
+/// the good ones still apply. An address listed twice keeps its first weight.
+pub(crate) fn parse_endpoint_weights(value: &str) -> (BTreeMap<IpAddr, u32>, Vec<CompileError>) {
+    let mut weights = BTreeMap::new();
+    let mut errors = Vec::new();
+    for entry in value.split(',').map(str::trim) {
+        // Tolerates a trailing comma or blank lines in a folded YAML string.
+        if entry.is_empty() {
+            continue;
+        }
+        let parsed = parse_weight_entry(entry).and_then(|(addr, weight)| {
+            if weights.contains_key(&addr) {
+                Err("the address is listed more than once")
+            } else {
+                Ok((addr, weight))
+            }
+        });
+        match parsed {
+            Ok((addr, weight)) => {
+                weights.insert(addr, weight);
+            }
+            Err(why) => errors.push(CompileError::InvalidEndpointWeight {
+                field: annotation_field(ENDPOINT_WEIGHTS),
+                entry: entry.to_owned(),
+                why: why.to_owned(),
+            }),
+        }
+    }
+    (weights, errors)
+}
+
+fn parse_weight_entry(entry: &str) -> Result<(IpAddr, u32), &'static str> {
+    let (addr, weight) = entry.split_once('=').ok_or("expected address=weight")?;
+    let addr = addr
+        .trim()
+        .parse::<IpAddr>()
+        .map_err(|_| "the address is not an IP address")?;
+    let weight = weight
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|weight| (1..=MAX_ENDPOINT_WEIGHT).contains(weight))
+        .ok_or("the weight must be a whole number from 1 to 1000")?;
+    Ok((addr, weight))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<IngressAnnotations, Vec<CompileError>> {
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        parse_ingress_annotations(Some(&map))
+    }
+
+    fn balance(pairs: &[(&str, &str)]) -> BalancePolicy {
+        parse(pairs).unwrap().balance
+    }
+
+    fn rejected_fields(pairs: &[(&str, &str)]) -> Vec<String> {
+        let errors = parse(pairs).unwrap_err();
+        assert!(errors.iter().all(CompileError::is_rejection));
+        errors
+            .iter()
+            .map(|error| match error {
+                CompileError::InvalidAnnotation { field, .. } => field.clone(),
+                other => panic!("expected InvalidAnnotation, got {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn load_balance_defaults_to_round_robin() {
+        assert_eq!(
+            parse_ingress_annotations(None).unwrap().balance,
+            BalancePolicy::RoundRobin
+        );
+        assert_eq!(balance(&[("other.io/x", "y")]), BalancePolicy::RoundRobin);
+    }
+
+    #[test]
+    fn load_balance_values_map_to_policies() {
+        assert_eq!(
+            balance(&[(LOAD_BALANCE, "round-robin")]),
+            BalancePolicy::RoundRobin
+        );
+        assert_eq!(
+            balance(&[(LOAD_BALANCE, "least-request")]),
+            BalancePolicy::LeastRequest
+        );
+        assert_eq!(balance(&[(LOAD_BALANCE, "ewma")]), BalancePolicy::Ewma);
+    }
+
+    #[test]
+    fn hash_takes_its_key_from_hash_key() {
+        assert_eq!(
+            balance(&[(LOAD_BALANCE, "hash"), (HASH_KEY, "header:X-User")]),
+            BalancePolicy::Hash(HashOn::Header("x-user".into()))
+        );
+        assert_eq!(
+            balance(&[(LOAD_BALANCE, "hash"), (HASH_KEY, "cookie:Sid")]),
+            BalancePolicy::Hash(HashOn::Cookie("Sid".into()))
+        );
+        assert_eq!(
+            balance(&[(LOAD_BALANCE, "hash"), (HASH_KEY, "client-ip")]),
+            BalancePolicy::Hash(HashOn::ClientIp)
+        );
+    }
+
+    #[test]
+    fn hash_without_hash_key_is_rejected() {
+        assert_eq!(
+            rejected_fields(&[(LOAD_BALANCE, "hash")]),
+            ["metadata.annotations[sluice.dev/hash-key]"]
+        );
+    }
+
+    #[test]
+    fn bad_hash_keys_are_rejected() {
+        for bad in [
+            "header:",
+            "header:X User",
+            "header:a:b",
+            "cookie:",
+            "cookie:a;b",
+            "ip",
+            "Header:x",
+        ] {
+            assert_eq!(
+                rejected_fields(&[(LOAD_BALANCE, "hash"), (HASH_KEY, bad)]),
+                ["metadata.annotations[sluice.dev/hash-key]"],
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_hash_key_is_rejected_even_without_hash() {
+        assert_eq!(
+            rejected_fields(&[(HASH_KEY, "header:")]),
+            ["metadata.annotations[sluice.dev/hash-key]"]
+        );
+        // A good key without `hash` is harmless and ignored.
+        assert_eq!(
+            balance(&[(HASH_KEY, "client-ip")]),
+            BalancePolicy::RoundRobin
+        );
+    }
+
+    #[test]
+    fn unknown_load_balance_is_rejected() {
+        assert_eq!(
+            rejected_fields(&[(LOAD_BALANCE, "random")]),
+            ["metadata.annotations[sluice.dev/load-balance]"]
+        );
+    }
+
+    #[test]
+    fn every_bad_annotation_is_reported() {
+        assert_eq!(
+            rejected_fields(&[(LOAD_BALANCE, "random"), (HASH_KEY, "nope")]),
+            [
+                "metadata.annotations[sluice.dev/hash-key]",
+                "metadata.annotations[sluice.dev/load-balance]"
+            ]
+        );
+    }
+
+    #[test]
+    fn endpoint_weights_parse_per_address() {
+        let (weights, errors) = parse_endpoint_weights("10.0.0.1=3, 10.0.0.2=1,fd00::1=1000,");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(weights.len(), 3);
+        assert_eq!(weights[&"10.0.0.1".parse::<IpAddr>().unwrap()], 3);
+        assert_eq!(weights[&"fd00::1".parse::<IpAddr>().unwrap()], 1000);
+    }
+
+    #[test]
+    fn bad_weight_entries_are_reported_and_skipped() {
+        let (weights, errors) = parse_endpoint_weights(
+            "10.0.0.1=0,10.0.0.2=1001,10.0.0.3,host=2,10.0.0.4=x,10.0.0.5=2,10.0.0.5=7",
+        );
+        assert_eq!(weights.len(), 1);
+        assert_eq!(weights[&"10.0.0.5".parse::<IpAddr>().unwrap()], 2);
+        let entries: Vec<&str> = errors
+            .iter()
+            .map(|error| match error {
+                CompileError::InvalidEndpointWeight { field, entry, .. } => {
+                    assert_eq!(field, "metadata.annotations[sluice.dev/endpoint-weights]");
+                    entry.as_str()
+                }
+                other => panic!("expected InvalidEndpointWeight, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                "10.0.0.1=0",
+                "10.0.0.2=1001",
+                "10.0.0.3",
+                "host=2",
+                "10.0.0.4=x",
+                "10.0.0.5=7"
+            ]
+        );
+        assert!(errors.iter().all(|error| !error.is_rejection()));
+    }
+}

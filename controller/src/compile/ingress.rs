@@ -1,0 +1,316 @@
+//! One Ingress on its own: its annotations, rules, paths and backends.
+//!
+//! What comes out are candidate routes; whether they win over other Ingresses' routes is
+//! decided when they are merged into the route table.
+
+use k8s_openapi::api::networking::v1::Ingress;
+use sluice_dataplane::snapshot::{ObjectRef, RouteTarget};
+
+use super::annotations::parse_ingress_annotations;
+use super::backend::{ServiceIndex, resolve_backend};
+use super::host::{HostRule, compile_host};
+use super::path::{PathMatch, compile_path};
+use crate::error::CompileError;
+
+/// The field path of the default backend.
+pub(crate) const DEFAULT_BACKEND_FIELD: &str = "spec.defaultBackend";
+
+/// Everything one Ingress would like to route, with what was wrong in parts of it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct IngressRoutes {
+    /// In spec order, so that within an Ingress the first of two conflicting paths wins.
+    pub routes: Vec<CandidateRoute>,
+    pub default_backend: Option<RouteTarget>,
+    /// Partial errors: each took out one rule, path or backend, or warns about it.
+    pub errors: Vec<CompileError>,
+}
+
+/// One path of one rule, valid and resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CandidateRoute {
+    pub host: HostRule,
+    pub path_match: PathMatch,
+    /// The normalised path the route is stored under.
+    pub path: String,
+    pub target: RouteTarget,
+    /// The path item, `spec.rules[i].http.paths[j]`, for conflict messages.
+    pub field: String,
+}
+
+/// Compiles one Ingress owned by `owner`. `Err` holds the object-level rejections: the
+/// Ingress must then not be served in this form at all.
+pub(crate) fn compile_ingress(
+    ingress: &Ingress,
+    owner: &ObjectRef,
+    services: &ServiceIndex<'_>,
+) -> Result<IngressRoutes, Vec<CompileError>> {
+    let annotations = parse_ingress_annotations(ingress.metadata.annotations.as_ref())?;
+    let target = |backend| RouteTarget {
+        owner: owner.clone(),
+        backend,
+        balance: annotations.balance.clone(),
+    };
+    let namespace = owner.namespace.as_str();
+    let mut compiled = IngressRoutes::default();
+    let Some(spec) = ingress.spec.as_ref() else {
+        return Ok(compiled);
+    };
+
+    for (rule_index, rule) in spec.rules.iter().flatten().enumerate() {
+        let host = match compile_host(
+            rule.host.as_deref(),
+            &format!("spec.rules[{rule_index}].host"),
+        ) {
+            Ok(host) => host,
+            Err(error) => {
+                compiled.errors.push(error);
+                continue;
+            }
+        };
+        // A rule without `http` routes nothing; it may exist only to name a TLS host.
+        let Some(http) = rule.http.as_ref() else {
+            continue;
+        };
+        for (path_index, path) in http.paths.iter().enumerate() {
+            let field = format!("spec.rules[{rule_index}].http.paths[{path_index}]");
+            let path_rule = match compile_path(path.path.as_deref(), &path.path_type, &field) {
+                Ok(path_rule) => path_rule,
+                Err(error) => {
+                    compiled.errors.push(error);
+                    continue;
+                }
+            };
+            let backend_field = format!("{field}.backend");
+            match resolve_backend(&path.backend, namespace, &backend_field, services) {
+                Ok(resolved) => {
+                    compiled.errors.extend(resolved.warning);
+                    compiled.routes.push(CandidateRoute {
+                        host: host.clone(),
+                        path_match: path_rule.path_match,
+                        path: path_rule.key,
+                        target: target(resolved.key),
+                        field,
+                    });
+                }
+                Err(error) => compiled.errors.push(error),
+            }
+        }
+    }
+
+    if let Some(backend) = spec.default_backend.as_ref() {
+        match resolve_backend(backend, namespace, DEFAULT_BACKEND_FIELD, services) {
+            Ok(resolved) => {
+                compiled.errors.extend(resolved.warning);
+                compiled.default_backend = Some(target(resolved.key));
+            }
+            Err(error) => compiled.errors.push(error),
+        }
+    }
+    Ok(compiled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::fixtures::{backend, ingress, path, rule, service};
+    use k8s_openapi::api::core::v1::Service;
+    use serde_json::json;
+    use sluice_dataplane::snapshot::{BackendKey, BalancePolicy, HashOn};
+
+    fn owner() -> ObjectRef {
+        ObjectRef::new("shop", "web")
+    }
+
+    fn services() -> Vec<Service> {
+        vec![service("shop", "web", &[(Some("http"), 80)])]
+    }
+
+    fn compile(
+        metadata: serde_json::Value,
+        spec: serde_json::Value,
+    ) -> Result<IngressRoutes, Vec<CompileError>> {
+        let services = services();
+        let ingress = ingress("shop", "web", metadata, spec);
+        compile_ingress(&ingress, &owner(), &ServiceIndex::new(&services))
+    }
+
+    fn web_key() -> BackendKey {
+        BackendKey {
+            namespace: "shop".into(),
+            service: "web".into(),
+            port: 80,
+        }
+    }
+
+    #[test]
+    fn each_valid_path_becomes_a_candidate_route_in_spec_order() {
+        let compiled = compile(
+            json!({}),
+            json!({ "rules": [
+                rule(Some("Shop.Example.com"), vec![path("/a/", "Prefix", backend("web", "http")), path("/b", "Exact", backend("web", 80))]),
+                rule(None, vec![path("/c", "ImplementationSpecific", backend("web", 80))]),
+            ] }),
+        )
+        .unwrap();
+        assert!(compiled.errors.is_empty(), "{:?}", compiled.errors);
+        let summary: Vec<(HostRule, PathMatch, &str, &str)> = compiled
+            .routes
+            .iter()
+            .map(|route| {
+                (
+                    route.host.clone(),
+                    route.path_match,
+                    route.path.as_str(),
+                    route.field.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    HostRule::Exact("shop.example.com".into()),
+                    PathMatch::Prefix,
+                    "/a",
+                    "spec.rules[0].http.paths[0]"
+                ),
+                (
+                    HostRule::Exact("shop.example.com".into()),
+                    PathMatch::Exact,
+                    "/b",
+                    "spec.rules[0].http.paths[1]"
+                ),
+                (
+                    HostRule::Any,
+                    PathMatch::Prefix,
+                    "/c",
+                    "spec.rules[1].http.paths[0]"
+                ),
+            ]
+        );
+        let target = &compiled.routes[0].target;
+        assert_eq!(target.owner, owner());
+        assert_eq!(target.backend, web_key());
+        assert_eq!(target.balance, BalancePolicy::RoundRobin);
+    }
+
+    #[test]
+    fn invalid_host_drops_the_whole_rule_only() {
+        let compiled = compile(
+            json!({}),
+            json!({ "rules": [
+                rule(Some("bad_host"), vec![path("/a", "Prefix", backend("web", 80))]),
+                rule(Some("good.com"), vec![path("/b", "Prefix", backend("web", 80))]),
+            ] }),
+        )
+        .unwrap();
+        assert_eq!(compiled.routes.len(), 1);
+        assert_eq!(compiled.routes[0].path, "/b");
+        assert_eq!(compiled.errors.len(), 1);
+        assert_eq!(compiled.errors[0].reason(), "InvalidHost");
+        assert_eq!(compiled.errors[0].field(), Some("spec.rules[0].host"));
+    }
+
+    #[test]
+    fn invalid_path_or_backend_drops_only_that_path() {
+        let compiled = compile(
+            json!({}),
+            json!({ "rules": [rule(None, vec![
+                path("no-slash", "Prefix", backend("web", 80)),
+                path("/ok", "Prefix", backend("web", 80)),
+                path("/port", "Prefix", backend("web", "grpc")),
+            ])] }),
+        )
+        .unwrap();
+        assert_eq!(compiled.routes.len(), 1);
+        assert_eq!(compiled.routes[0].path, "/ok");
+        let errors: Vec<(&str, Option<&str>)> = compiled
+            .errors
+            .iter()
+            .map(|error| (error.reason(), error.field()))
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                ("InvalidPath", Some("spec.rules[0].http.paths[0].path")),
+                (
+                    "BackendPortNotFound",
+                    Some("spec.rules[0].http.paths[2].backend.service.port.name")
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_service_by_number_keeps_the_route_with_a_warning() {
+        let compiled = compile(
+            json!({}),
+            json!({ "rules": [rule(None, vec![path("/", "Prefix", backend("gone", 8080))])] }),
+        )
+        .unwrap();
+        assert_eq!(compiled.routes.len(), 1);
+        assert_eq!(compiled.routes[0].target.backend.service, "gone");
+        assert_eq!(compiled.routes[0].target.backend.port, 8080);
+        assert_eq!(compiled.errors[0].reason(), "ServiceNotFound");
+        assert!(!compiled.errors[0].is_rejection());
+    }
+
+    #[test]
+    fn rule_without_http_is_ignored() {
+        let compiled = compile(json!({}), json!({ "rules": [{ "host": "foo.com" }] })).unwrap();
+        assert_eq!(compiled, IngressRoutes::default());
+    }
+
+    #[test]
+    fn default_backend_is_resolved_with_its_own_field() {
+        let compiled = compile(
+            json!({}),
+            json!({ "defaultBackend": backend("web", "http") }),
+        )
+        .unwrap();
+        assert_eq!(
+            compiled.default_backend.map(|target| target.backend),
+            Some(web_key())
+        );
+        let broken = compile(
+            json!({}),
+            json!({ "defaultBackend": backend("web", "nope") }),
+        )
+        .unwrap();
+        assert_eq!(broken.default_backend, None);
+        assert_eq!(
+            broken.errors[0].field(),
+            Some("spec.defaultBackend.service.port.name")
+        );
+    }
+
+    #[test]
+    fn annotations_set_the_balance_of_every_route() {
+        let compiled = compile(
+            json!({ "annotations": { "sluice.dev/load-balance": "hash", "sluice.dev/hash-key": "header:X-User" } }),
+            json!({
+                "defaultBackend": backend("web", 80),
+                "rules": [rule(None, vec![path("/", "Prefix", backend("web", 80))])],
+            }),
+        )
+        .unwrap();
+        let expected = BalancePolicy::Hash(HashOn::Header("x-user".into()));
+        assert_eq!(compiled.routes[0].target.balance, expected);
+        assert_eq!(compiled.default_backend.unwrap().balance, expected);
+    }
+
+    #[test]
+    fn bad_annotation_rejects_the_ingress() {
+        let errors = compile(
+            json!({ "annotations": { "sluice.dev/load-balance": "fastest" } }),
+            json!({ "rules": [rule(None, vec![path("/", "Prefix", backend("web", 80))])] }),
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].is_rejection());
+        assert_eq!(
+            errors[0].field(),
+            Some("metadata.annotations[sluice.dev/load-balance]")
+        );
+    }
+}

@@ -1,0 +1,268 @@
+//! The errors the compiler reports against objects.
+//!
+//! An error does not name its own object: the compiler files every error under the
+//! [`ObjectKey`](crate::object_key::ObjectKey) of the object it concerns, and status and
+//! event writers post it on that object. Each error names the field it concerns instead.
+
+use sluice_dataplane::snapshot::ObjectRef;
+
+use crate::compile::PathMatch;
+
+/// How much of an object an error takes out of service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    /// The whole object was left out of the snapshot (or kept at its last good form).
+    Rejection,
+    /// One rule, path, backend or endpoint was left out or cannot work; the rest serves.
+    Partial,
+    /// Nothing wrong by itself: says what is being served and why.
+    Notice,
+}
+
+/// Something wrong with one field of one object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error("{field}: host {host:?} is not valid: {why}; the rule is ignored")]
+    InvalidHost {
+        field: String,
+        host: String,
+        why: String,
+    },
+
+    #[error("{field}: path {path:?} is not valid: {why}; the path is ignored")]
+    InvalidPath {
+        field: String,
+        path: String,
+        why: String,
+    },
+
+    /// Boxed: it is the largest error and would make every `Result` carrying one large.
+    #[error("{0}")]
+    PathConflict(Box<ConflictingPath>),
+
+    #[error(
+        "{field}: the default backend is already set by the older Ingress {winner}; this one is ignored"
+    )]
+    DefaultBackendConflict { field: String, winner: ObjectRef },
+
+    #[error("{field}: {why}; the path is ignored")]
+    InvalidBackend { field: String, why: String },
+
+    #[error("{field}: {why}; the path is ignored")]
+    UnsupportedBackend { field: String, why: String },
+
+    #[error(
+        "{field}: Service {service} does not exist; {}",
+        if *.route_kept {
+            "the route is kept and answers 503 until the Service has endpoints"
+        } else {
+            "the path is ignored, as its port name cannot be resolved without the Service"
+        }
+    )]
+    ServiceNotFound {
+        field: String,
+        /// `namespace/name`.
+        service: String,
+        /// True when the port was given by number, so the route could be kept.
+        route_kept: bool,
+    },
+
+    #[error("{field}: Service {service} has no port {port}; the path is ignored")]
+    BackendPortNotFound {
+        field: String,
+        service: String,
+        /// The port name or number as written.
+        port: String,
+    },
+
+    #[error("{field}: value {value:?} is not valid: {why}; the Ingress is rejected")]
+    InvalidAnnotation {
+        field: String,
+        value: String,
+        why: String,
+    },
+
+    #[error("{field}: entry {entry:?} is not valid: {why}; the entry is ignored")]
+    InvalidEndpointWeight {
+        field: String,
+        entry: String,
+        why: String,
+    },
+
+    #[error("{field}: address {address:?} is not an IP address; it is ignored")]
+    InvalidEndpointAddress { field: String, address: String },
+
+    #[error(
+        "serving the last good version of this Ingress (resourceVersion {}) until its errors are fixed",
+        .resource_version.as_deref().unwrap_or("unknown")
+    )]
+    ServingLastGood { resource_version: Option<String> },
+}
+
+impl CompileError {
+    /// A short CamelCase reason for Kubernetes Events and status conditions.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CompileError::InvalidHost { .. } => "InvalidHost",
+            CompileError::InvalidPath { .. } => "InvalidPath",
+            CompileError::PathConflict(_) => "PathConflict",
+            CompileError::DefaultBackendConflict { .. } => "DefaultBackendConflict",
+            CompileError::InvalidBackend { .. } => "InvalidBackend",
+            CompileError::UnsupportedBackend { .. } => "UnsupportedBackend",
+            CompileError::ServiceNotFound { .. } => "ServiceNotFound",
+            CompileError::BackendPortNotFound { .. } => "BackendPortNotFound",
+            // Both are a bad `sluice.dev/*` annotation to whoever reads the event.
+            CompileError::InvalidAnnotation { .. } | CompileError::InvalidEndpointWeight { .. } => {
+                "InvalidAnnotation"
+            }
+            CompileError::InvalidEndpointAddress { .. } => "InvalidEndpointAddress",
+            CompileError::ServingLastGood { .. } => "ServingLastGood",
+        }
+    }
+
+    /// Whether the error takes the whole object out or only a part of it.
+    pub fn severity(&self) -> Severity {
+        match self {
+            CompileError::InvalidAnnotation { .. } => Severity::Rejection,
+            CompileError::ServingLastGood { .. } => Severity::Notice,
+            CompileError::InvalidHost { .. }
+            | CompileError::InvalidPath { .. }
+            | CompileError::PathConflict(_)
+            | CompileError::DefaultBackendConflict { .. }
+            | CompileError::InvalidBackend { .. }
+            | CompileError::UnsupportedBackend { .. }
+            | CompileError::ServiceNotFound { .. }
+            | CompileError::BackendPortNotFound { .. }
+            | CompileError::InvalidEndpointWeight { .. }
+            | CompileError::InvalidEndpointAddress { .. } => Severity::Partial,
+        }
+    }
+
+    /// True when the whole object was rejected.
+    pub fn is_rejection(&self) -> bool {
+        self.severity() == Severity::Rejection
+    }
+
+    /// The path of the field the error concerns, such as
+    /// `spec.rules[0].http.paths[1].backend.service.port.name`.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            CompileError::InvalidHost { field, .. }
+            | CompileError::InvalidPath { field, .. }
+            | CompileError::DefaultBackendConflict { field, .. }
+            | CompileError::InvalidBackend { field, .. }
+            | CompileError::UnsupportedBackend { field, .. }
+            | CompileError::ServiceNotFound { field, .. }
+            | CompileError::BackendPortNotFound { field, .. }
+            | CompileError::InvalidAnnotation { field, .. }
+            | CompileError::InvalidEndpointWeight { field, .. }
+            | CompileError::InvalidEndpointAddress { field, .. } => Some(field),
+            CompileError::PathConflict(conflict) => Some(&conflict.field),
+            CompileError::ServingLastGood { .. } => None,
+        }
+    }
+}
+
+/// A path that another route already holds: same host, same match kind, same normalised
+/// path, different target.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{field}: {path_match} path {path:?} on {} is already routed by Ingress {winner} at \
+     {winner_field}; this path is ignored",
+    host_label(.host)
+)]
+pub struct ConflictingPath {
+    /// The path item that lost, `spec.rules[i].http.paths[j]`.
+    pub field: String,
+    /// The host as written (lower case), empty for rules without a host.
+    pub host: String,
+    pub path_match: PathMatch,
+    /// The normalised path.
+    pub path: String,
+    /// The Ingress whose route was kept (this one, for a conflict within one Ingress).
+    pub winner: ObjectRef,
+    /// The path item of the route that was kept.
+    pub winner_field: String,
+}
+
+fn host_label(host: &str) -> String {
+    if host.is_empty() {
+        "rules without a host".to_owned()
+    } else {
+        format!("host {host}")
+    }
+}
+
+/// Operational failures of the controller (as opposed to problems with objects, which are
+/// [`CompileError`]s reported on the objects themselves).
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("cannot watch {path} for changes: {why}")]
+    Watch { path: String, why: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_start_with_the_field() {
+        let error = CompileError::BackendPortNotFound {
+            field: "spec.rules[0].http.paths[1].backend.service.port.name".into(),
+            service: "shop/web".into(),
+            port: "http".into(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "spec.rules[0].http.paths[1].backend.service.port.name: Service shop/web has no \
+             port http; the path is ignored"
+        );
+        assert_eq!(error.reason(), "BackendPortNotFound");
+        assert_eq!(
+            error.field(),
+            Some("spec.rules[0].http.paths[1].backend.service.port.name")
+        );
+    }
+
+    #[test]
+    fn only_invalid_annotation_rejects_the_object() {
+        let rejection = CompileError::InvalidAnnotation {
+            field: "metadata.annotations[sluice.dev/load-balance]".into(),
+            value: "random".into(),
+            why: "unknown".into(),
+        };
+        assert!(rejection.is_rejection());
+        let partial = CompileError::InvalidPath {
+            field: "spec.rules[0].http.paths[0].path".into(),
+            path: "a".into(),
+            why: "must start with /".into(),
+        };
+        assert_eq!(partial.severity(), Severity::Partial);
+        assert!(!partial.is_rejection());
+        let notice = CompileError::ServingLastGood {
+            resource_version: Some("42".into()),
+        };
+        assert_eq!(notice.severity(), Severity::Notice);
+        assert!(notice.to_string().contains("resourceVersion 42"));
+        assert_eq!(notice.field(), None);
+    }
+
+    #[test]
+    fn path_conflict_names_the_winner_and_host() {
+        let error = CompileError::PathConflict(Box::new(ConflictingPath {
+            field: "spec.rules[0].http.paths[0]".into(),
+            host: String::new(),
+            path_match: PathMatch::Prefix,
+            path: "/api".into(),
+            winner: ObjectRef::new("shop", "old"),
+            winner_field: "spec.rules[2].http.paths[0]".into(),
+        }));
+        let message = error.to_string();
+        assert!(message.contains("Ingress shop/old at spec.rules[2].http.paths[0]"));
+        assert!(message.starts_with(
+            "spec.rules[0].http.paths[0]: Prefix path \"/api\" on rules without a host"
+        ));
+        assert_eq!(error.field(), Some("spec.rules[0].http.paths[0]"));
+        assert_eq!(error.reason(), "PathConflict");
+    }
+}

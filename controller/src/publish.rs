@@ -1,0 +1,189 @@
+//! From objects to a published snapshot: compile, diff against what is served, publish.
+//!
+//! Used by every object source (the YAML folder now, the Kubernetes API next). Publishing
+//! only happens when something changed, and an unchanged route table or endpoint table is
+//! passed on as the very same `Arc`, so the data plane can skip work.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::networking::v1::Ingress;
+use sluice_dataplane::live::{ConfigReport, Publication};
+use sluice_dataplane::snapshot::{ObjectRef, Snapshot};
+use tokio::sync::watch;
+
+use crate::compile::{ClusterObjects, CompileOptions, Compiled, compile, compile_backends};
+use crate::error::CompileError;
+use crate::object_key::{ObjectKey, ObjectKind};
+
+/// What one publish did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishSummary {
+    /// The generation being served after this call.
+    pub generation: u64,
+    /// False when nothing changed and nothing was sent.
+    pub published: bool,
+    pub routes_changed: bool,
+    pub problems: usize,
+}
+
+/// Compiles objects and publishes snapshots on a watch channel.
+#[derive(Debug)]
+pub struct Publisher {
+    options: CompileOptions,
+    sender: watch::Sender<Option<Publication>>,
+    generation: u64,
+    last_good: BTreeMap<ObjectRef, Ingress>,
+    /// Problems from the full compile (every kind but EndpointSlice) and from sources.
+    route_problems: Vec<String>,
+    /// Problems from the endpoint fast lane.
+    endpoint_problems: Vec<String>,
+    logged: BTreeSet<String>,
+}
+
+impl Publisher {
+    pub fn new(options: CompileOptions) -> (Self, watch::Receiver<Option<Publication>>) {
+        let (sender, receiver) = watch::channel(None);
+        let publisher = Publisher {
+            options,
+            sender,
+            generation: 0,
+            last_good: BTreeMap::new(),
+            route_problems: Vec::new(),
+            endpoint_problems: Vec::new(),
+            logged: BTreeSet::new(),
+        };
+        (publisher, receiver)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Option<Publication>> {
+        self.sender.subscribe()
+    }
+
+    /// The snapshot being served, if any.
+    pub fn current(&self) -> Option<Arc<Snapshot>> {
+        self.sender
+            .borrow()
+            .as_ref()
+            .map(|p| Arc::clone(&p.snapshot))
+    }
+
+    /// Compiles everything. `source_problems` are problems the source found before
+    /// compiling (files that did not parse, say); they are reported with the rest.
+    pub fn publish_all(
+        &mut self,
+        objects: &ClusterObjects,
+        source_problems: Vec<String>,
+    ) -> (Compiled, PublishSummary) {
+        let compiled = compile(objects, &self.last_good, &self.options);
+        self.last_good = compiled.last_good.clone();
+        let (endpoint_problems, route_problems): (Vec<_>, Vec<_>) =
+            problem_lines(&compiled.statuses)
+                .partition(|(kind, _)| *kind == ObjectKind::EndpointSlice);
+        self.route_problems = source_problems
+            .into_iter()
+            .chain(route_problems.into_iter().map(|(_, line)| line))
+            .collect();
+        self.endpoint_problems = endpoint_problems
+            .into_iter()
+            .map(|(_, line)| line)
+            .collect();
+        let summary = self.send(
+            Some(compiled.snapshot_routes.clone()),
+            compiled.backends.clone(),
+        );
+        (compiled, summary)
+    }
+
+    /// The endpoint fast lane: recomputes endpoints against the routes being served, and
+    /// leaves the route table untouched. Falls back to nothing when nothing is served yet.
+    pub fn publish_endpoints(&mut self, objects: &ClusterObjects) -> Option<PublishSummary> {
+        let current = self.current()?;
+        let (backends, statuses) = compile_backends(objects, &current.routes);
+        self.endpoint_problems = problem_lines(&statuses).map(|(_, line)| line).collect();
+        Some(self.send(None, backends))
+    }
+
+    fn send(
+        &mut self,
+        routes: Option<sluice_dataplane::snapshot::RouteTable>,
+        backends: sluice_dataplane::snapshot::BackendTable,
+    ) -> PublishSummary {
+        let problems: Vec<String> = self
+            .route_problems
+            .iter()
+            .chain(self.endpoint_problems.iter())
+            .cloned()
+            .collect();
+        self.log_new_problems(&problems);
+        let report = ConfigReport { problems };
+        let previous = self.sender.borrow().clone();
+        let (snapshot_routes, routes_changed) = match (&previous, routes) {
+            (Some(previous), Some(routes)) if *previous.snapshot.routes == routes => {
+                (Arc::clone(&previous.snapshot.routes), false)
+            }
+            (_, Some(routes)) => (Arc::new(routes), true),
+            (Some(previous), None) => (Arc::clone(&previous.snapshot.routes), false),
+            (None, None) => (Arc::default(), true),
+        };
+        let snapshot_backends = match &previous {
+            Some(previous) if *previous.snapshot.backends == backends => {
+                Arc::clone(&previous.snapshot.backends)
+            }
+            _ => Arc::new(backends),
+        };
+        let unchanged = previous.as_ref().is_some_and(|previous| {
+            Arc::ptr_eq(&previous.snapshot.routes, &snapshot_routes)
+                && Arc::ptr_eq(&previous.snapshot.backends, &snapshot_backends)
+                && *previous.report == report
+        });
+        let problem_count = report.problems.len();
+        if unchanged {
+            return PublishSummary {
+                generation: self.generation,
+                published: false,
+                routes_changed: false,
+                problems: problem_count,
+            };
+        }
+        self.generation += 1;
+        let snapshot = Snapshot {
+            generation: self.generation,
+            routes: snapshot_routes,
+            backends: snapshot_backends,
+        };
+        self.sender.send_replace(Some(Publication {
+            snapshot: Arc::new(snapshot),
+            report: Arc::new(report),
+        }));
+        PublishSummary {
+            generation: self.generation,
+            published: true,
+            routes_changed,
+            problems: problem_count,
+        }
+    }
+
+    /// Logs each problem once, when it first appears.
+    fn log_new_problems(&mut self, problems: &[String]) {
+        let current: BTreeSet<String> = problems.iter().cloned().collect();
+        for problem in current.difference(&self.logged) {
+            tracing::warn!(problem = %problem, "configuration problem");
+        }
+        for solved in self.logged.difference(&current) {
+            tracing::info!(problem = %solved, "configuration problem resolved");
+        }
+        self.logged = current;
+    }
+}
+
+/// One line per error, `Kind namespace/name: message`, with the kind for partitioning.
+pub fn problem_lines(
+    statuses: &BTreeMap<ObjectKey, Vec<CompileError>>,
+) -> impl Iterator<Item = (ObjectKind, String)> + '_ {
+    statuses.iter().flat_map(|(key, errors)| {
+        errors
+            .iter()
+            .map(move |error| (key.kind, format!("{key}: {error}")))
+    })
+}

@@ -1,0 +1,626 @@
+//! The real `sluice` binary in standalone mode, with real echo backends on 127.0.0.x and a
+//! real HTTP client: routing rules, status codes, balancing, hot reload, bad input, and
+//! snapshot swaps under load.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use support::{
+    Echo, INGRESS_CLASS, ManifestDir, Sluice, closed_port, send, send_with, service_yaml,
+};
+
+fn ingress(
+    name: &str,
+    created: &str,
+    class: &str,
+    annotations: &[(&str, &str)],
+    spec: &str,
+) -> String {
+    let mut annotation_yaml = String::new();
+    if !annotations.is_empty() {
+        annotation_yaml.push_str("  annotations:\n");
+        for (key, value) in annotations {
+            annotation_yaml.push_str(&format!("    {key}: \"{value}\"\n"));
+        }
+    }
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n  namespace: default\n  creationTimestamp: \"{created}\"\n{annotation_yaml}spec:\n  ingressClassName: {class}\n{spec}"
+    )
+}
+
+fn path(path: &str, kind: &str, service: &str) -> String {
+    format!(
+        "      - {{path: \"{path}\", pathType: {kind}, backend: {{service: {{name: {service}, port: {{number: 80}}}}}}}}\n"
+    )
+}
+
+fn path_by_port_name(path: &str, kind: &str, service: &str) -> String {
+    format!(
+        "      - {{path: \"{path}\", pathType: {kind}, backend: {{service: {{name: {service}, port: {{name: http}}}}}}}}\n"
+    )
+}
+
+/// One Service per echo listener, named after the role it plays in a test.
+fn services(echo: &Echo, names: &[&str]) -> String {
+    names
+        .iter()
+        .zip(&echo.addrs)
+        .map(|(name, addr)| format!("---\n{}", service_yaml("default", name, 80, &[*addr], &[])))
+        .collect()
+}
+
+async fn served_by(sluice: &Sluice, host: &str, path: &str) -> String {
+    let reply = sluice.get(host, path).await;
+    assert_eq!(reply.status, 200, "{host}{path}: {}", reply.body);
+    reply.echo_addr().expect("x-echo-addr")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_routing_rule_of_the_ingress_spec() {
+    let names = [
+        "exact",
+        "prefix-aaa",
+        "prefix-aaa-bbb",
+        "wildcard",
+        "any-host",
+        "default",
+        "older",
+        "newer",
+    ];
+    let ips: Vec<String> = (2..10).map(|n| format!("127.0.0.{n}")).collect();
+    let ip_refs: Vec<&str> = ips.iter().map(String::as_str).collect();
+    let echo = Echo::start(&ip_refs);
+    let by_name: BTreeMap<&str, String> = names
+        .iter()
+        .copied()
+        .zip(echo.addrs.iter().map(ToString::to_string))
+        .collect();
+
+    let dir = ManifestDir::new("rules");
+    dir.write("class.yaml", INGRESS_CLASS);
+    dir.write("services.yaml", &services(&echo, &names));
+    let mut ingresses = String::new();
+    ingresses += &ingress(
+        "rules",
+        "2024-01-01T00:00:00Z",
+        "sluice",
+        &[],
+        &format!(
+            "  rules:\n  - host: foo.com\n    http:\n      paths:\n{}{}{}{}{}  - host: \"*.wild.com\"\n    http:\n      paths:\n{}",
+            path("/foo", "Exact", "exact"),
+            path("/aaa", "Exact", "exact"),
+            path("/aaa", "Prefix", "prefix-aaa"),
+            path("/aaa/bbb/", "Prefix", "prefix-aaa-bbb"),
+            path("/conflict", "Prefix", "older"),
+            path("/", "Prefix", "wildcard"),
+        ),
+    );
+    ingresses += &ingress(
+        "merged",
+        "2025-01-01T00:00:00Z",
+        "sluice",
+        &[],
+        &format!(
+            "  rules:\n  - host: foo.com\n    http:\n      paths:\n{}{}",
+            path_by_port_name("/merged", "Prefix", "any-host"),
+            path("/conflict", "Prefix", "newer"),
+        ),
+    );
+    ingresses += &ingress(
+        "catch-all",
+        "2024-06-01T00:00:00Z",
+        "sluice",
+        &[],
+        &format!(
+            "  defaultBackend: {{service: {{name: default, port: {{number: 80}}}}}}\n  rules:\n  - http:\n      paths:\n{}",
+            path("/any", "Prefix", "any-host")
+        ),
+    );
+    ingresses += &ingress(
+        "not-ours",
+        "2020-01-01T00:00:00Z",
+        "nginx",
+        &[],
+        &format!(
+            "  rules:\n  - host: foo.com\n    http:\n      paths:\n{}",
+            path("/other", "Prefix", "exact")
+        ),
+    );
+    dir.write("ingresses.yaml", &ingresses);
+    let sluice = Sluice::start(&dir.0, &[]).await;
+
+    let cases = [
+        ("foo.com", "/foo", "exact"),
+        ("foo.com", "/foo/", "default"),
+        ("foo.com", "/FOO", "default"),
+        ("foo.com", "/aaa", "exact"),
+        ("foo.com", "/aaa/", "prefix-aaa"),
+        ("foo.com", "/aaa/ccc", "prefix-aaa"),
+        ("foo.com", "/aaaccc", "default"),
+        ("foo.com", "/aaa/bbb", "prefix-aaa-bbb"),
+        ("foo.com", "/aaa/bbb/ccc", "prefix-aaa-bbb"),
+        ("foo.com", "/aaa/bbbccc", "prefix-aaa"),
+        ("FOO.Com:8080", "/aaa/ccc", "prefix-aaa"),
+        ("x.wild.com", "/anything", "wildcard"),
+        ("wild.com", "/anything", "default"),
+        ("a.b.wild.com", "/anything", "default"),
+        ("foo.com", "/merged/x", "any-host"),
+        ("foo.com", "/conflict", "older"),
+        ("foo.com", "/other", "default"),
+        ("unknown.example", "/any/thing", "any-host"),
+        ("foo.com", "/any", "any-host"),
+        ("unknown.example", "/", "default"),
+    ];
+    for (host, request_path, expected) in cases {
+        assert_eq!(
+            served_by(&sluice, host, request_path).await,
+            by_name[expected],
+            "{host}{request_path} should reach {expected}"
+        );
+    }
+
+    let verbose = sluice.admin_get("/readyz?verbose").await.unwrap().body;
+    assert!(
+        verbose
+            .lines()
+            .any(|line| line.contains("Ingress default/merged") && line.contains("default/rules")),
+        "the newer Ingress gets the conflict error: {verbose}"
+    );
+    assert!(
+        !verbose.contains("not-ours"),
+        "Ingresses of other classes are not reported: {verbose}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_codes_headers_and_streaming() {
+    let echo = Echo::start(&["127.0.0.20"]);
+    let dir = ManifestDir::new("status");
+    dir.write("class.yaml", INGRESS_CLASS);
+    let mut objects = service_yaml("default", "up", 80, &echo.addrs, &[]);
+    objects += "---\n";
+    objects += &service_yaml("default", "empty", 80, &[], &[]);
+    objects += "---\n";
+    objects += &service_yaml("default", "dead", 80, &[closed_port("127.0.0.21")], &[]);
+    objects += &ingress(
+        "web",
+        "2024-01-01T00:00:00Z",
+        "sluice",
+        &[],
+        &format!(
+            "  rules:\n  - host: web.test\n    http:\n      paths:\n{}{}{}",
+            path("/", "Prefix", "up"),
+            path("/empty", "Prefix", "empty"),
+            path("/dead", "Prefix", "dead"),
+        ),
+    );
+    dir.write("objects.yaml", &objects);
+    let sluice = Sluice::start(
+        &dir.0,
+        &[
+            "--request-timeout",
+            "300ms",
+            "--max-request-body",
+            "1024",
+            "--via",
+            "sluice",
+        ],
+    )
+    .await;
+
+    let not_found = sluice.get("nowhere.test", "/").await;
+    assert_eq!(not_found.status, 404);
+    assert_eq!(
+        not_found.headers["content-type"],
+        "text/plain; charset=utf-8"
+    );
+    assert!(not_found.body.contains("no route"));
+    assert_eq!(sluice.get("web.test", "/empty").await.status, 503);
+    assert_eq!(sluice.get("web.test", "/dead").await.status, 502);
+    let timeout = sluice.get("web.test", "/slow?sleep_ms=3000").await;
+    assert_eq!(timeout.status, 504, "{}", timeout.body);
+    assert_eq!(sluice.get("web.test", "/a/../etc/passwd").await.status, 400);
+
+    let too_big = send(
+        sluice.http,
+        "POST",
+        "web.test",
+        "/upload",
+        &[],
+        Bytes::from(vec![b'x'; 4096]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(too_big.status, 413);
+    let huge_header = "h".repeat(100 * 1024);
+    let refused = send(
+        sluice.http,
+        "GET",
+        "web.test",
+        "/",
+        &[("x-huge", &huge_header)],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status, 431);
+
+    let reply = send(
+        sluice.http,
+        "GET",
+        "web.test",
+        "//q/%61b?a=1&b=%2F",
+        &[
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("x-forwarded-for", "6.6.6.6"),
+        ],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200);
+    let seen = reply.echo();
+    assert_eq!(
+        seen["uri"], "/q/ab?a=1&b=%2F",
+        "path normalised once, query unchanged"
+    );
+    let headers = &seen["headers"];
+    assert_eq!(headers["host"], "web.test");
+    assert_eq!(
+        headers["x-forwarded-for"], "127.0.0.1",
+        "an untrusted client's X-Forwarded-For is replaced"
+    );
+    assert_eq!(headers["x-real-ip"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-host"], "web.test");
+    assert_eq!(headers["via"], "1.1 sluice");
+    assert!(
+        headers.get("x-secret").is_none(),
+        "headers named in Connection are stripped"
+    );
+    assert!(headers.get("keep-alive").is_none());
+    assert_eq!(reply.headers["via"], "1.1 sluice");
+
+    // A large body streams through both ways unchanged.
+    let sluice_big = Sluice::start(&dir.0, &[]).await;
+    let payload: Vec<u8> = (0..4 * 1024 * 1024)
+        .map(|i| b'a' + u8::try_from(i % 26).unwrap())
+        .collect();
+    let echoed = support::send(
+        sluice_big.http,
+        "POST",
+        "web.test",
+        "/upload",
+        &[],
+        Bytes::from(payload.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(echoed.status, 200);
+    assert_eq!(echoed.body.len(), payload.len());
+    assert!(
+        echoed.body.as_bytes() == payload.as_slice(),
+        "the body came back changed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balancing_hashing_readiness_and_ejection() {
+    let echo = Echo::start(&["127.0.0.30", "127.0.0.31", "127.0.0.32", "127.0.0.33"]);
+    let ready = &echo.addrs[..3];
+    let not_ready = &echo.addrs[3..];
+    let dead = closed_port("127.0.0.34");
+    let dir = ManifestDir::new("balance");
+    dir.write("class.yaml", INGRESS_CLASS);
+    let mut objects = service_yaml("default", "pool", 80, ready, not_ready);
+    objects += "---\n";
+    let mut with_dead = ready.to_vec();
+    with_dead.push(dead);
+    objects += &service_yaml("default", "flaky", 80, &with_dead, &[]);
+    for (name, annotations) in [
+        ("rr", vec![]),
+        (
+            "hash",
+            vec![
+                ("sluice.dev/load-balance", "hash"),
+                ("sluice.dev/hash-key", "header:X-User"),
+            ],
+        ),
+        ("least", vec![("sluice.dev/load-balance", "least-request")]),
+        ("ewma", vec![("sluice.dev/load-balance", "ewma")]),
+    ] {
+        objects += &ingress(
+            name,
+            "2024-01-01T00:00:00Z",
+            "sluice",
+            &annotations,
+            &format!(
+                "  rules:\n  - host: {name}.test\n    http:\n      paths:\n{}",
+                path("/", "Prefix", "pool")
+            ),
+        );
+    }
+    objects += &ingress(
+        "flaky",
+        "2024-01-01T00:00:00Z",
+        "sluice",
+        &[],
+        &format!(
+            "  rules:\n  - host: flaky.test\n    http:\n      paths:\n{}",
+            path("/", "Prefix", "flaky")
+        ),
+    );
+    dir.write("objects.yaml", &objects);
+    let sluice = Sluice::start(&dir.0, &[]).await;
+
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..30 {
+        *counts
+            .entry(served_by(&sluice, "rr.test", "/").await)
+            .or_default() += 1;
+    }
+    let expected: BTreeMap<String, usize> = ready.iter().map(|a| (a.to_string(), 10)).collect();
+    assert_eq!(
+        counts, expected,
+        "round robin is even and skips the not-ready endpoint"
+    );
+
+    for policy in ["least", "ewma"] {
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for _ in 0..60 {
+            *seen
+                .entry(served_by(&sluice, &format!("{policy}.test"), "/").await)
+                .or_default() += 1;
+        }
+        assert!(
+            !seen.contains_key(&not_ready[0].to_string()),
+            "{policy}: {seen:?}"
+        );
+        assert!(
+            seen.len() >= 2,
+            "{policy} spreads sequential requests: {seen:?}"
+        );
+    }
+
+    let mut users_per_endpoint: BTreeMap<String, usize> = BTreeMap::new();
+    for user in 0..30 {
+        let user = format!("user-{user}");
+        let mut endpoints = std::collections::BTreeSet::new();
+        for _ in 0..4 {
+            let reply = send(
+                sluice.http,
+                "GET",
+                "hash.test",
+                "/",
+                &[("x-user", &user)],
+                Bytes::new(),
+            )
+            .await
+            .unwrap();
+            endpoints.insert(reply.echo_addr().unwrap());
+        }
+        assert_eq!(endpoints.len(), 1, "{user} always lands on one endpoint");
+        *users_per_endpoint
+            .entry(endpoints.into_iter().next().unwrap())
+            .or_default() += 1;
+    }
+    assert!(
+        users_per_endpoint.len() >= 2,
+        "users spread over endpoints: {users_per_endpoint:?}"
+    );
+
+    // A dead endpoint: connection failures are retried elsewhere, then it is ejected.
+    for _ in 0..60 {
+        assert_eq!(sluice.get("flaky.test", "/").await.status, 200);
+    }
+    let metrics = sluice.admin_get("/metrics").await.unwrap().body;
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains("backend=\"default/flaky:80\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in {metrics}"))
+    };
+    assert_eq!(value("sluice_endpoint_ejections_total"), 1);
+    assert_eq!(
+        value("sluice_upstream_connect_errors_total"),
+        5,
+        "ejected after 5 failures and not tried again"
+    );
+    assert_eq!(value("sluice_upstream_retries_total"), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_and_bad_input_keep_the_last_good_routes() {
+    let echo = Echo::start(&["127.0.0.40", "127.0.0.41"]);
+    let dir = ManifestDir::new("reload");
+    dir.write("class.yaml", INGRESS_CLASS);
+    dir.write("services.yaml", &services(&echo, &["one", "two"]));
+    let first = ingress(
+        "first",
+        "2024-01-01T00:00:00Z",
+        "sluice",
+        &[],
+        &format!(
+            "  rules:\n  - host: app.test\n    http:\n      paths:\n{}",
+            path("/v1", "Prefix", "one")
+        ),
+    );
+    dir.write("first.yaml", &first);
+    let sluice = Sluice::start(&dir.0, &[]).await;
+    assert_eq!(sluice.get("app.test", "/v1").await.status, 200);
+    assert_eq!(sluice.get("app.test", "/v2").await.status, 404);
+
+    // A new file is served within a second.
+    let second = ingress(
+        "second",
+        "2024-01-01T00:00:00Z",
+        "sluice",
+        &[],
+        &format!(
+            "  rules:\n  - host: app.test\n    http:\n      paths:\n{}",
+            path("/v2", "Prefix", "two")
+        ),
+    );
+    dir.write("second.yaml", &second);
+    let took = sluice
+        .eventually(Duration::from_secs(1), "new route served", || async {
+            sluice.get("app.test", "/v2").await.status == 200
+        })
+        .await;
+    println!("new route served after {took:?}");
+
+    // A file that no longer parses: its last good routes keep serving, the problem is shown.
+    dir.overwrite(
+        "second.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: [broken\n",
+    );
+    sluice
+        .eventually(Duration::from_secs(1), "problem reported", || async {
+            sluice
+                .admin_get("/readyz?verbose")
+                .await
+                .is_ok_and(|r| r.body.contains("second.yaml") && r.body.contains("last good"))
+        })
+        .await;
+    assert_eq!(sluice.get("app.test", "/v2").await.status, 200);
+    assert_eq!(sluice.get("app.test", "/v1").await.status, 200);
+    assert_eq!(sluice.admin_get("/readyz").await.unwrap().status, 200);
+
+    // An invalid object is rejected alone; the rest keeps serving.
+    let bad = ingress(
+        "bad",
+        "2024-01-01T00:00:00Z",
+        "sluice",
+        &[("sluice.dev/load-balance", "fastest")],
+        &format!(
+            "  rules:\n  - host: bad.test\n    http:\n      paths:\n{}",
+            path("/", "Prefix", "one")
+        ),
+    );
+    dir.write("bad.yaml", &bad);
+    sluice
+        .eventually(
+            Duration::from_secs(1),
+            "invalid object reported",
+            || async {
+                sluice
+                    .admin_get("/readyz?verbose")
+                    .await
+                    .is_ok_and(|r| r.body.contains("Ingress default/bad"))
+            },
+        )
+        .await;
+    assert_eq!(sluice.get("bad.test", "/").await.status, 404);
+    assert_eq!(sluice.get("app.test", "/v1").await.status, 200);
+
+    // Fixing the file applies the fix.
+    dir.write("second.yaml", &second.replace("/v2", "/v3"));
+    sluice
+        .eventually(Duration::from_secs(1), "fixed file served", || async {
+            sluice.get("app.test", "/v3").await.status == 200
+        })
+        .await;
+    assert_eq!(sluice.get("app.test", "/v2").await.status, 404);
+    let verbose = sluice.admin_get("/readyz?verbose").await.unwrap().body;
+    assert!(!verbose.contains("second.yaml"), "{verbose}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_config_changes_under_load_fail_no_request() {
+    let echo = Echo::start(&["127.0.0.50", "127.0.0.51", "127.0.0.52"]);
+    let dir = ManifestDir::new("swap");
+    dir.write("class.yaml", INGRESS_CLASS);
+    dir.write(
+        "services.yaml",
+        &service_yaml("default", "pool", 80, &echo.addrs, &[]),
+    );
+    let routes = |change: usize| {
+        ingress(
+            "load",
+            "2024-01-01T00:00:00Z",
+            "sluice",
+            &[],
+            &format!(
+                "  rules:\n  - host: load.test\n    http:\n      paths:\n{}{}",
+                path("/", "Prefix", "pool"),
+                path(&format!("/change-{change}"), "Prefix", "pool")
+            ),
+        )
+    };
+    dir.write("routes.yaml", &routes(0));
+    let sluice = Arc::new(Sluice::start(&dir.0, &[]).await);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for worker in 0..8 {
+        let (stop, ok, failed, http) = (
+            Arc::clone(&stop),
+            Arc::clone(&ok),
+            Arc::clone(&failed),
+            sluice.http,
+        );
+        workers.push(tokio::spawn(async move {
+            // One keep-alive client per worker: connections stay open across swaps.
+            let client = support::shared_client();
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) && sent < 200_000 {
+                sent += 1;
+                // Every tenth request is slow, so some are in flight across a swap.
+                let target = if sent.is_multiple_of(10) {
+                    "/slow?sleep_ms=50"
+                } else {
+                    "/"
+                };
+                match send_with(&client, http, "GET", "load.test", target, &[], Bytes::new()).await
+                {
+                    Ok(reply) if reply.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        eprintln!("worker {worker}: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+
+    let start_generation = sluice.generation().await;
+    for change in 1..=100 {
+        dir.write("routes.yaml", &routes(change));
+        let wanted = start_generation + change as u64;
+        sluice
+            .eventually(Duration::from_secs(5), "change applied", || async {
+                sluice.generation().await >= wanted
+            })
+            .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!("{ok} requests succeeded, {failed} failed across 100 snapshot swaps");
+    assert_eq!(failed, 0);
+    assert!(ok > 500, "the load ran: {ok}");
+    assert_eq!(sluice.get("load.test", "/change-100").await.status, 200);
+    let metrics = sluice.admin_get("/metrics").await.unwrap().body;
+    let connections: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_active_connections "))
+        .and_then(|v| v.parse().ok())
+        .expect("active connections gauge");
+    assert!(
+        connections <= 10,
+        "keep-alive connections were reused, not re-opened: {connections}"
+    );
+}

@@ -1,0 +1,349 @@
+//! A harness for integration tests: the real `sluice` and `sluice-echo` binaries on
+//! loopback, driven by a real HTTP client.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// Kills the child when dropped, so a failing test leaves nothing running.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One `sluice-echo` process serving several loopback addresses.
+pub struct Echo {
+    _child: Reaped,
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl Echo {
+    /// Listens on port 0 of each given loopback IP, and learns the ports it got.
+    pub fn start(ips: &[&str]) -> Echo {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice-echo"));
+        for ip in ips {
+            command.arg("--listen").arg(format!("{ip}:0"));
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start sluice-echo");
+        let stdout = child.stdout.take().expect("echo stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut addrs = Vec::new();
+        while addrs.len() < ips.len() {
+            let line = lines
+                .next()
+                .expect("echo exited early")
+                .expect("echo stdout");
+            let addr = line
+                .rsplit(' ')
+                .next()
+                .expect("address")
+                .parse()
+                .expect("echo address");
+            addrs.push(addr);
+        }
+        Echo {
+            _child: Reaped(child),
+            addrs,
+        }
+    }
+}
+
+/// A port nothing listens on: bound once, then released.
+pub fn closed_port(ip: &str) -> SocketAddr {
+    let listener = std::net::TcpListener::bind(format!("{ip}:0")).expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// A running `sluice run --manifests DIR`.
+pub struct Sluice {
+    child: Reaped,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: PathBuf,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Sluice {
+    /// Starts Sluice on `dir` with ephemeral ports and waits until it is ready.
+    pub async fn start(dir: &Path, extra: &[&str]) -> Sluice {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "--manifests"])
+            .arg(dir)
+            .args([
+                "--http-addr",
+                "127.0.0.1:0",
+                "--admin-addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sluice");
+        let stderr = child.stderr.take().expect("sluice stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (found_tx, found_rx) = std::sync::mpsc::channel();
+        let log_for_thread = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
+                    && event["message"] == "listening"
+                {
+                    let addr = |field: &str| {
+                        event[field]
+                            .as_str()
+                            .and_then(|a| a.parse::<SocketAddr>().ok())
+                    };
+                    if let (Some(http), Some(admin)) = (addr("http"), addr("admin")) {
+                        let _ = found_tx.send((http, admin));
+                    }
+                }
+                log_for_thread.lock().expect("log").push(line);
+            }
+        });
+        let (http, admin) = found_rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("sluice did not start: {:?}", log.lock().expect("log")));
+        let sluice = Sluice {
+            child: Reaped(child),
+            http,
+            admin,
+            dir: dir.to_path_buf(),
+            log,
+        };
+        sluice.wait_ready().await;
+        sluice
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(reply) = self.admin_get("/readyz").await
+                && reply.status == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sluice never became ready: {:?}",
+                self.log.lock().expect("log")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn get(&self, host: &str, path: &str) -> Reply {
+        send(self.http, "GET", host, path, &[], Bytes::new())
+            .await
+            .expect("request through sluice")
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Result<Reply, String> {
+        send(self.admin, "GET", "admin", path, &[], Bytes::new()).await
+    }
+
+    /// The snapshot generation as `/readyz?verbose` reports it.
+    pub async fn generation(&self) -> u64 {
+        let reply = self.admin_get("/readyz?verbose").await.expect("readyz");
+        reply
+            .body
+            .lines()
+            .find_map(|line| line.strip_prefix("snapshot generation: "))
+            .and_then(|n| n.parse().ok())
+            .expect("generation line")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// Polls until `check` passes or `within` runs out; returns the time it took.
+    pub async fn eventually<F, Fut>(&self, within: Duration, what: &str, mut check: F) -> Duration
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let started = Instant::now();
+        loop {
+            if check().await {
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < within, "{what}: not within {within:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    /// The echo server's JSON summary.
+    pub fn echo(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|_| panic!("not an echo answer: {} {}", self.status, self.body))
+    }
+
+    /// The address of the echo listener that answered.
+    pub fn echo_addr(&self) -> Option<String> {
+        self.headers
+            .get("x-echo-addr")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// One request with a fresh client (tests that need keep-alive build their own).
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Reply, String> {
+    send_with(&client(), addr, method, host, path, headers, body).await
+}
+
+pub async fn send_with(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Reply, String> {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("host", host);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| format!("{e:?}"))?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+pub fn shared_client() -> Client<HttpConnector, Full<Bytes>> {
+    client()
+}
+
+/// A fresh folder for manifests, removed when dropped.
+pub struct ManifestDir(pub PathBuf);
+
+impl ManifestDir {
+    pub fn new(name: &str) -> ManifestDir {
+        let dir = std::env::temp_dir().join(format!("sluice-it-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        ManifestDir(dir)
+    }
+
+    /// Writes a file atomically (write then rename), as config management tools do.
+    pub fn write(&self, file: &str, text: &str) {
+        let temporary = self.0.join(format!(".{file}.tmp"));
+        std::fs::write(&temporary, text).expect("write");
+        std::fs::rename(&temporary, self.0.join(file)).expect("rename");
+    }
+
+    /// Writes in place, truncating first: what an editor without atomic save does.
+    pub fn overwrite(&self, file: &str, text: &str) {
+        std::fs::write(self.0.join(file), text).expect("write");
+    }
+}
+
+impl Drop for ManifestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// YAML for a Service with one port named `http` and one EndpointSlice with `addrs`.
+/// `not_ready` addresses are listed with `ready: false`.
+pub fn service_yaml(
+    namespace: &str,
+    name: &str,
+    port: u16,
+    addrs: &[SocketAddr],
+    not_ready: &[SocketAddr],
+) -> String {
+    let mut by_port: BTreeMap<u16, Vec<(String, bool)>> = BTreeMap::new();
+    for addr in addrs {
+        by_port
+            .entry(addr.port())
+            .or_default()
+            .push((addr.ip().to_string(), true));
+    }
+    for addr in not_ready {
+        by_port
+            .entry(addr.port())
+            .or_default()
+            .push((addr.ip().to_string(), false));
+    }
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  ports:\n  - {{name: http, port: {port}}}\n"
+    );
+    // Each endpoint port needs its own slice, as Kubernetes does for differing target ports.
+    for (index, (endpoint_port, endpoints)) in by_port.iter().enumerate() {
+        yaml.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-{index}\n  namespace: {namespace}\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports:\n- {{name: http, port: {endpoint_port}}}\nendpoints:\n"
+        ));
+        for (ip, ready) in endpoints {
+            yaml.push_str(&format!(
+                "- addresses: [{ip}]\n  conditions: {{ready: {ready}}}\n"
+            ));
+        }
+    }
+    yaml
+}
+
+pub const INGRESS_CLASS: &str = "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: sluice}\nspec: {controller: sluice.dev/ingress-controller}\n";
