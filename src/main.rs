@@ -20,7 +20,7 @@ use sluice_dataplane::metrics::Metrics;
 use sluice_dataplane::proxy::{Proxy, ProxyConfig, TrustedProxies};
 use sluice_dataplane::server::{ListenerConfig, serve_traffic};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 
 /// A Kubernetes ingress controller that applies changes without reloads.
 #[derive(Debug, Parser)]
@@ -41,7 +41,7 @@ enum Command {
 #[derive(Debug, Args)]
 struct CheckArgs {
     /// Folder of YAML manifests (Ingress, IngressClass, Service, EndpointSlice, Secret).
-    #[arg(long, env = "SLUICE_MANIFESTS")]
+    #[arg(long, env = "SLUICE_MANIFESTS", value_name = "DIR")]
     manifests: PathBuf,
     #[command(flatten)]
     class: ClassArgs,
@@ -50,7 +50,12 @@ struct CheckArgs {
 #[derive(Debug, Args)]
 struct ClassArgs {
     /// The IngressClass name this controller serves.
-    #[arg(long, env = "SLUICE_INGRESS_CLASS", default_value = "sluice")]
+    #[arg(
+        long,
+        env = "SLUICE_INGRESS_CLASS",
+        value_name = "NAME",
+        default_value = "sluice"
+    )]
     ingress_class: String,
 }
 
@@ -64,67 +69,103 @@ enum LogFormat {
 struct RunArgs {
     /// Standalone mode: read objects from this folder of YAML manifests instead of the
     /// Kubernetes API, and follow its changes.
-    #[arg(long, env = "SLUICE_MANIFESTS")]
+    #[arg(long, env = "SLUICE_MANIFESTS", value_name = "DIR")]
     manifests: Option<PathBuf>,
     /// Address of the plain HTTP listener (HTTP/1.1 and h2c).
-    #[arg(long, env = "SLUICE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "SLUICE_HTTP_ADDR",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
     http_addr: SocketAddr,
     /// Address of the HTTPS listener. TLS termination is not available yet.
-    #[arg(long, env = "SLUICE_HTTPS_ADDR")]
+    #[arg(long, env = "SLUICE_HTTPS_ADDR", value_name = "ADDR")]
     https_addr: Option<SocketAddr>,
     /// Address of the admin listener: /metrics, /healthz, /readyz.
-    #[arg(long, env = "SLUICE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+    #[arg(
+        long,
+        env = "SLUICE_ADMIN_ADDR",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:9090"
+    )]
     admin_addr: SocketAddr,
     #[command(flatten)]
     class: ClassArgs,
     /// Log format.
-    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "SLUICE_LOG_FORMAT",
+        value_name = "FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     log_format: LogFormat,
     /// Log one line per request (target `sluice::access`).
     #[arg(long, env = "SLUICE_ACCESS_LOG")]
     access_log: bool,
     /// Networks whose X-Forwarded-* headers are believed, comma-separated CIDRs.
-    #[arg(long, env = "SLUICE_TRUSTED_PROXIES", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "SLUICE_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_name = "CIDRS"
+    )]
     trusted_proxies: Vec<IpNet>,
     /// Add `Via: <version> <NAME>` to requests and responses.
-    #[arg(long, env = "SLUICE_VIA")]
+    #[arg(long, env = "SLUICE_VIA", value_name = "NAME")]
     via: Option<String>,
     /// Time allowed to connect to an upstream endpoint.
-    #[arg(long, env = "SLUICE_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SLUICE_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     connect_timeout: Duration,
     /// Time allowed for an upstream to send its response headers.
-    #[arg(long, env = "SLUICE_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SLUICE_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     request_timeout: Duration,
     /// How long idle upstream connections are kept for reuse.
-    #[arg(long, env = "SLUICE_UPSTREAM_IDLE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SLUICE_UPSTREAM_IDLE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     upstream_idle_timeout: Duration,
     /// Time a client gets to send a request's headers.
-    #[arg(long, env = "SLUICE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SLUICE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     header_read_timeout: Duration,
     /// Largest request body in bytes; larger requests get 413.
-    #[arg(long, env = "SLUICE_MAX_REQUEST_BODY", default_value_t = 16 * 1024 * 1024)]
+    #[arg(long, env = "SLUICE_MAX_REQUEST_BODY", value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
     max_request_body: u64,
     /// Largest request header block in bytes; larger requests get 431.
-    #[arg(long, env = "SLUICE_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, env = "SLUICE_MAX_HEADER_BYTES", value_name = "BYTES", default_value_t = 64 * 1024)]
     max_header_bytes: usize,
     /// Most header fields in one request; more get 431.
-    #[arg(long, env = "SLUICE_MAX_HEADERS", default_value_t = 100)]
+    #[arg(
+        long,
+        env = "SLUICE_MAX_HEADERS",
+        value_name = "COUNT",
+        default_value_t = 100
+    )]
     max_headers: usize,
     /// Extra attempts on other endpoints after a connection failure (idempotent requests
     /// without a body).
-    #[arg(long, env = "SLUICE_RETRIES", default_value_t = 2)]
+    #[arg(
+        long,
+        env = "SLUICE_RETRIES",
+        value_name = "COUNT",
+        default_value_t = 2
+    )]
     retries: u32,
     /// Consecutive failures that eject an endpoint.
-    #[arg(long, env = "SLUICE_EJECT_AFTER", default_value_t = 5)]
+    #[arg(
+        long,
+        env = "SLUICE_EJECT_AFTER",
+        value_name = "COUNT",
+        default_value_t = 5
+    )]
     eject_after: u32,
     /// How long an ejected endpoint is left out before it is tried again.
-    #[arg(long, env = "SLUICE_EJECT_FOR", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SLUICE_EJECT_FOR", default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     eject_for: Duration,
     /// How long in-flight requests get to finish on SIGTERM.
-    #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     drain_timeout: Duration,
     /// How long to gather changes before compiling.
-    #[arg(long, env = "SLUICE_DEBOUNCE", default_value = "50ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SLUICE_DEBOUNCE", default_value = "50ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
     debounce: Duration,
 }
 
@@ -264,10 +305,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         args.debounce,
     ));
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut receiver: watch::Receiver<bool>| async move {
-        let _ = receiver.wait_for(|stop| *stop).await;
-    };
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let listener_config = ListenerConfig {
         header_read_timeout: args.header_read_timeout,
         max_header_bytes: args.max_header_bytes,
@@ -278,12 +316,16 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         traffic,
         Arc::clone(&proxy),
         listener_config,
-        stopped(stop_rx.clone()),
+        async move {
+            let _ = stop_rx.await;
+        },
     ));
+    // The admin listener outlives the drain, so probes see /readyz turn 503 while
+    // in-flight requests finish; it stops with the process.
     let admin_task = tokio::spawn(serve_admin(
         admin,
         Arc::clone(&data_plane),
-        stopped(stop_rx),
+        std::future::pending(),
     ));
 
     let outcome = tokio::select! {
@@ -299,7 +341,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     // Report not ready first, so load balancers stop sending while requests drain.
     data_plane.begin_drain();
-    let _ = stop_tx.send(true);
+    let _ = stop_tx.send(());
     let _ = traffic_task.await;
     admin_task.abort();
     controller.abort();

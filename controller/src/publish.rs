@@ -187,3 +187,121 @@ pub fn problem_lines(
             .map(move |error| (key.kind, format!("{key}: {error}")))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::fixtures::{backend, endpoint_slice, ingress, path, rule, service};
+    use serde_json::json;
+
+    fn objects(addresses: &[&str]) -> ClusterObjects {
+        let endpoints = addresses
+            .iter()
+            .map(|address| json!({ "addresses": [address], "conditions": { "ready": true } }))
+            .collect();
+        ClusterObjects {
+            ingresses: vec![ingress(
+                "shop",
+                "web",
+                json!({}),
+                json!({
+                    "ingressClassName": "sluice",
+                    "rules": [rule(Some("shop.example"), vec![path("/", "Prefix", backend("web", 80))])],
+                }),
+            )],
+            services: vec![service("shop", "web", &[(Some("http"), 80)])],
+            endpoint_slices: vec![endpoint_slice(
+                "shop",
+                "web-1",
+                "web",
+                "IPv4",
+                &[(Some("http"), 8080)],
+                endpoints,
+            )],
+            ..ClusterObjects::default()
+        }
+    }
+
+    fn served(receiver: &watch::Receiver<Option<Publication>>) -> Arc<Snapshot> {
+        Arc::clone(&receiver.borrow().as_ref().expect("published").snapshot)
+    }
+
+    #[test]
+    fn nothing_is_published_when_nothing_changed() {
+        let (mut publisher, receiver) = Publisher::new(CompileOptions::default());
+        assert!(
+            receiver.borrow().is_none(),
+            "nothing before the first compile"
+        );
+        let (_, first) = publisher.publish_all(&objects(&["10.0.0.1"]), Vec::new());
+        assert!(first.published && first.routes_changed);
+        assert_eq!(first.generation, 1);
+        let (_, again) = publisher.publish_all(&objects(&["10.0.0.1"]), Vec::new());
+        assert!(!again.published);
+        assert_eq!(served(&receiver).generation, 1);
+    }
+
+    #[test]
+    fn an_endpoint_change_keeps_the_route_table() {
+        let (mut publisher, receiver) = Publisher::new(CompileOptions::default());
+        publisher.publish_all(&objects(&["10.0.0.1"]), Vec::new());
+        let before = served(&receiver);
+
+        // Through a full compile: equal routes are passed on as the same Arc.
+        let (_, summary) = publisher.publish_all(&objects(&["10.0.0.1", "10.0.0.2"]), Vec::new());
+        assert!(summary.published && !summary.routes_changed);
+        let after = served(&receiver);
+        assert!(Arc::ptr_eq(&before.routes, &after.routes));
+        assert_ne!(before.backends, after.backends);
+        assert_eq!(after.generation, 2);
+
+        // Through the fast lane: only the backend table is computed.
+        let summary = publisher
+            .publish_endpoints(&objects(&["10.0.0.3"]))
+            .expect("something is served");
+        assert!(summary.published && !summary.routes_changed);
+        let fast = served(&receiver);
+        assert!(Arc::ptr_eq(&before.routes, &fast.routes));
+        let endpoints: Vec<String> = fast
+            .backends
+            .backends
+            .values()
+            .flat_map(|b| b.endpoints.iter().map(|e| e.addr.to_string()))
+            .collect();
+        assert_eq!(endpoints, ["10.0.0.3:8080"]);
+    }
+
+    #[test]
+    fn the_fast_lane_waits_for_a_first_full_compile() {
+        let (mut publisher, receiver) = Publisher::new(CompileOptions::default());
+        assert!(
+            publisher
+                .publish_endpoints(&objects(&["10.0.0.1"]))
+                .is_none()
+        );
+        assert!(receiver.borrow().is_none());
+    }
+
+    #[test]
+    fn problems_are_published_with_the_snapshot() {
+        let (mut publisher, receiver) = Publisher::new(CompileOptions::default());
+        let mut broken = objects(&["10.0.0.1"]);
+        broken.ingresses[0]
+            .spec
+            .as_mut()
+            .unwrap()
+            .rules
+            .as_mut()
+            .unwrap()[0]
+            .host = Some("bad host".into());
+        publisher.publish_all(&broken, vec!["folder/x.yaml: not valid YAML".into()]);
+        let report = Arc::clone(&receiver.borrow().as_ref().unwrap().report);
+        assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+        assert_eq!(report.problems[0], "folder/x.yaml: not valid YAML");
+        assert!(
+            report.problems[1].starts_with("Ingress shop/web: spec.rules[0].host"),
+            "{:?}",
+            report.problems
+        );
+    }
+}

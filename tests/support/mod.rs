@@ -180,6 +180,18 @@ impl Sluice {
         self.child.0.id()
     }
 
+    /// Waits for the process to exit; its exit code, or `None` if it did not exit in time.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.0.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Polls until `check` passes or `within` runs out; returns the time it took.
     pub async fn eventually<F, Fut>(&self, within: Duration, what: &str, mut check: F) -> Duration
     where

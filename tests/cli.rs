@@ -1,0 +1,278 @@
+//! The `sluice` command line: `check`, `--version`, clear start-up errors, h2c, metrics,
+//! and graceful shutdown on SIGTERM, each against the real binary.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use support::{Echo, INGRESS_CLASS, ManifestDir, Sluice, service_yaml};
+
+const INGRESS: &str = "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web, namespace: default}\nspec:\n  ingressClassName: sluice\n  rules:\n  - host: web.test\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}\n";
+
+fn sluice() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+}
+
+#[test]
+fn version_names_the_package_version() {
+    let output = sluice().arg("--version").output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("sluice {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn check_reports_each_objects_errors_and_exits_non_zero() {
+    let dir = ManifestDir::new("check");
+    dir.write("class.yaml", INGRESS_CLASS);
+    dir.write(
+        "web.yaml",
+        &format!("{}{INGRESS}", service_yaml("default", "web", 80, &[], &[])),
+    );
+    let clean = sluice()
+        .args(["check", "--manifests"])
+        .arg(&dir.0)
+        .output()
+        .unwrap();
+    let clean_out = String::from_utf8_lossy(&clean.stdout);
+    assert!(clean.status.success(), "{clean_out}");
+    assert!(
+        clean_out.contains("1 Ingresses of class \"sluice\" accepted, 0 errors"),
+        "{clean_out}"
+    );
+
+    let bad_port = INGRESS
+        .replace("web\n", "bad\n")
+        .replace("name: web,", "name: bad,")
+        .replace("{number: 80}", "{name: nope}");
+    dir.write("bad.yaml", &bad_port);
+    dir.write("broken.yaml", "kind: [");
+    let failed = sluice()
+        .args(["check", "--manifests"])
+        .arg(&dir.0)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&failed.stdout);
+    assert_eq!(failed.status.code(), Some(1), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with(
+            "error: Ingress default/bad: spec.rules[0].http.paths[0].backend.service"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("broken.yaml") && l.contains("not valid YAML")),
+        "{out}"
+    );
+}
+
+#[test]
+fn run_without_a_source_says_what_is_missing() {
+    let output = sluice()
+        .args([
+            "run",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--manifests"), "{stderr}");
+    let missing = sluice()
+        .args([
+            "run",
+            "--manifests",
+            "/nonexistent/sluice",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not a folder"));
+}
+
+async fn started(name: &str, echo: &Echo) -> (ManifestDir, Sluice) {
+    let dir = ManifestDir::new(name);
+    dir.write("class.yaml", INGRESS_CLASS);
+    dir.write(
+        "web.yaml",
+        &format!(
+            "{}{INGRESS}",
+            service_yaml("default", "web", 80, &echo.addrs, &[])
+        ),
+    );
+    let sluice = Sluice::start(&dir.0, &[]).await;
+    (dir, sluice)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_with_prior_knowledge_is_served() {
+    let echo = Echo::start(&["127.0.0.60"]);
+    // HTTP/2 sends the URI's authority (Sluice's address), so route without a host.
+    let dir = ManifestDir::new("h2c");
+    dir.write("class.yaml", INGRESS_CLASS);
+    let hostless = INGRESS.replace("  - host: web.test\n    http:", "  - http:");
+    dir.write(
+        "web.yaml",
+        &format!(
+            "{}{hostless}",
+            service_yaml("default", "web", 80, &echo.addrs, &[])
+        ),
+    );
+    let sluice = Sluice::start(&dir.0, &[]).await;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let request = hyper::Request::get(format!("http://{}/h2?x=1", sluice.http))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["uri"], "/h2?x=1");
+    assert_eq!(
+        seen["headers"]["host"],
+        sluice.http.to_string(),
+        ":authority becomes Host upstream"
+    );
+    assert_eq!(seen["version"], "HTTP/1.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_by_route_not_by_path() {
+    let echo = Echo::start(&["127.0.0.61"]);
+    let (_dir, sluice) = started("metrics", &echo).await;
+    for n in 0..5 {
+        assert_eq!(
+            sluice.get("web.test", &format!("/unique/{n}")).await.status,
+            200
+        );
+    }
+    assert_eq!(sluice.get("nowhere.test", "/").await.status, 404);
+    let metrics = sluice.admin_get("/metrics").await.unwrap();
+    assert_eq!(
+        metrics.headers["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = metrics.body;
+    let has = |needle: &str| text.lines().any(|l| l.starts_with(needle));
+    assert!(
+        has(
+            r#"sluice_http_requests_total{namespace="default",ingress="web",host="web.test",method="GET",status="2xx"} 5"#
+        ),
+        "{text}"
+    );
+    assert!(
+        has(
+            r#"sluice_http_requests_total{namespace="",ingress="",host="",method="GET",status="4xx"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        has(
+            r#"sluice_http_request_duration_seconds_count{namespace="default",ingress="web",host="web.test"} 5"#
+        ),
+        "{text}"
+    );
+    assert!(
+        has(r#"sluice_backend_endpoints{backend="default/web:80"} 1"#),
+        "{text}"
+    );
+    assert!(has("sluice_snapshot_generation 1"), "{text}");
+    assert!(has("sluice_snapshot_apply_seconds_count 1"), "{text}");
+    assert!(!text.contains("/unique/"), "raw paths never become labels");
+    assert_eq!(sluice.admin_get("/healthz").await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_and_refuses_new_ones() {
+    let echo = Echo::start(&["127.0.0.62"]);
+    let (_dir, sluice) = started("drain", &echo).await;
+    let http = sluice.http;
+    let in_flight = tokio::spawn(async move {
+        support::send(
+            http,
+            "GET",
+            "web.test",
+            "/slow?sleep_ms=1500",
+            &[],
+            Bytes::new(),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &sluice.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    assert!(
+        tokio::net::TcpStream::connect(http).await.is_err(),
+        "no new connections while draining"
+    );
+    let ready = sluice.admin_get("/readyz").await.unwrap();
+    assert_eq!(ready.status, 503, "not ready while draining");
+
+    let reply = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request finishes");
+    assert_eq!(reply.status, 200);
+    let mut sluice = sluice;
+    let exit = sluice.wait_exit(Duration::from_secs(10));
+    assert_eq!(exit, Some(0), "exits cleanly after draining");
+    assert!(signalled.elapsed() >= Duration::from_millis(1000));
+}
+
+#[test]
+fn the_shipped_examples_compile_without_errors() {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let output = sluice()
+        .args(["check", "--manifests", examples])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{out}");
+    assert!(
+        out.contains("2 Ingresses of class \"sluice\" accepted, 0 errors"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_readme_shows_the_current_help_text() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for args in [
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["check", "--help"],
+    ] {
+        let output = sluice().args(&args).output().unwrap();
+        let help = String::from_utf8_lossy(&output.stdout);
+        let block = format!("$ sluice {}\n{}", args.join(" "), help);
+        assert!(
+            readme.contains(&block),
+            "README.md is missing the current output of `sluice {}`:\n{block}",
+            args.join(" ")
+        );
+    }
+}
