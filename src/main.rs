@@ -124,7 +124,8 @@ struct RunArgs {
     /// How long idle upstream connections are kept for reuse.
     #[arg(long, env = "SLUICE_UPSTREAM_IDLE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     upstream_idle_timeout: Duration,
-    /// Time a client gets to send a request's headers.
+    /// Time a client gets to send a request's headers; also how long an idle keep-alive
+    /// connection stays open.
     #[arg(long, env = "SLUICE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     header_read_timeout: Duration,
     /// Largest request body in bytes; larger requests get 413.

@@ -276,3 +276,51 @@ fn the_readme_shows_the_current_help_text() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_clients_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = Echo::start(&["127.0.0.63"]);
+    let dir = ManifestDir::new("idle");
+    dir.write("class.yaml", INGRESS_CLASS);
+    dir.write(
+        "web.yaml",
+        &format!(
+            "{}{INGRESS}",
+            service_yaml("default", "web", 80, &echo.addrs, &[])
+        ),
+    );
+    let sluice = Sluice::start(&dir.0, &["--header-read-timeout", "400ms"]).await;
+
+    // An idle keep-alive connection, after one request.
+    let mut idle = tokio::net::TcpStream::connect(sluice.http).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: web.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let read = idle.read(&mut buffer).await.unwrap();
+    assert!(String::from_utf8_lossy(&buffer[..read]).starts_with("HTTP/1.1 200"));
+    // A slow client that never finishes its headers.
+    let mut slow = tokio::net::TcpStream::connect(sluice.http).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: web.test\r\nx-slow: ")
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    for (name, stream) in [("idle", &mut idle), ("slow", &mut slow)] {
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the {name} connection was not closed");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "closed by the timeout, not at once"
+    );
+}
