@@ -9,8 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
+use sluice_controller::cluster::{ClusterConfig, EndpointRemap, PublishTarget, run_cluster};
 use sluice_controller::compile::CompileOptions;
 use sluice_controller::error::Severity;
+use sluice_controller::leader::{LeaseConfig, run_election};
 use sluice_controller::publish::Publisher;
 use sluice_controller::standalone::{ManifestFolder, run_folder};
 use sluice_dataplane::admin::serve_admin;
@@ -19,8 +21,9 @@ use sluice_dataplane::live::{DataPlane, follow_snapshots};
 use sluice_dataplane::metrics::Metrics;
 use sluice_dataplane::proxy::{Proxy, ProxyConfig, TrustedProxies};
 use sluice_dataplane::server::{ListenerConfig, serve_traffic};
+use sluice_dataplane::snapshot::ObjectRef;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// A Kubernetes ingress controller that applies changes without reloads.
 #[derive(Debug, Parser)]
@@ -59,6 +62,89 @@ struct ClassArgs {
     ingress_class: String,
 }
 
+/// Kubernetes API mode only.
+#[derive(Debug, Args)]
+struct ClusterArgs {
+    /// Write this Service's address (load balancer, external IPs or cluster IP) to the
+    /// status of the Ingresses served.
+    #[arg(
+        long,
+        env = "SLUICE_PUBLISH_SERVICE",
+        value_name = "NAMESPACE/NAME",
+        conflicts_with = "publish_address"
+    )]
+    publish_service: Option<String>,
+    /// Write these IPs or host names to the status of the Ingresses served, comma-separated.
+    #[arg(
+        long,
+        env = "SLUICE_PUBLISH_ADDRESS",
+        value_delimiter = ',',
+        value_name = "ADDRS"
+    )]
+    publish_address: Vec<String>,
+    /// Elect one replica, through a Lease, to write status and Events. Every replica
+    /// serves traffic either way.
+    #[arg(long, env = "SLUICE_LEADER_ELECT", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Name of the leader election Lease.
+    #[arg(
+        long,
+        env = "SLUICE_LEASE_NAME",
+        value_name = "NAME",
+        default_value = "sluice-leader"
+    )]
+    lease_name: String,
+    /// Namespace of the Lease [default: POD_NAMESPACE, else the client's namespace].
+    #[arg(long, env = "POD_NAMESPACE", value_name = "NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// How long the Lease lasts without renewal before another replica takes over.
+    #[arg(long, env = "SLUICE_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    lease_duration: Duration,
+    /// This replica's name in the Lease and in Events [default: POD_NAME, else host name
+    /// and process id].
+    #[arg(long, env = "POD_NAME", value_name = "NAME")]
+    identity: Option<String>,
+    /// Development only: rewrite EndpointSlice addresses from one IPv4 network to another
+    /// (`192.0.2.0/24=127.0.0.0/24`), for test clusters whose API server refuses loopback
+    /// endpoints. See docs/kubernetes.md.
+    #[arg(long, value_name = "FROM=TO", hide = true)]
+    dev_remap_endpoints: Option<EndpointRemap>,
+}
+
+impl ClusterArgs {
+    fn publish_target(&self) -> anyhow::Result<PublishTarget> {
+        if let Some(service) = &self.publish_service {
+            let Some((namespace, name)) = service.split_once('/') else {
+                bail!("--publish-service {service:?}: expected NAMESPACE/NAME");
+            };
+            if namespace.is_empty() || name.is_empty() || name.contains('/') {
+                bail!("--publish-service {service:?}: expected NAMESPACE/NAME");
+            }
+            return Ok(PublishTarget::Service(ObjectRef::new(namespace, name)));
+        }
+        let addresses: Vec<String> = self
+            .publish_address
+            .iter()
+            .map(|address| address.trim().to_owned())
+            .filter(|address| !address.is_empty())
+            .collect();
+        Ok(if addresses.is_empty() {
+            PublishTarget::Nothing
+        } else {
+            PublishTarget::Addresses(addresses)
+        })
+    }
+
+    fn identity(&self) -> String {
+        self.identity.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|name| name.trim().to_owned())
+                .unwrap_or_else(|_| "sluice".to_owned());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -68,9 +154,12 @@ enum LogFormat {
 #[derive(Debug, Args)]
 struct RunArgs {
     /// Standalone mode: read objects from this folder of YAML manifests instead of the
-    /// Kubernetes API, and follow its changes.
+    /// Kubernetes API, and follow its changes. Without it, Sluice uses the in-cluster
+    /// service account or KUBECONFIG.
     #[arg(long, env = "SLUICE_MANIFESTS", value_name = "DIR")]
     manifests: Option<PathBuf>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// Address of the plain HTTP listener (HTTP/1.1 and h2c).
     #[arg(
         long,
@@ -229,8 +318,12 @@ fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // kube's client logs every failed request as an error; during an API outage that is a
+    // line per retry. The watches report the outage once themselves, so by default that
+    // target is off; RUST_LOG, when set, decides alone.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,kube_client::client::builder=off")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -249,19 +342,61 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(serve(args))
 }
 
+/// Where objects come from.
+enum Source {
+    Folder(PathBuf),
+    Cluster(Box<ClusterSource>),
+}
+
+struct ClusterSource {
+    client: kube::Client,
+    config: ClusterConfig,
+    lease: Option<LeaseConfig>,
+}
+
+async fn source(args: &RunArgs) -> anyhow::Result<Source> {
+    if let Some(manifests) = &args.manifests {
+        if !manifests.is_dir() {
+            bail!("--manifests {}: not a folder", manifests.display());
+        }
+        return Ok(Source::Folder(manifests.clone()));
+    }
+    let publish = args.cluster.publish_target()?;
+    let client = kube::Client::try_default().await.context(
+        "cannot reach the Kubernetes API: no in-cluster service account and no usable \
+         KUBECONFIG (for standalone mode, pass --manifests DIR)",
+    )?;
+    let identity = args.cluster.identity();
+    let lease = args.cluster.leader_elect.then(|| {
+        let namespace = args
+            .cluster
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        LeaseConfig::with_duration(
+            namespace,
+            args.cluster.lease_name.clone(),
+            identity.clone(),
+            args.cluster.lease_duration,
+        )
+    });
+    Ok(Source::Cluster(Box::new(ClusterSource {
+        client,
+        config: ClusterConfig {
+            debounce: args.debounce,
+            publish,
+            identity,
+            endpoint_remap: args.cluster.dev_remap_endpoints,
+        },
+        lease,
+    })))
+}
+
 async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let Some(manifests) = args.manifests.clone() else {
-        bail!(
-            "no --manifests folder given: the Kubernetes API source is not available yet; \
-             run in standalone mode with --manifests DIR"
-        );
-    };
     if let Some(addr) = args.https_addr {
         bail!("--https-addr {addr}: the HTTPS listener (TLS termination) is not available yet");
     }
-    if !manifests.is_dir() {
-        bail!("--manifests {}: not a folder", manifests.display());
-    }
+    let source = source(&args).await?;
 
     let metrics = Arc::new(Metrics::new());
     let health = HealthConfig {
@@ -290,21 +425,62 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     let admin = TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("cannot listen on --admin-addr {}", args.admin_addr))?;
+    let source_name = match &source {
+        Source::Folder(manifests) => manifests.display().to_string(),
+        Source::Cluster(_) => "kubernetes".to_owned(),
+    };
     tracing::info!(
         http = %traffic.local_addr().unwrap_or(args.http_addr),
         admin = %admin.local_addr().unwrap_or(args.admin_addr),
-        manifests = %manifests.display(),
+        source = %source_name,
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
 
     let (publisher, updates) = Publisher::new(compile_options(&args.class));
     tokio::spawn(follow_snapshots(Arc::clone(&data_plane), updates));
-    let mut controller = tokio::spawn(run_folder(
-        ManifestFolder::new(manifests),
-        publisher,
-        args.debounce,
-    ));
+    let (stop_election_tx, stop_election_rx) = oneshot::channel::<()>();
+    let mut election = None;
+    // Without an election this replica always leads; the sender lives until shutdown.
+    let mut always_leading = None;
+    let mut controller = match source {
+        Source::Folder(manifests) => tokio::spawn(run_folder(
+            ManifestFolder::new(manifests),
+            publisher,
+            args.debounce,
+        )),
+        Source::Cluster(cluster) => {
+            let ClusterSource {
+                client,
+                config,
+                lease,
+            } = *cluster;
+            let (leading_tx, leading) = watch::channel(lease.is_none());
+            if lease.is_none() {
+                metrics.controller.leader.set(1);
+            }
+            if let Some(lease) = lease {
+                election = Some(tokio::spawn(run_election(
+                    client.clone(),
+                    lease,
+                    leading_tx,
+                    Arc::clone(&metrics),
+                    async move {
+                        let _ = stop_election_rx.await;
+                    },
+                )));
+            } else {
+                always_leading = Some(leading_tx);
+            }
+            tokio::spawn(run_cluster(
+                client,
+                publisher,
+                config,
+                leading,
+                Arc::clone(&metrics),
+            ))
+        }
+    };
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let listener_config = ListenerConfig {
@@ -344,8 +520,14 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     data_plane.begin_drain();
     let _ = stop_tx.send(());
     let _ = traffic_task.await;
-    admin_task.abort();
     controller.abort();
+    // Hand the lease over so the next leader need not wait for it to expire.
+    let _ = stop_election_tx.send(());
+    if let Some(election) = election {
+        let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
+    }
+    drop(always_leading);
+    admin_task.abort();
     outcome
 }
 

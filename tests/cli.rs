@@ -85,6 +85,9 @@ fn run_without_a_source_says_what_is_missing() {
             "127.0.0.1:0",
         ])
         .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        // No ~/.kube/config to fall back on either.
+        .env("HOME", "/nonexistent")
         .output()
         .unwrap();
     assert!(!output.status.success());

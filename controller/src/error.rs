@@ -199,6 +199,8 @@ fn host_label(host: &str) -> String {
 pub enum ControllerError {
     #[error("cannot watch {path} for changes: {why}")]
     Watch { path: String, why: String },
+    #[error("every watch of the Kubernetes API ended")]
+    WatchesEnded,
 }
 
 #[cfg(test)]

@@ -36,6 +36,82 @@ pub struct BackendLabels {
     pub backend: Arc<str>,
 }
 
+/// The kind of object a controller watch follows.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct WatchLabels {
+    pub kind: &'static str,
+}
+
+/// Outcome of a write to the Kubernetes API.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct WriteLabels {
+    pub result: WriteResult,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum WriteResult {
+    ok,
+    error,
+}
+
+/// The controller's own health: its watches, leadership and writes. Kept here with the
+/// rest so one registry serves `/metrics`; nothing in it depends on Kubernetes types.
+#[derive(Debug)]
+pub struct ControllerMetrics {
+    pub watch_connected: Family<WatchLabels, Gauge>,
+    pub watch_errors: Family<WatchLabels, Counter>,
+    pub leader: Gauge,
+    pub status_updates: Family<WriteLabels, Counter>,
+    pub events: Family<WriteLabels, Counter>,
+    pub compile_seconds: Histogram,
+}
+
+impl ControllerMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = ControllerMetrics {
+            watch_connected: Family::default(),
+            watch_errors: Family::default(),
+            leader: Gauge::default(),
+            status_updates: Family::default(),
+            events: Family::default(),
+            compile_seconds: apply_duration_histogram(),
+        };
+        let registry = registry.sub_registry_with_prefix("controller");
+        registry.register(
+            "watch_connected",
+            "1 while the watch of this kind is connected to the Kubernetes API, else 0",
+            metrics.watch_connected.clone(),
+        );
+        registry.register(
+            "watch_errors",
+            "Errors of the watch of this kind (each is retried with backoff)",
+            metrics.watch_errors.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease and writes status",
+            metrics.leader.clone(),
+        );
+        registry.register(
+            "status_updates",
+            "Ingress status writes, by result",
+            metrics.status_updates.clone(),
+        );
+        registry.register(
+            "events",
+            "Kubernetes Events posted about object problems, by result",
+            metrics.events.clone(),
+        );
+        registry.register(
+            "compile_seconds",
+            "Time to compile all objects into a snapshot",
+            metrics.compile_seconds.clone(),
+        );
+        metrics
+    }
+}
+
 /// HTTP methods as a closed set; anything else is `OTHER`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
 #[allow(clippy::upper_case_acronyms)]
@@ -130,6 +206,7 @@ pub struct Metrics {
     pub snapshot_apply_seconds: Histogram,
     pub snapshot_routes: Gauge,
     pub config_errors: Gauge,
+    pub controller: ControllerMetrics,
 }
 
 impl Metrics {
@@ -202,7 +279,9 @@ impl Metrics {
             "Objects with configuration errors in the last compile",
             config_errors.clone(),
         );
+        let controller = ControllerMetrics::register(&mut registry);
         Metrics {
+            controller,
             registry,
             requests,
             request_duration,

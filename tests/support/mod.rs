@@ -36,9 +36,16 @@ pub struct Echo {
 impl Echo {
     /// Listens on port 0 of each given loopback IP, and learns the ports it got.
     pub fn start(ips: &[&str]) -> Echo {
+        let addrs: Vec<String> = ips.iter().map(|ip| format!("{ip}:0")).collect();
+        Echo::start_at(&addrs)
+    }
+
+    /// Listens on each given address (`IP:PORT`, port 0 for any).
+    pub fn start_at(addrs: &[String]) -> Echo {
+        let ips = addrs;
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice-echo"));
-        for ip in ips {
-            command.arg("--listen").arg(format!("{ip}:0"));
+        for addr in addrs {
+            command.arg("--listen").arg(addr);
         }
         let mut child = command
             .stdout(Stdio::piped())
@@ -86,9 +93,23 @@ pub struct Sluice {
 impl Sluice {
     /// Starts Sluice on `dir` with ephemeral ports and waits until it is ready.
     pub async fn start(dir: &Path, extra: &[&str]) -> Sluice {
+        let mut args = vec!["--manifests".to_owned(), dir.display().to_string()];
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        Sluice::launch(&args, &[], dir).await
+    }
+
+    /// Starts `sluice run ARGS` with ephemeral ports and extra environment, and waits
+    /// until it is ready.
+    pub async fn launch(args: &[String], envs: &[(&str, &str)], dir: &Path) -> Sluice {
+        let sluice = Sluice::spawn(args, envs, dir);
+        sluice.wait_ready().await;
+        sluice
+    }
+
+    /// Starts `sluice run ARGS` and waits only until it listens.
+    pub fn spawn(args: &[String], envs: &[(&str, &str)], dir: &Path) -> Sluice {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["run", "--manifests"])
-            .arg(dir)
+            .arg("run")
             .args([
                 "--http-addr",
                 "127.0.0.1:0",
@@ -97,8 +118,9 @@ impl Sluice {
                 "--log-format",
                 "json",
             ])
-            .args(extra)
-            .env("RUST_LOG", "info")
+            .args(args)
+            .envs(envs.iter().copied())
+            .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -127,15 +149,13 @@ impl Sluice {
         let (http, admin) = found_rx
             .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("sluice did not start: {:?}", log.lock().expect("log")));
-        let sluice = Sluice {
+        Sluice {
             child: Reaped(child),
             http,
             admin,
             dir: dir.to_path_buf(),
             log,
-        };
-        sluice.wait_ready().await;
-        sluice
+        }
     }
 
     pub async fn wait_ready(&self) {
@@ -178,6 +198,33 @@ impl Sluice {
 
     pub fn pid(&self) -> u32 {
         self.child.0.id()
+    }
+
+    /// Kills the process at once (SIGKILL): a crash, with no clean-up.
+    pub fn kill(&mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+    }
+
+    /// The value of one series from `/metrics`, named with its labels exactly as printed
+    /// (`sluice_controller_leader`, `name{label="v"}`).
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.admin_get("/metrics").await.ok()?.body;
+        text.lines().find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|value| value.trim().parse().ok())
+        })
+    }
+
+    /// The log lines so far, as JSON events.
+    pub fn log_events(&self) -> Vec<serde_json::Value> {
+        self.log
+            .lock()
+            .expect("log")
+            .iter()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
     }
 
     /// Waits for the process to exit; its exit code, or `None` if it did not exit in time.

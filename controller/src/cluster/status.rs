@@ -1,0 +1,470 @@
+//! What the leader writes back: `status.loadBalancer` on the Ingresses it serves, and an
+//! Event for each new problem the compiler found on an object.
+//!
+//! Status goes through server-side apply with field manager `sluice`, so only the fields
+//! Sluice wrote are Sluice's, and releasing an Ingress (it changed class) removes exactly
+//! them. Writes happen only where the stored status differs from the wanted one, so a
+//! steady cluster sees no writes at all.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::networking::v1::{Ingress, IngressLoadBalancerIngress};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::{Api, Client, Resource};
+use serde_json::json;
+use sluice_dataplane::metrics::{Metrics, WriteLabels, WriteResult};
+use sluice_dataplane::snapshot::ObjectRef;
+use tokio::sync::watch;
+
+use super::{CompileOutcome, Stores};
+use crate::error::Severity;
+use crate::object_key::{ObjectKey, ObjectKind, object_ref};
+
+/// The field manager of every write Sluice makes.
+pub const FIELD_MANAGER: &str = "sluice";
+
+/// Status writes in flight at once; enough to settle a thousand Ingresses in seconds
+/// without flooding the API server.
+const CONCURRENT_WRITES: usize = 16;
+
+/// Even with no change, the leader compares stored and wanted status this often, to repair
+/// a status someone else overwrote.
+const RESYNC: Duration = Duration::from_secs(60);
+
+/// Where the address in `status.loadBalancer` comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PublishTarget {
+    /// Write no status.
+    #[default]
+    Nothing,
+    /// The addresses of this Service (`--publish-service`): its load-balancer ingress,
+    /// else its external IPs, else its cluster IP.
+    Service(ObjectRef),
+    /// Fixed IPs or host names (`--publish-address`).
+    Addresses(Vec<String>),
+}
+
+impl PublishTarget {
+    /// The load-balancer entries to publish, or `None` when they are not known yet (the
+    /// Service does not exist or has no address), in which case nothing is written.
+    fn entries(&self, services: &Store<Service>) -> Option<Vec<IngressLoadBalancerIngress>> {
+        let entries = match self {
+            PublishTarget::Nothing => return None,
+            PublishTarget::Addresses(addresses) => addresses.iter().map(|a| entry(a)).collect(),
+            PublishTarget::Service(target) => {
+                let service = services
+                    .state()
+                    .into_iter()
+                    .find(|service| object_ref(&service.metadata) == *target)?;
+                service_entries(&service)
+            }
+        };
+        (!Vec::is_empty(&entries)).then_some(entries)
+    }
+}
+
+fn entry(address: &str) -> IngressLoadBalancerIngress {
+    if address.parse::<IpAddr>().is_ok() {
+        IngressLoadBalancerIngress {
+            ip: Some(address.to_owned()),
+            ..IngressLoadBalancerIngress::default()
+        }
+    } else {
+        IngressLoadBalancerIngress {
+            hostname: Some(address.to_owned()),
+            ..IngressLoadBalancerIngress::default()
+        }
+    }
+}
+
+fn service_entries(service: &Service) -> Vec<IngressLoadBalancerIngress> {
+    let balancer: Vec<IngressLoadBalancerIngress> = service
+        .status
+        .as_ref()
+        .and_then(|status| status.load_balancer.as_ref())
+        .and_then(|balancer| balancer.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|lb| IngressLoadBalancerIngress {
+            ip: lb.ip.clone(),
+            hostname: lb.hostname.clone(),
+            ..IngressLoadBalancerIngress::default()
+        })
+        .collect();
+    if !balancer.is_empty() {
+        return balancer;
+    }
+    let spec = service.spec.as_ref();
+    let external: Vec<IngressLoadBalancerIngress> = spec
+        .and_then(|spec| spec.external_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|ip| entry(ip))
+        .collect();
+    if !external.is_empty() {
+        return external;
+    }
+    spec.and_then(|spec| spec.cluster_ip.as_deref())
+        .filter(|ip| !ip.is_empty() && *ip != "None")
+        .map(entry)
+        .into_iter()
+        .collect()
+}
+
+/// How an Ingress relates to this controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relation {
+    /// Of our class and in the snapshot: it gets our address.
+    Served,
+    /// Of our class but not served, or served earlier by this process and since moved to
+    /// another class: our address, if it is there, comes off.
+    Released,
+    /// Never ours as far as we know: left alone, whatever its status says. Another
+    /// controller may publish the same address.
+    Foreign,
+}
+
+/// The wanted load-balancer list of one Ingress, or `None` to leave it alone.
+fn wanted_status(
+    relation: Relation,
+    current: &[IngressLoadBalancerIngress],
+    ours: &[IngressLoadBalancerIngress],
+) -> Option<Vec<IngressLoadBalancerIngress>> {
+    match relation {
+        Relation::Served => (current != ours).then(|| ours.to_vec()),
+        Relation::Released => (!current.is_empty() && current == ours).then(Vec::new),
+        Relation::Foreign => None,
+    }
+}
+
+fn current_entries(ingress: &Ingress) -> Vec<IngressLoadBalancerIngress> {
+    ingress
+        .status
+        .as_ref()
+        .and_then(|status| status.load_balancer.as_ref())
+        .and_then(|balancer| balancer.ingress.clone())
+        .unwrap_or_default()
+}
+
+/// Writes status and Events while this replica leads.
+pub(crate) async fn write_statuses(
+    client: Client,
+    stores: Stores,
+    publish: PublishTarget,
+    identity: String,
+    mut outcomes: watch::Receiver<Option<Arc<CompileOutcome>>>,
+    mut leading: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "sluice".into(),
+            instance: Some(identity),
+        },
+    );
+    let mut reported: BTreeMap<ObjectKey, BTreeSet<String>> = BTreeMap::new();
+    // Ingresses this process has given an address, so it can take it back when one moves
+    // to another class.
+    let mut written: BTreeSet<ObjectRef> = BTreeSet::new();
+    let mut resync = tokio::time::interval(RESYNC);
+    loop {
+        tokio::select! {
+            changed = outcomes.changed() => if changed.is_err() { return },
+            changed = leading.changed() => if changed.is_err() { return },
+            _ = resync.tick() => {}
+        }
+        if !*leading.borrow() {
+            // A new term reports the problems that exist then, once.
+            reported.clear();
+            continue;
+        }
+        let Some(outcome) = outcomes.borrow().clone() else {
+            continue;
+        };
+        if let Some(ours) = publish.entries(&stores.services) {
+            write_load_balancer_status(
+                &client,
+                &stores,
+                &outcome,
+                &ours,
+                &mut written,
+                &leading,
+                &metrics,
+            )
+            .await;
+        }
+        post_events(
+            &recorder,
+            &stores,
+            &outcome,
+            &mut reported,
+            &leading,
+            &metrics,
+        )
+        .await;
+    }
+}
+
+async fn write_load_balancer_status(
+    client: &Client,
+    stores: &Stores,
+    outcome: &CompileOutcome,
+    ours: &[IngressLoadBalancerIngress],
+    written: &mut BTreeSet<ObjectRef>,
+    leading: &watch::Receiver<bool>,
+    metrics: &Metrics,
+) {
+    let writes: Vec<(ObjectRef, Vec<IngressLoadBalancerIngress>)> = stores
+        .ingresses
+        .state()
+        .iter()
+        .filter_map(|ingress| {
+            let key = object_ref(&ingress.metadata);
+            let relation = if outcome.accepted.contains(&key) {
+                Relation::Served
+            } else if outcome.of_our_class.contains(&key) || written.contains(&key) {
+                Relation::Released
+            } else {
+                Relation::Foreign
+            };
+            wanted_status(relation, &current_entries(ingress), ours).map(|wanted| (key, wanted))
+        })
+        .collect();
+    for (key, wanted) in &writes {
+        if wanted.is_empty() {
+            written.remove(key);
+        } else {
+            written.insert(key.clone());
+        }
+    }
+    futures_util::stream::iter(writes)
+        .map(|(key, wanted)| async move {
+            // Leadership can end while a batch is under way.
+            if !*leading.borrow() {
+                return;
+            }
+            let api: Api<Ingress> = Api::namespaced(client.clone(), &key.namespace);
+            let patch = json!({
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "Ingress",
+                "metadata": { "name": key.name, "namespace": key.namespace },
+                "status": { "loadBalancer": { "ingress": wanted } },
+            });
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            let result = match api
+                .patch_status(&key.name, &params, &Patch::Apply(&patch))
+                .await
+            {
+                Ok(_) => WriteResult::ok,
+                Err(kube::Error::Api(status)) if status.code == 404 => return,
+                Err(error) => {
+                    tracing::warn!(ingress = %key, %error, "cannot write Ingress status");
+                    WriteResult::error
+                }
+            };
+            metrics
+                .controller
+                .status_updates
+                .get_or_create(&WriteLabels { result })
+                .inc();
+        })
+        .buffer_unordered(CONCURRENT_WRITES)
+        .collect::<()>()
+        .await;
+}
+
+/// Posts one Event per problem that was not there at the last look, and forgets problems
+/// that went away so they are reported again if they come back.
+async fn post_events(
+    recorder: &Recorder,
+    stores: &Stores,
+    outcome: &CompileOutcome,
+    reported: &mut BTreeMap<ObjectKey, BTreeSet<String>>,
+    leading: &watch::Receiver<bool>,
+    metrics: &Metrics,
+) {
+    let mut now_reported: BTreeMap<ObjectKey, BTreeSet<String>> = BTreeMap::new();
+    for (key, errors) in &outcome.problems {
+        let Some(reference) = reference_of(stores, key) else {
+            continue;
+        };
+        let before = reported.get(key);
+        for error in errors {
+            let message = error.to_string();
+            let seen = now_reported.entry(key.clone()).or_default();
+            if before.is_some_and(|before| before.contains(&message)) || seen.contains(&message) {
+                seen.insert(message);
+                continue;
+            }
+            if !*leading.borrow() {
+                return;
+            }
+            let event = Event {
+                type_: match error.severity() {
+                    Severity::Notice => EventType::Normal,
+                    Severity::Rejection | Severity::Partial => EventType::Warning,
+                },
+                reason: error.reason().to_owned(),
+                note: Some(truncate(&message, 1000)),
+                action: "Compile".to_owned(),
+                secondary: None,
+            };
+            let result = match recorder.publish(&event, &reference).await {
+                Ok(()) => WriteResult::ok,
+                Err(error) => {
+                    tracing::warn!(object = %key, %error, "cannot post an Event");
+                    WriteResult::error
+                }
+            };
+            metrics
+                .controller
+                .events
+                .get_or_create(&WriteLabels { result })
+                .inc();
+            seen.insert(message);
+        }
+    }
+    *reported = now_reported;
+}
+
+fn truncate(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_owned();
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// The object an Event is about, with its uid so `kubectl describe` finds it.
+fn reference_of(stores: &Stores, key: &ObjectKey) -> Option<ObjectReference> {
+    fn find<K: Resource<DynamicType = ()> + Clone>(
+        store: &Store<K>,
+        key: &ObjectKey,
+    ) -> Option<ObjectReference> {
+        let object = store.state().into_iter().find(|object| {
+            let meta = object.meta();
+            meta.name.as_deref() == Some(key.name.as_str())
+                && (key.namespace.is_empty() || object_ref(meta).namespace == key.namespace)
+        })?;
+        Some(object.object_ref(&()))
+    }
+    match key.kind {
+        ObjectKind::Ingress => find(&stores.ingresses, key),
+        ObjectKind::IngressClass => find(&stores.ingress_classes, key),
+        ObjectKind::Service => find(&stores.services, key),
+        ObjectKind::EndpointSlice => find(&stores.endpoint_slices, key),
+        ObjectKind::Secret => find(&stores.secrets, key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        LoadBalancerIngress, LoadBalancerStatus, ServiceSpec, ServiceStatus,
+    };
+
+    fn ip(address: &str) -> IngressLoadBalancerIngress {
+        entry(address)
+    }
+
+    #[test]
+    fn served_ingresses_get_our_address_and_only_when_it_differs() {
+        let ours = vec![ip("192.0.2.10")];
+        assert_eq!(
+            wanted_status(Relation::Served, &[], &ours),
+            Some(ours.clone())
+        );
+        assert_eq!(wanted_status(Relation::Served, &ours, &ours), None);
+        assert_eq!(
+            wanted_status(Relation::Served, &[ip("192.0.2.99")], &ours),
+            Some(ours.clone())
+        );
+    }
+
+    #[test]
+    fn a_released_ingress_loses_our_address_only() {
+        let ours = vec![ip("192.0.2.10")];
+        assert_eq!(
+            wanted_status(Relation::Released, &ours, &ours),
+            Some(Vec::new())
+        );
+        // Another controller's address is not ours to remove.
+        assert_eq!(
+            wanted_status(Relation::Released, &[ip("198.51.100.1")], &ours),
+            None
+        );
+        assert_eq!(wanted_status(Relation::Released, &[], &ours), None);
+    }
+
+    #[test]
+    fn foreign_ingresses_are_left_alone_even_with_the_same_address() {
+        let ours = vec![ip("192.0.2.10")];
+        assert_eq!(wanted_status(Relation::Foreign, &ours, &ours), None);
+        assert_eq!(wanted_status(Relation::Foreign, &[], &ours), None);
+    }
+
+    #[test]
+    fn addresses_become_ip_or_hostname_entries() {
+        assert_eq!(entry("192.0.2.1").ip.as_deref(), Some("192.0.2.1"));
+        assert_eq!(entry("2001:db8::1").ip.as_deref(), Some("2001:db8::1"));
+        let named = entry("lb.example.com");
+        assert_eq!(named.hostname.as_deref(), Some("lb.example.com"));
+        assert_eq!(named.ip, None);
+    }
+
+    #[test]
+    fn a_published_service_prefers_balancer_then_external_then_cluster_ip() {
+        let mut service = Service {
+            spec: Some(ServiceSpec {
+                cluster_ip: Some("10.96.0.10".into()),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        };
+        assert_eq!(service_entries(&service), vec![ip("10.96.0.10")]);
+        if let Some(spec) = service.spec.as_mut() {
+            spec.external_ips = Some(vec!["203.0.113.5".into()]);
+        }
+        assert_eq!(service_entries(&service), vec![ip("203.0.113.5")]);
+        service.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(vec![LoadBalancerIngress {
+                    hostname: Some("lb.example.com".into()),
+                    ..LoadBalancerIngress::default()
+                }]),
+            }),
+            ..ServiceStatus::default()
+        });
+        assert_eq!(service_entries(&service), vec![entry("lb.example.com")]);
+        // A headless Service has no address to publish.
+        let headless = Service {
+            spec: Some(ServiceSpec {
+                cluster_ip: Some("None".into()),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        };
+        assert!(service_entries(&headless).is_empty());
+    }
+
+    #[test]
+    fn long_event_notes_are_cut_on_a_character_boundary() {
+        let text = "é".repeat(600);
+        let cut = truncate(&text, 1000);
+        assert!(cut.len() <= 1000 + '…'.len_utf8());
+        assert!(cut.ends_with('…'));
+        assert_eq!(truncate("short", 1000), "short");
+    }
+}
