@@ -362,10 +362,16 @@ async fn source(args: &RunArgs) -> anyhow::Result<Source> {
         return Ok(Source::Folder(manifests.clone()));
     }
     let publish = args.cluster.publish_target()?;
-    let client = kube::Client::try_default().await.context(
+    let mut config = kube::Config::infer().await.context(
         "cannot reach the Kubernetes API: no in-cluster service account and no usable \
          KUBECONFIG (for standalone mode, pass --manifests DIR)",
     )?;
+    // kube leaves responses without a deadline; a request that hangs would stall a watch's
+    // list or a lease renewal forever. Watches end server-side before this (kube asks for
+    // 290 s), so only a stuck request meets it.
+    config.read_timeout = Some(Duration::from_secs(295));
+    config.reset_reader_on_write = true;
+    let client = kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
     let identity = args.cluster.identity();
     let lease = args.cluster.leader_elect.then(|| {
         let namespace = args
@@ -518,11 +524,12 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     // Report not ready first, so load balancers stop sending while requests drain.
     data_plane.begin_drain();
+    // Hand the lease over now, not after the drain: the pod may be killed before the drain
+    // ends, and the next leader should not wait for the lease to expire.
+    let _ = stop_election_tx.send(());
     let _ = stop_tx.send(());
     let _ = traffic_task.await;
     controller.abort();
-    // Hand the lease over so the next leader need not wait for it to expire.
-    let _ = stop_election_tx.send(());
     if let Some(election) = election {
         let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
     }

@@ -65,6 +65,9 @@ impl LeaseConfig {
 struct ObservedRecord {
     holder: Option<String>,
     renew_time: Option<MicroTime>,
+    /// The holder's own lease duration, when the record has one: a holder started with a
+    /// longer `--lease-duration` (mid-rollout) must not be cut short by ours.
+    duration: Option<Duration>,
     changed_at: Instant,
 }
 
@@ -80,6 +83,7 @@ enum Step {
 }
 
 fn decide(observed: &ObservedRecord, identity: &str, now: Instant, duration: Duration) -> Step {
+    let duration = observed.duration.unwrap_or(duration);
     match observed.holder.as_deref() {
         Some(holder) if holder == identity => Step::Renew,
         Some(holder) if !holder.is_empty() && now < observed.changed_at + duration => Step::Follow,
@@ -143,28 +147,58 @@ impl Elector {
 
     /// One round; true when this replica leads after it.
     async fn attempt(&mut self) -> bool {
-        match self.try_acquire_or_renew().await {
-            Ok(true) => {
-                self.last_renewed = Some(Instant::now());
+        // The renewal counts from before the request: the others time the lease from when
+        // they see the write, which is later, so the leader's view always ends first.
+        let started = Instant::now();
+        // A request to an unreachable API server can hang; a leader must give up in time
+        // whatever the network does, so each round is bounded by what is left of the
+        // renew deadline.
+        let budget = match self.last_renewed {
+            Some(renewed) => self
+                .config
+                .renew_deadline
+                .saturating_sub(renewed.elapsed())
+                .max(Duration::from_millis(100)),
+            None => self.config.renew_deadline,
+        };
+        let outcome = tokio::time::timeout(budget, self.try_acquire_or_renew()).await;
+        match outcome {
+            Ok(Ok(true)) => {
+                self.last_renewed = Some(started);
                 true
             }
-            Ok(false) => {
+            Ok(Ok(false)) => {
                 self.last_renewed = None;
                 false
             }
-            Err(error) => {
+            Ok(Err(error)) => {
                 tracing::warn!(lease = %self.lease_name(), %error, "cannot read or write the leader lease");
-                // Keep leading through short API blips, but stop before the lease could
-                // have expired for the others.
-                self.last_renewed
-                    .is_some_and(|at| at.elapsed() < self.config.renew_deadline)
+                self.still_within_deadline()
+            }
+            Err(_) => {
+                tracing::warn!(lease = %self.lease_name(), "the leader lease request timed out");
+                self.still_within_deadline()
             }
         }
     }
 
+    /// Keeps leading through short API blips, but stops before the lease could have
+    /// expired for the others.
+    fn still_within_deadline(&mut self) -> bool {
+        let within = self
+            .last_renewed
+            .is_some_and(|at| at.elapsed() < self.config.renew_deadline);
+        if !within {
+            self.last_renewed = None;
+        }
+        within
+    }
+
     async fn try_acquire_or_renew(&mut self) -> Result<bool, KubeError> {
+        let lease = self.api.get_opt(&self.config.name).await?;
+        // Seen now, after the read returned: the later the clock starts, the safer.
         let now = Instant::now();
-        let Some(lease) = self.api.get_opt(&self.config.name).await? else {
+        let Some(lease) = lease else {
             let created = self
                 .api
                 .create(&PostParams::default(), &self.new_lease(None))
@@ -219,6 +253,11 @@ impl Elector {
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity;
         let renew_time = spec.renew_time;
+        let duration = spec
+            .lease_duration_seconds
+            .and_then(|seconds| u64::try_from(seconds).ok())
+            .filter(|seconds| *seconds > 0)
+            .map(Duration::from_secs);
         let unchanged = self
             .observed
             .as_ref()
@@ -227,6 +266,7 @@ impl Elector {
             self.observed = Some(ObservedRecord {
                 holder,
                 renew_time,
+                duration,
                 changed_at: now,
             });
         }
@@ -305,8 +345,23 @@ mod tests {
         ObservedRecord {
             holder: holder.map(str::to_owned),
             renew_time: None,
+            duration: None,
             changed_at,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_holders_own_duration_decides_when_its_lease_expires() {
+        let ours = Duration::from_secs(5);
+        let seen = Instant::now();
+        let longer = ObservedRecord {
+            duration: Some(Duration::from_secs(30)),
+            ..record(Some("b"), seen)
+        };
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(decide(&longer, "a", Instant::now(), ours), Step::Follow);
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(decide(&longer, "a", Instant::now(), ours), Step::Take);
     }
 
     #[tokio::test(start_paused = true)]

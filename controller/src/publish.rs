@@ -16,6 +16,9 @@ use crate::compile::{ClusterObjects, CompileOptions, Compiled, compile, compile_
 use crate::error::CompileError;
 use crate::object_key::{ObjectKey, ObjectKind};
 
+/// Problems the endpoint fast lane found, by EndpointSlice.
+pub type EndpointProblems = BTreeMap<ObjectKey, Vec<CompileError>>;
+
 /// What one publish did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PublishSummary {
@@ -97,11 +100,15 @@ impl Publisher {
 
     /// The endpoint fast lane: recomputes endpoints against the routes being served, and
     /// leaves the route table untouched. Falls back to nothing when nothing is served yet.
-    pub fn publish_endpoints(&mut self, objects: &ClusterObjects) -> Option<PublishSummary> {
+    /// Returns the endpoint problems by object with what was published.
+    pub fn publish_endpoints(
+        &mut self,
+        objects: &ClusterObjects,
+    ) -> Option<(EndpointProblems, PublishSummary)> {
         let current = self.current()?;
         let (backends, statuses) = compile_backends(objects, &current.routes);
         self.endpoint_problems = problem_lines(&statuses).map(|(_, line)| line).collect();
-        Some(self.send(None, backends))
+        Some((statuses, self.send(None, backends)))
     }
 
     fn send(
@@ -256,9 +263,10 @@ mod tests {
         assert_eq!(after.generation, 2);
 
         // Through the fast lane: only the backend table is computed.
-        let summary = publisher
+        let (problems, summary) = publisher
             .publish_endpoints(&objects(&["10.0.0.3"]))
             .expect("something is served");
+        assert!(problems.values().all(Vec::is_empty), "{problems:?}");
         assert!(summary.published && !summary.routes_changed);
         let fast = served(&receiver);
         assert!(Arc::ptr_eq(&before.routes, &fast.routes));

@@ -158,14 +158,16 @@ impl Cluster {
             .collect()
     }
 
-    /// Runs `e2e/cluster VERB DIR`: `apiserver-stop`, `apiserver-start`.
-    pub fn control(&self, verb: &str) {
+    /// Runs `e2e/cluster VERB DIR`: `apiserver-stop`, `apiserver-start`; off the async
+    /// workers, which keep serving the test's load meanwhile.
+    pub async fn control(&self, verb: &'static str) {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/cluster");
-        let status = Command::new(script)
-            .arg(verb)
-            .arg(&self.dir)
-            .status()
-            .expect("run e2e/cluster");
+        let dir = self.dir.clone();
+        let status =
+            tokio::task::spawn_blocking(move || Command::new(script).arg(verb).arg(&dir).status())
+                .await
+                .expect("join")
+                .expect("run e2e/cluster");
         assert!(status.success(), "e2e/cluster {verb} failed");
     }
 

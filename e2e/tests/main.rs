@@ -65,19 +65,40 @@ async fn e2e_1_an_ingress_is_served_and_gets_its_load_balancer_status() {
         cluster.status_ips(&ns, "web").await == ["203.0.113.1"]
     })
     .await;
+    // Moved to another class: Sluice stops serving it and gives its status fields up.
+    apply(
+        &cluster.ingresses(&ns),
+        "web",
+        ingress_json(
+            &ns,
+            "web",
+            "someone-else",
+            "basic.e2e.test",
+            &[("/", "web")],
+            "http",
+        ),
+    )
+    .await;
+    eventually(5 * SECOND, "the address is taken back", async || {
+        cluster.status_ips(&ns, "web").await.is_empty()
+            && status_of(&sluice, "basic.e2e.test", "/").await == 404
+    })
+    .await;
     assert_eq!(
         sluice
             .metric("sluice_controller_watch_connected{kind=\"Ingress\"}")
             .await,
         Some(1.0)
     );
-    assert!(
+    // The write is counted once its response is in, which may be after the test sees it.
+    eventually(5 * SECOND, "the status write is counted", async || {
         sluice
             .metric("sluice_controller_status_updates_total{result=\"ok\"}")
             .await
             .unwrap_or_default()
             >= 1.0
-    );
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,6 +166,14 @@ async fn e2e_2_changes_and_deletes_apply_within_a_second_and_other_classes_are_i
     assert_eq!(status_of(&sluice, "theirs.e2e.test", "/").await, 404);
 }
 
+/// Waits until Sluice serves a snapshot newer than `generation`.
+async fn wait_for_generation_after(sluice: &Sluice, generation: u64) {
+    eventually(5 * SECOND, "a new snapshot", async || {
+        sluice.generation().await > generation
+    })
+    .await;
+}
+
 /// Reserves one port on the first IP and returns it, for endpoints that must share a port
 /// (one EndpointSlice has one port list).
 fn shared_port(ip: &str) -> u16 {
@@ -188,7 +217,10 @@ async fn e2e_3_endpoints_scale_drain_and_roll_without_a_failed_request() {
     cluster
         .ingress(&ns, "web", class, "endpoints.e2e.test", &[("/", "web")])
         .await;
-    let sluice = cluster.sluice(class, &["--leader-elect=false"]).await;
+    // No retries: a request sent to an endpoint that is gone must show as a failure.
+    let sluice = cluster
+        .sluice(class, &["--leader-elect=false", "--retries", "0"])
+        .await;
     eventually(5 * SECOND, "served by one endpoint", async || {
         served(&sluice, "endpoints.e2e.test", "/").await
     })
@@ -240,23 +272,45 @@ async fn e2e_3_endpoints_scale_drain_and_roll_without_a_failed_request() {
         "endpoint changes ran a full compile: {full_compiles_after:?}"
     );
 
+    // Every endpoint terminating but still serving (a scale-down to zero in progress):
+    // they keep answering until they leave the slice.
+    let draining: Vec<Endpoint> = old_addrs
+        .iter()
+        .copied()
+        .map(Endpoint::terminating)
+        .collect();
+    let before = sluice.generation().await;
+    cluster.endpoints(&ns, "web", &draining).await;
+    wait_for_generation_after(&sluice, before).await;
+    let counts = spread(&sluice, "endpoints.e2e.test", "/", 25).await;
+    assert_eq!(
+        counts.len(),
+        5,
+        "terminating endpoints still serve: {counts:?}"
+    );
+
     // A rolling replacement of every endpoint under steady load, as a Deployment rollout
     // does it: the new pod turns ready, the old one turns terminating (still serving),
-    // leaves the slice, and only then exits.
+    // leaves the slice, and exits once Sluice has applied its removal.
+    // Back to ready: the same five addresses, so the same backend and no new snapshot.
     cluster.endpoints(&ns, "web", &five).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let load = Load::start(sluice.http, "endpoints.e2e.test", "/", 4);
     for step in 0..old_addrs.len() {
         let mut listed: Vec<Endpoint> = Vec::new();
         listed.extend(new_addrs[..=step].iter().copied().map(Endpoint::ready));
         listed.push(Endpoint::terminating(old_addrs[step]));
         listed.extend(old_addrs[step + 1..].iter().copied().map(Endpoint::ready));
+        // Terminating while others are ready: out of rotation as soon as this applies.
+        let before = sluice.generation().await;
         cluster.endpoints(&ns, "web", &listed).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_for_generation_after(&sluice, before).await;
+        // Requests already sent to it finish; then it leaves the slice (no change in
+        // rotation, so no new snapshot) and exits.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         listed.retain(|endpoint| endpoint.addr != old_addrs[step]);
         cluster.endpoints(&ns, "web", &listed).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        // The old pod exits.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         old[step] = None;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -358,6 +412,9 @@ async fn e2e_4_invalid_ingresses_get_events_and_the_rest_keeps_serving() {
         },
     )
     .await;
+    // Events of one compile are posted in one pass; give a stray one on "good" time to
+    // show before checking there is none.
+    tokio::time::sleep(SECOND).await;
     assert!(
         cluster.events_about(&ns, "good").await.is_empty(),
         "the good Ingress has nothing to report"
@@ -392,7 +449,7 @@ async fn e2e_5_an_api_server_outage_loses_no_request_and_catches_up_after() {
 
     let load = Load::start(sluice.http, "outage.e2e.test", "/", 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    cluster.control("apiserver-stop");
+    cluster.control("apiserver-stop").await;
     eventually(
         30 * SECOND,
         "the watch reports the disconnection",
@@ -420,7 +477,7 @@ async fn e2e_5_an_api_server_outage_loses_no_request_and_catches_up_after() {
         "a log line says the watch is disconnected"
     );
 
-    cluster.control("apiserver-start");
+    cluster.control("apiserver-start").await;
     let restarted = Instant::now();
     cluster
         .ingress(&ns, "after", class, "after.e2e.test", &[("/", "web")])
@@ -440,6 +497,29 @@ async fn e2e_5_an_api_server_outage_loses_no_request_and_catches_up_after() {
             println!("sluice: {line}");
         }
     }
+    // The EndpointSlice watch caught up too: an endpoint added after the restart gets
+    // traffic. One slice has one port list, so it listens on the first one's port.
+    let second = echo_on("127.0.0.142", echo.addrs[0].port());
+    cluster
+        .endpoints(
+            &ns,
+            "web",
+            &[
+                Endpoint::ready(echo.addrs[0]),
+                Endpoint::ready(second.addrs[0]),
+            ],
+        )
+        .await;
+    eventually(
+        5 * SECOND,
+        "the endpoint added after the restart is used",
+        async || {
+            spread(&sluice, "outage.e2e.test", "/", 10)
+                .await
+                .contains_key(&second.addrs[0].to_string())
+        },
+    )
+    .await;
     eventually(
         15 * SECOND,
         "every watch reports connected again",
@@ -540,14 +620,20 @@ async fn e2e_6_one_replica_leads_and_another_takes_over_when_it_dies() {
     })
     .await;
     let leader = holder().await;
-    let mut leading = 0.0;
-    for (sluice, _) in replicas.values() {
-        leading += sluice
-            .metric("sluice_controller_leader")
-            .await
-            .unwrap_or(-1.0);
-    }
-    assert_eq!(leading, 1.0, "exactly one replica reports leading");
+    eventually(
+        5 * SECOND,
+        "exactly the holder reports leading",
+        async || {
+            let mut leading = Vec::new();
+            for (name, (sluice, _)) in &replicas {
+                if sluice.metric("sluice_controller_leader").await == Some(1.0) {
+                    leading.push(*name);
+                }
+            }
+            leading == [leader.as_str()]
+        },
+    )
+    .await;
     let leader_address = replicas[leader.as_str()].1;
     eventually(5 * SECOND, "the leader writes status", async || {
         cluster.status_ips(&ns, "first").await == [leader_address]
@@ -583,7 +669,10 @@ async fn e2e_6_one_replica_leads_and_another_takes_over_when_it_dies() {
     .await;
     let took = killed.elapsed();
     assert_eq!(holder().await, survivor_name);
-    assert_eq!(survivor.metric("sluice_controller_leader").await, Some(1.0));
+    eventually(5 * SECOND, "the survivor reports leading", async || {
+        survivor.metric("sluice_controller_leader").await == Some(1.0)
+    })
+    .await;
     println!(
         "takeover: status written by the survivor {took:?} after the leader was killed (lease {lease_duration:?})"
     );
@@ -593,6 +682,16 @@ async fn e2e_6_one_replica_leads_and_another_takes_over_when_it_dies() {
         took <= lease_duration + 2 * SECOND,
         "takeover took {took:?} with a {lease_duration:?} lease"
     );
+
+    // A clean shutdown hands the lease back at once instead of letting it expire.
+    let mut survivor = survivor;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &survivor.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert_eq!(survivor.wait_exit(10 * SECOND), Some(0));
+    assert_eq!(holder().await, "", "the lease was released on SIGTERM");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch as channel};
 use crate::compile::ClusterObjects;
 use crate::error::{CompileError, ControllerError};
 use crate::object_key::{ObjectKey, ObjectKind};
-use crate::publish::Publisher;
+use crate::publish::{EndpointProblems, Publisher};
 pub use remap::{EndpointRemap, RemapSyntax};
 pub use status::PublishTarget;
 use watch::{WatchSignal, watch_kind};
@@ -110,9 +110,28 @@ fn owned<K: kube::Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<K
 #[derive(Debug, Default)]
 pub(crate) struct CompileOutcome {
     pub accepted: BTreeSet<ObjectRef>,
-    /// Every Ingress of our class, served or not.
-    pub of_our_class: BTreeSet<ObjectRef>,
     pub problems: BTreeMap<ObjectKey, Vec<CompileError>>,
+}
+
+impl CompileOutcome {
+    /// This outcome with its EndpointSlice problems replaced by a fast-lane result.
+    fn with_endpoint_problems(&self, endpoint_problems: EndpointProblems) -> CompileOutcome {
+        let mut problems: BTreeMap<ObjectKey, Vec<CompileError>> = self
+            .problems
+            .iter()
+            .filter(|(key, _)| key.kind != ObjectKind::EndpointSlice)
+            .map(|(key, errors)| (key.clone(), errors.clone()))
+            .collect();
+        problems.extend(
+            endpoint_problems
+                .into_iter()
+                .filter(|(_, errors)| !errors.is_empty()),
+        );
+        CompileOutcome {
+            accepted: self.accepted.clone(),
+            problems,
+        }
+    }
 }
 
 /// Which kinds changed since the last compile.
@@ -157,35 +176,30 @@ pub async fn run_cluster(
         ingresses: watch_kind(
             Api::all(client.clone()),
             plain.clone(),
-            ObjectKind::Ingress,
             signals_tx.clone(),
             Arc::clone(&metrics),
         ),
         ingress_classes: watch_kind(
             Api::all(client.clone()),
             plain.clone(),
-            ObjectKind::IngressClass,
             signals_tx.clone(),
             Arc::clone(&metrics),
         ),
         services: watch_kind(
             Api::all(client.clone()),
             plain.clone(),
-            ObjectKind::Service,
             signals_tx.clone(),
             Arc::clone(&metrics),
         ),
         endpoint_slices: watch_kind(
             Api::all(client.clone()),
             plain.clone(),
-            ObjectKind::EndpointSlice,
             signals_tx.clone(),
             Arc::clone(&metrics),
         ),
         secrets: watch_kind(
             Api::all(client.clone()),
             plain.fields(&secret_filter),
-            ObjectKind::Secret,
             signals_tx,
             Arc::clone(&metrics),
         ),
@@ -236,22 +250,25 @@ pub async fn run_cluster(
                     "published snapshot"
                 );
             }
-            let of_our_class = compiled
-                .statuses
-                .keys()
-                .filter(|key| key.kind == ObjectKind::Ingress)
-                .map(ObjectKey::object_ref)
-                .collect();
             outcome_tx.send_replace(Some(Arc::new(CompileOutcome {
                 accepted: compiled.accepted_ingresses,
-                of_our_class,
                 problems: compiled.statuses,
             })));
         } else if changes.endpoints
-            && let Some(summary) = publisher.publish_endpoints(&stores.endpoint_objects())
-            && summary.published
+            && let Some((endpoint_problems, summary)) =
+                publisher.publish_endpoints(&stores.endpoint_objects())
         {
-            tracing::debug!(generation = summary.generation, "published endpoints");
+            if summary.published {
+                tracing::debug!(generation = summary.generation, "published endpoints");
+            }
+            // The status writer must hear of EndpointSlice problems that came or went.
+            let previous = outcome_tx.borrow().clone();
+            if let Some(previous) = previous {
+                let outcome = previous.with_endpoint_problems(endpoint_problems);
+                if outcome.problems != previous.problems {
+                    outcome_tx.send_replace(Some(Arc::new(outcome)));
+                }
+            }
         }
     }
 }
@@ -266,5 +283,60 @@ fn absorb(signal: WatchSignal, synced: &mut BTreeSet<ObjectKind>, pending: &mut 
             pending.note(kind);
         }
         WatchSignal::Changed(kind) => pending.note(kind),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(field: &str) -> CompileError {
+        CompileError::InvalidBackend {
+            field: field.to_owned(),
+            why: "test".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_fast_lane_result_replaces_only_endpoint_slice_problems() {
+        let ingress = ObjectKey::new(ObjectKind::Ingress, "shop", "web");
+        let old_slice = ObjectKey::new(ObjectKind::EndpointSlice, "shop", "web-1");
+        let new_slice = ObjectKey::new(ObjectKind::EndpointSlice, "shop", "web-2");
+        let outcome = CompileOutcome {
+            accepted: BTreeSet::from([ObjectRef::new("shop", "web")]),
+            problems: BTreeMap::from([
+                (ingress.clone(), vec![problem("spec")]),
+                (old_slice.clone(), vec![problem("endpoints[0]")]),
+            ]),
+        };
+        let updated = outcome.with_endpoint_problems(BTreeMap::from([
+            (new_slice.clone(), vec![problem("endpoints[1]")]),
+            (old_slice.clone(), Vec::new()),
+        ]));
+        assert_eq!(updated.accepted, outcome.accepted);
+        assert_eq!(
+            updated.problems.keys().collect::<Vec<_>>(),
+            [&ingress, &new_slice],
+            "the fixed slice is gone, the new one is in, the Ingress is untouched"
+        );
+    }
+
+    #[test]
+    fn endpoint_slice_changes_take_the_fast_lane_and_others_do_not() {
+        let mut synced = BTreeSet::new();
+        let mut pending = PendingChanges::default();
+        absorb(
+            WatchSignal::Changed(ObjectKind::EndpointSlice),
+            &mut synced,
+            &mut pending,
+        );
+        assert!(pending.endpoints && !pending.routes);
+        absorb(
+            WatchSignal::Synced(ObjectKind::Service),
+            &mut synced,
+            &mut pending,
+        );
+        assert!(pending.routes);
+        assert_eq!(synced, BTreeSet::from([ObjectKind::Service]));
     }
 }

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::networking::v1::{Ingress, IngressLoadBalancerIngress};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{self, Store};
 use kube::{Api, Client, Resource};
 use serde_json::json;
 use sluice_dataplane::metrics::{Metrics, WriteLabels, WriteResult};
@@ -123,25 +123,52 @@ fn service_entries(service: &Service) -> Vec<IngressLoadBalancerIngress> {
 enum Relation {
     /// Of our class and in the snapshot: it gets our address.
     Served,
-    /// Of our class but not served, or served earlier by this process and since moved to
-    /// another class: our address, if it is there, comes off.
+    /// Not served (another class now, or rejected with nothing to fall back on), but its
+    /// status holds fields Sluice wrote: they are given up.
     Released,
-    /// Never ours as far as we know: left alone, whatever its status says. Another
+    /// Not ours and nothing of ours in it: left alone, whatever its status says. Another
     /// controller may publish the same address.
     Foreign,
 }
 
-/// The wanted load-balancer list of one Ingress, or `None` to leave it alone.
+/// A status write to make.
+#[derive(Debug, Clone, PartialEq)]
+enum StatusWrite {
+    Set(Vec<IngressLoadBalancerIngress>),
+    /// Server-side apply of nothing: Sluice gives up every status field it owned, and the
+    /// API server removes those no other manager holds.
+    Release,
+}
+
+/// The write one Ingress needs, if any.
 fn wanted_status(
     relation: Relation,
     current: &[IngressLoadBalancerIngress],
     ours: &[IngressLoadBalancerIngress],
-) -> Option<Vec<IngressLoadBalancerIngress>> {
+) -> Option<StatusWrite> {
     match relation {
-        Relation::Served => (current != ours).then(|| ours.to_vec()),
-        Relation::Released => (!current.is_empty() && current == ours).then(Vec::new),
+        Relation::Served => (current != ours).then(|| StatusWrite::Set(ours.to_vec())),
+        Relation::Released => Some(StatusWrite::Release),
         Relation::Foreign => None,
     }
+}
+
+/// Whether Sluice's field manager owns fields of the status subresource. The watch keeps
+/// only Sluice's own managed-field entries (see `watch::trim`).
+fn owns_status(ingress: &Ingress) -> bool {
+    ingress
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .any(|entry| {
+            entry.manager.as_deref() == Some(FIELD_MANAGER)
+                && entry.subresource.as_deref() == Some("status")
+                && entry
+                    .fields_v1
+                    .as_ref()
+                    .is_some_and(|fields| fields.0.as_object().is_some_and(|f| !f.is_empty()))
+        })
 }
 
 fn current_entries(ingress: &Ingress) -> Vec<IngressLoadBalancerIngress> {
@@ -171,9 +198,6 @@ pub(crate) async fn write_statuses(
         },
     );
     let mut reported: BTreeMap<ObjectKey, BTreeSet<String>> = BTreeMap::new();
-    // Ingresses this process has given an address, so it can take it back when one moves
-    // to another class.
-    let mut written: BTreeSet<ObjectRef> = BTreeSet::new();
     let mut resync = tokio::time::interval(RESYNC);
     loop {
         tokio::select! {
@@ -190,16 +214,7 @@ pub(crate) async fn write_statuses(
             continue;
         };
         if let Some(ours) = publish.entries(&stores.services) {
-            write_load_balancer_status(
-                &client,
-                &stores,
-                &outcome,
-                &ours,
-                &mut written,
-                &leading,
-                &metrics,
-            )
-            .await;
+            write_load_balancer_status(&client, &stores, &outcome, &ours, &leading, &metrics).await;
         }
         post_events(
             &recorder,
@@ -218,11 +233,10 @@ async fn write_load_balancer_status(
     stores: &Stores,
     outcome: &CompileOutcome,
     ours: &[IngressLoadBalancerIngress],
-    written: &mut BTreeSet<ObjectRef>,
     leading: &watch::Receiver<bool>,
     metrics: &Metrics,
 ) {
-    let writes: Vec<(ObjectRef, Vec<IngressLoadBalancerIngress>)> = stores
+    let writes: Vec<(ObjectRef, StatusWrite)> = stores
         .ingresses
         .state()
         .iter()
@@ -230,7 +244,7 @@ async fn write_load_balancer_status(
             let key = object_ref(&ingress.metadata);
             let relation = if outcome.accepted.contains(&key) {
                 Relation::Served
-            } else if outcome.of_our_class.contains(&key) || written.contains(&key) {
+            } else if owns_status(ingress) {
                 Relation::Released
             } else {
                 Relation::Foreign
@@ -238,13 +252,6 @@ async fn write_load_balancer_status(
             wanted_status(relation, &current_entries(ingress), ours).map(|wanted| (key, wanted))
         })
         .collect();
-    for (key, wanted) in &writes {
-        if wanted.is_empty() {
-            written.remove(key);
-        } else {
-            written.insert(key.clone());
-        }
-    }
     futures_util::stream::iter(writes)
         .map(|(key, wanted)| async move {
             // Leadership can end while a batch is under way.
@@ -252,12 +259,14 @@ async fn write_load_balancer_status(
                 return;
             }
             let api: Api<Ingress> = Api::namespaced(client.clone(), &key.namespace);
-            let patch = json!({
+            let mut patch = json!({
                 "apiVersion": "networking.k8s.io/v1",
                 "kind": "Ingress",
                 "metadata": { "name": key.name, "namespace": key.namespace },
-                "status": { "loadBalancer": { "ingress": wanted } },
             });
+            if let StatusWrite::Set(entries) = &wanted {
+                patch["status"] = json!({ "loadBalancer": { "ingress": entries } });
+            }
             let params = PatchParams::apply(FIELD_MANAGER).force();
             let result = match api
                 .patch_status(&key.name, &params, &Patch::Apply(&patch))
@@ -314,7 +323,10 @@ async fn post_events(
                 },
                 reason: error.reason().to_owned(),
                 note: Some(truncate(&message, 1000)),
-                action: "Compile".to_owned(),
+                // The Recorder folds Events with the same reason and action on one object
+                // into a series that keeps the first note; naming the field keeps two
+                // problems of one kind (two bad ports) apart.
+                action: truncate(error.field().unwrap_or("Compile"), 120),
                 secondary: None,
             };
             let result = match recorder.publish(&event, &reference).await {
@@ -352,12 +364,11 @@ fn reference_of(stores: &Stores, key: &ObjectKey) -> Option<ObjectReference> {
         store: &Store<K>,
         key: &ObjectKey,
     ) -> Option<ObjectReference> {
-        let object = store.state().into_iter().find(|object| {
-            let meta = object.meta();
-            meta.name.as_deref() == Some(key.name.as_str())
-                && (key.namespace.is_empty() || object_ref(meta).namespace == key.namespace)
-        })?;
-        Some(object.object_ref(&()))
+        let mut wanted = reflector::ObjectRef::new(&key.name);
+        if !key.namespace.is_empty() {
+            wanted = wanted.within(&key.namespace);
+        }
+        Some(store.get(&wanted)?.object_ref(&()))
     }
     match key.kind {
         ObjectKind::Ingress => find(&stores.ingresses, key),
@@ -384,35 +395,60 @@ mod tests {
         let ours = vec![ip("192.0.2.10")];
         assert_eq!(
             wanted_status(Relation::Served, &[], &ours),
-            Some(ours.clone())
+            Some(StatusWrite::Set(ours.clone()))
         );
         assert_eq!(wanted_status(Relation::Served, &ours, &ours), None);
         assert_eq!(
             wanted_status(Relation::Served, &[ip("192.0.2.99")], &ours),
-            Some(ours.clone())
+            Some(StatusWrite::Set(ours.clone()))
         );
     }
 
     #[test]
-    fn a_released_ingress_loses_our_address_only() {
+    fn released_and_foreign_ingresses() {
         let ours = vec![ip("192.0.2.10")];
         assert_eq!(
             wanted_status(Relation::Released, &ours, &ours),
-            Some(Vec::new())
+            Some(StatusWrite::Release)
         );
-        // Another controller's address is not ours to remove.
-        assert_eq!(
-            wanted_status(Relation::Released, &[ip("198.51.100.1")], &ours),
-            None
-        );
-        assert_eq!(wanted_status(Relation::Released, &[], &ours), None);
+        // Not ours: left alone even when it shows the same address.
+        assert_eq!(wanted_status(Relation::Foreign, &ours, &ours), None);
+        assert_eq!(wanted_status(Relation::Foreign, &[], &ours), None);
     }
 
     #[test]
-    fn foreign_ingresses_are_left_alone_even_with_the_same_address() {
-        let ours = vec![ip("192.0.2.10")];
-        assert_eq!(wanted_status(Relation::Foreign, &ours, &ours), None);
-        assert_eq!(wanted_status(Relation::Foreign, &[], &ours), None);
+    fn ownership_is_read_from_sluices_status_entry() {
+        let ingress =
+            |manager: &str, subresource: Option<&str>, fields: serde_json::Value| -> Ingress {
+                serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": "web", "namespace": "shop", "managedFields": [{
+                        "manager": manager,
+                        "operation": "Apply",
+                        "subresource": subresource,
+                        "fieldsType": "FieldsV1",
+                        "fieldsV1": fields,
+                    }]},
+                }))
+                .expect("Ingress")
+            };
+        let lb = serde_json::json!({"f:status": {"f:loadBalancer": {"f:ingress": {}}}});
+        assert!(owns_status(&ingress(
+            FIELD_MANAGER,
+            Some("status"),
+            lb.clone()
+        )));
+        assert!(!owns_status(&ingress(
+            "other-controller",
+            Some("status"),
+            lb.clone()
+        )));
+        assert!(!owns_status(&ingress(FIELD_MANAGER, None, lb)));
+        // After a release the entry may stay, with nothing in it.
+        assert!(!owns_status(&ingress(
+            FIELD_MANAGER,
+            Some("status"),
+            serde_json::json!({})
+        )));
     }
 
     #[test]
