@@ -788,4 +788,33 @@ async fn e2e_7_a_thousand_ingresses_converge() {
         sluice.metric("sluice_snapshot_routes").await >= Some(count as f64),
         "the snapshot holds every route"
     );
+    let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", sluice.pid()))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|value| {
+                    value
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .unwrap_or_default();
+    let compiles = sluice
+        .metric("sluice_controller_compile_seconds_count")
+        .await
+        .unwrap_or_default();
+    let compile_seconds = sluice
+        .metric("sluice_controller_compile_seconds_sum")
+        .await
+        .unwrap_or_default();
+    println!(
+        "sluice with {count} Ingresses: RSS {} MiB, {compiles} full compiles, {:.1} ms each on average",
+        rss_kib / 1024,
+        1000.0 * compile_seconds / compiles.max(1.0)
+    );
 }
