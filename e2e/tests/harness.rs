@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -17,7 +17,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-use crate::support::Sluice;
+pub use crate::support::eventually;
+use crate::support::{Echo, Sluice};
 
 /// The running control plane of this e2e run.
 pub struct Cluster {
@@ -171,6 +172,40 @@ impl Cluster {
         assert!(status.success(), "e2e/cluster {verb} failed");
     }
 
+    /// The common start of a test: a namespace `NAME-PID`, Service `web` on one echo
+    /// backend at `ip`, Ingress `web` of class `e2e-NAME` for `host` and Prefix `path`, and
+    /// Sluice (with `sluice_args`) serving it.
+    pub async fn scenario(
+        &self,
+        name: &str,
+        ip: &str,
+        host: &str,
+        path: &str,
+        sluice_args: &[&str],
+    ) -> Scenario {
+        let ns = self.namespace(name).await;
+        let class = format!("e2e-{name}");
+        let echo = Echo::start(&[ip]);
+        self.service(&ns, "web").await;
+        self.endpoints(&ns, "web", &[Endpoint::ready(echo.addrs[0])])
+            .await;
+        self.ingress(&ns, "web", &class, host, &[(path, "web")])
+            .await;
+        let sluice = self.sluice(&class, sluice_args).await;
+        eventually(
+            Duration::from_secs(5),
+            "the first Ingress is served",
+            async || sluice.get(host, path).await.status == 200,
+        )
+        .await;
+        Scenario {
+            ns,
+            class,
+            echo,
+            sluice,
+        }
+    }
+
     /// Starts `sluice run` against this cluster. `args` come after the common ones.
     pub async fn sluice(&self, class: &str, args: &[&str]) -> Sluice {
         let sluice = self.spawn_sluice(class, args);
@@ -191,6 +226,14 @@ impl Cluster {
         let kubeconfig = self.kubeconfig.display().to_string();
         Sluice::spawn(&all, &[("KUBECONFIG", kubeconfig.as_str())], &self.dir)
     }
+}
+
+/// What [`Cluster::scenario`] set up.
+pub struct Scenario {
+    pub ns: String,
+    pub class: String,
+    pub echo: Echo,
+    pub sluice: Sluice,
 }
 
 /// One endpoint of an EndpointSlice and its conditions.
@@ -335,23 +378,6 @@ where
     api.create(&PostParams::default(), object)
         .await
         .unwrap_or_else(|error| panic!("create: {error}"));
-}
-
-/// Polls `check` every 20 ms until it holds; returns how long it took, or panics with
-/// `what` once `within` is over.
-pub async fn eventually(
-    within: Duration,
-    what: &str,
-    mut check: impl AsyncFnMut() -> bool,
-) -> Duration {
-    let started = Instant::now();
-    loop {
-        if check().await {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Counts how often each echo address answered `count` requests for `host` + `path`.

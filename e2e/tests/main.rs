@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use harness::{Cluster, Endpoint, Load, apply, eventually, ingress_json, spread};
+use harness::{Cluster, Endpoint, Load, Scenario, apply, eventually, ingress_json, spread};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::Api;
@@ -34,27 +34,17 @@ async fn status_of(sluice: &Sluice, host: &str, path: &str) -> u16 {
 #[ignore = "needs a Kubernetes API server: run e2e/run"]
 async fn e2e_1_an_ingress_is_served_and_gets_its_load_balancer_status() {
     let cluster = Cluster::connect().await;
-    let ns = cluster.namespace("basic").await;
-    let class = "e2e-basic";
-    let echo = Echo::start(&["127.0.0.101"]);
-    cluster.service(&ns, "web").await;
-    cluster
-        .endpoints(&ns, "web", &[Endpoint::ready(echo.addrs[0])])
-        .await;
-    cluster
-        .ingress(&ns, "web", class, "basic.e2e.test", &[("/", "web")])
-        .await;
-
-    let sluice = cluster
-        .sluice(
-            class,
+    let Scenario {
+        ns, echo, sluice, ..
+    } = cluster
+        .scenario(
+            "basic",
+            "127.0.0.101",
+            "basic.e2e.test",
+            "/",
             &["--leader-elect=false", "--publish-address", "203.0.113.1"],
         )
         .await;
-    eventually(5 * SECOND, "the Ingress is served", async || {
-        served(&sluice, "basic.e2e.test", "/").await
-    })
-    .await;
     let reply = sluice.get("basic.e2e.test", "/shop/items?page=2").await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.echo_addr(), Some(echo.addrs[0].to_string()));
@@ -105,21 +95,22 @@ async fn e2e_1_an_ingress_is_served_and_gets_its_load_balancer_status() {
 #[ignore = "needs a Kubernetes API server: run e2e/run"]
 async fn e2e_2_changes_and_deletes_apply_within_a_second_and_other_classes_are_ignored() {
     let cluster = Cluster::connect().await;
-    let ns = cluster.namespace("change").await;
-    let class = "e2e-change";
-    let echo = Echo::start(&["127.0.0.102"]);
-    cluster.service(&ns, "web").await;
-    cluster
-        .endpoints(&ns, "web", &[Endpoint::ready(echo.addrs[0])])
+    // The echo backend must live as long as the test: `..` would drop it at once.
+    let Scenario {
+        ns,
+        class,
+        sluice,
+        echo: _echo,
+    } = cluster
+        .scenario(
+            "change",
+            "127.0.0.102",
+            "change.e2e.test",
+            "/v1",
+            &["--leader-elect=false"],
+        )
         .await;
-    cluster
-        .ingress(&ns, "web", class, "change.e2e.test", &[("/v1", "web")])
-        .await;
-    let sluice = cluster.sluice(class, &["--leader-elect=false"]).await;
-    eventually(5 * SECOND, "the first version is served", async || {
-        served(&sluice, "change.e2e.test", "/v1").await
-    })
-    .await;
+    let class = class.as_str();
     assert_eq!(status_of(&sluice, "change.e2e.test", "/v2").await, 404);
 
     // Change the path: /v2 serves and /v1 stops, within a second of the write.
@@ -431,21 +422,21 @@ async fn e2e_4_invalid_ingresses_get_events_and_the_rest_keeps_serving() {
 #[ignore = "needs a Kubernetes API server: run e2e/run"]
 async fn e2e_5_an_api_server_outage_loses_no_request_and_catches_up_after() {
     let cluster = Cluster::connect().await;
-    let ns = cluster.namespace("outage").await;
-    let class = "e2e-outage";
-    let echo = Echo::start(&["127.0.0.141"]);
-    cluster.service(&ns, "web").await;
-    cluster
-        .endpoints(&ns, "web", &[Endpoint::ready(echo.addrs[0])])
+    let Scenario {
+        ns,
+        class,
+        echo,
+        sluice,
+    } = cluster
+        .scenario(
+            "outage",
+            "127.0.0.141",
+            "outage.e2e.test",
+            "/",
+            &["--leader-elect=false"],
+        )
         .await;
-    cluster
-        .ingress(&ns, "web", class, "outage.e2e.test", &[("/", "web")])
-        .await;
-    let sluice = cluster.sluice(class, &["--leader-elect=false"]).await;
-    eventually(5 * SECOND, "served before the outage", async || {
-        served(&sluice, "outage.e2e.test", "/").await
-    })
-    .await;
+    let class = class.as_str();
 
     let load = Load::start(sluice.http, "outage.e2e.test", "/", 4);
     tokio::time::sleep(Duration::from_millis(300)).await;

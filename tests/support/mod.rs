@@ -245,14 +245,24 @@ impl Sluice {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let started = Instant::now();
-        loop {
-            if check().await {
-                return started.elapsed();
-            }
-            assert!(started.elapsed() < within, "{what}: not within {within:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        eventually(within, what, async || check().await).await
+    }
+}
+
+/// Polls `check` every 10 ms until it holds; returns how long it took, or panics with
+/// `what` once `within` is over.
+pub async fn eventually(
+    within: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> bool,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return started.elapsed();
         }
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

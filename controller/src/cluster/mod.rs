@@ -33,7 +33,7 @@ use crate::object_key::{ObjectKey, ObjectKind};
 use crate::publish::{EndpointProblems, Publisher};
 pub use remap::{EndpointRemap, RemapSyntax};
 pub use status::PublishTarget;
-use watch::{WatchSignal, watch_kind};
+use watch::{WatchSignal, Watched, watch_kind};
 
 /// Secret types that never carry anything an Ingress or a policy can refer to. Leaving them
 /// out of the watch keeps Helm release blobs and service-account tokens out of memory.
@@ -106,6 +106,24 @@ fn owned<K: kube::Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<K
         .collect()
 }
 
+/// What every watch is started with.
+struct Watches<'a> {
+    client: &'a Client,
+    signals: &'a mpsc::UnboundedSender<WatchSignal>,
+    metrics: &'a Arc<Metrics>,
+}
+
+impl Watches<'_> {
+    fn start<K: Watched>(&self, config: watcher::Config) -> Store<K> {
+        watch_kind(
+            Api::all(self.client.clone()),
+            config,
+            self.signals.clone(),
+            Arc::clone(self.metrics),
+        )
+    }
+}
+
 /// What the last full compile said, for the status writer.
 #[derive(Debug, Default)]
 pub(crate) struct CompileOutcome {
@@ -172,40 +190,21 @@ pub async fn run_cluster(
         .map(|kind| format!("type!={kind}"))
         .collect::<Vec<_>>()
         .join(",");
+    let watches = Watches {
+        client: &client,
+        signals: &signals_tx,
+        metrics: &metrics,
+    };
     let stores = Stores {
-        ingresses: watch_kind(
-            Api::all(client.clone()),
-            plain.clone(),
-            signals_tx.clone(),
-            Arc::clone(&metrics),
-        ),
-        ingress_classes: watch_kind(
-            Api::all(client.clone()),
-            plain.clone(),
-            signals_tx.clone(),
-            Arc::clone(&metrics),
-        ),
-        services: watch_kind(
-            Api::all(client.clone()),
-            plain.clone(),
-            signals_tx.clone(),
-            Arc::clone(&metrics),
-        ),
-        endpoint_slices: watch_kind(
-            Api::all(client.clone()),
-            plain.clone(),
-            signals_tx.clone(),
-            Arc::clone(&metrics),
-        ),
-        secrets: watch_kind(
-            Api::all(client.clone()),
-            plain.fields(&secret_filter),
-            signals_tx,
-            Arc::clone(&metrics),
-        ),
+        ingresses: watches.start(plain.clone()),
+        ingress_classes: watches.start(plain.clone()),
+        services: watches.start(plain.clone()),
+        endpoint_slices: watches.start(plain.clone()),
+        secrets: watches.start(plain.fields(&secret_filter)),
         endpoint_remap: config.endpoint_remap,
     };
 
+    drop(signals_tx);
     let (outcome_tx, outcome_rx) = channel::channel(None::<Arc<CompileOutcome>>);
     tokio::spawn(status::write_statuses(
         client,
