@@ -254,6 +254,9 @@ struct RunArgs {
     /// How long in-flight requests get to finish on SIGTERM.
     #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     drain_timeout: Duration,
+    /// Threads serving traffic and the controller [default: one per CPU].
+    #[arg(long, env = "SLUICE_WORKER_THREADS", value_name = "COUNT")]
+    worker_threads: Option<usize>,
     /// How long to gather changes before compiling.
     #[arg(long, env = "SLUICE_DEBOUNCE", default_value = "50ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
     debounce: Duration,
@@ -335,7 +338,11 @@ fn init_logging(format: LogFormat) {
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.worker_threads {
+        builder.worker_threads(threads.max(1));
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
