@@ -19,11 +19,15 @@ use sluice_dataplane::admin::serve_admin;
 use sluice_dataplane::balance::HealthConfig;
 use sluice_dataplane::live::{DataPlane, follow_snapshots};
 use sluice_dataplane::metrics::Metrics;
-use sluice_dataplane::proxy::{Proxy, ProxyConfig, TrustedProxies};
-use sluice_dataplane::server::{ListenerConfig, serve_traffic};
+use sluice_dataplane::proxy::{ProxyConfig, TrustedProxies};
+use sluice_dataplane::server::{ListenerConfig, TrafficWorkers, bind_shared};
 use sluice_dataplane::snapshot::ObjectRef;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
+
+// glibc's malloc took about a tenth of the proxy's CPU time under load (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// A Kubernetes ingress controller that applies changes without reloads.
 #[derive(Debug, Parser)]
@@ -254,7 +258,8 @@ struct RunArgs {
     /// How long in-flight requests get to finish on SIGTERM.
     #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     drain_timeout: Duration,
-    /// Threads serving traffic and the controller [default: one per CPU].
+    /// Threads serving traffic, each with its own socket and upstream pool [default: one
+    /// per CPU]. The controller runs on two more.
     #[arg(long, env = "SLUICE_WORKER_THREADS", value_name = "COUNT")]
     worker_threads: Option<usize>,
     /// How long to gather changes before compiling.
@@ -338,15 +343,21 @@ fn init_logging(format: LogFormat) {
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = args.worker_threads {
-        builder.worker_threads(threads.max(1));
-    }
-    let runtime = builder
+    // Traffic gets its own threads (see `TrafficWorkers`); this runtime carries the
+    // controller, the admin listener and snapshot delivery, so a long compile never
+    // delays a request.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(serve(args))
+}
+
+/// Traffic threads: the flag, else one per CPU.
+fn traffic_threads(flag: Option<usize>) -> usize {
+    flag.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        .max(1)
 }
 
 /// Where objects come from.
@@ -417,24 +428,24 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         eject_for: args.eject_for,
     };
     let data_plane = Arc::new(DataPlane::new(health, Arc::clone(&metrics)));
-    let proxy = Arc::new(Proxy::new(
-        Arc::clone(&data_plane),
-        ProxyConfig {
-            connect_timeout: args.connect_timeout,
-            request_timeout: args.request_timeout,
-            upstream_idle_timeout: args.upstream_idle_timeout,
-            max_request_body: args.max_request_body,
-            retries: args.retries,
-            health,
-            trusted_proxies: TrustedProxies::new(args.trusted_proxies.clone()),
-            via: args.via.clone(),
-            access_log: args.access_log,
-            ..ProxyConfig::default()
-        },
-    ));
-    let traffic = TcpListener::bind(args.http_addr)
-        .await
+    let proxy_config = ProxyConfig {
+        connect_timeout: args.connect_timeout,
+        request_timeout: args.request_timeout,
+        upstream_idle_timeout: args.upstream_idle_timeout,
+        max_request_body: args.max_request_body,
+        retries: args.retries,
+        health,
+        trusted_proxies: TrustedProxies::new(args.trusted_proxies.clone()),
+        via: args.via.clone(),
+        access_log: args.access_log,
+        ..ProxyConfig::default()
+    };
+    let traffic = bind_shared(args.http_addr, traffic_threads(args.worker_threads))
         .with_context(|| format!("cannot listen on --http-addr {}", args.http_addr))?;
+    let traffic_addr = traffic
+        .first()
+        .and_then(|listener| listener.local_addr().ok())
+        .unwrap_or(args.http_addr);
     let admin = TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("cannot listen on --admin-addr {}", args.admin_addr))?;
@@ -443,7 +454,8 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         Source::Cluster(_) => "kubernetes".to_owned(),
     };
     tracing::info!(
-        http = %traffic.local_addr().unwrap_or(args.http_addr),
+        http = %traffic_addr,
+        traffic_threads = traffic.len(),
         admin = %admin.local_addr().unwrap_or(args.admin_addr),
         source = %source_name,
         version = env!("CARGO_PKG_VERSION"),
@@ -451,6 +463,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     );
 
     let (publisher, updates) = Publisher::new(compile_options(&args.class));
+    let publisher = publisher.record_compile_seconds(metrics.controller.compile_seconds.clone());
     tokio::spawn(follow_snapshots(Arc::clone(&data_plane), updates));
     let (stop_election_tx, stop_election_rx) = oneshot::channel::<()>();
     let mut election = None;
@@ -495,21 +508,14 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let listener_config = ListenerConfig {
         header_read_timeout: args.header_read_timeout,
         max_header_bytes: args.max_header_bytes,
         max_headers: args.max_headers,
         drain_timeout: args.drain_timeout,
     };
-    let traffic_task = tokio::spawn(serve_traffic(
-        traffic,
-        Arc::clone(&proxy),
-        listener_config,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    let workers = TrafficWorkers::start(traffic, &data_plane, &proxy_config, &listener_config)
+        .context("cannot start the traffic threads")?;
     // The admin listener outlives the drain, so probes see /readyz turn 503 while
     // in-flight requests finish; it stops with the process.
     let admin_task = tokio::spawn(serve_admin(
@@ -534,8 +540,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Hand the lease over now, not after the drain: the pod may be killed before the drain
     // ends, and the next leader should not wait for the lease to expire.
     let _ = stop_election_tx.send(());
-    let _ = stop_tx.send(());
-    let _ = traffic_task.await;
+    workers.shutdown().await;
     controller.abort();
     if let Some(election) = election {
         let _ = tokio::time::timeout(Duration::from_secs(5), election).await;

@@ -6,8 +6,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use k8s_openapi::api::networking::v1::Ingress;
+use prometheus_client::metrics::histogram::Histogram;
 use sluice_dataplane::live::{ConfigReport, Publication};
 use sluice_dataplane::snapshot::{ObjectRef, Snapshot};
 use tokio::sync::watch;
@@ -36,12 +38,14 @@ pub struct Publisher {
     options: CompileOptions,
     sender: watch::Sender<Option<Publication>>,
     generation: u64,
-    last_good: BTreeMap<ObjectRef, Ingress>,
+    last_good: BTreeMap<ObjectRef, Arc<Ingress>>,
     /// Problems from the full compile (every kind but EndpointSlice) and from sources.
     route_problems: Vec<String>,
     /// Problems from the endpoint fast lane.
     endpoint_problems: Vec<String>,
     logged: BTreeSet<String>,
+    /// Where the time of each full compile goes, when someone is watching.
+    compile_seconds: Option<Histogram>,
 }
 
 impl Publisher {
@@ -55,8 +59,15 @@ impl Publisher {
             route_problems: Vec::new(),
             endpoint_problems: Vec::new(),
             logged: BTreeSet::new(),
+            compile_seconds: None,
         };
         (publisher, receiver)
+    }
+
+    /// Records the duration of every full compile in `histogram`.
+    pub fn record_compile_seconds(mut self, histogram: Histogram) -> Self {
+        self.compile_seconds = Some(histogram);
+        self
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Option<Publication>> {
@@ -78,7 +89,11 @@ impl Publisher {
         objects: &ClusterObjects,
         source_problems: Vec<String>,
     ) -> (Compiled, PublishSummary) {
-        let compiled = compile(objects, &self.last_good, &self.options);
+        let started = Instant::now();
+        let mut compiled = compile(objects, &self.last_good, &self.options);
+        if let Some(histogram) = &self.compile_seconds {
+            histogram.observe(started.elapsed().as_secs_f64());
+        }
         self.last_good = compiled.last_good.clone();
         let (endpoint_problems, route_problems): (Vec<_>, Vec<_>) =
             problem_lines(&compiled.statuses)
@@ -91,9 +106,10 @@ impl Publisher {
             .into_iter()
             .map(|(_, line)| line)
             .collect();
+        // The tables move into the snapshot; the caller reads statuses, not tables.
         let summary = self.send(
-            Some(compiled.snapshot_routes.clone()),
-            compiled.backends.clone(),
+            Some(std::mem::take(&mut compiled.snapshot_routes)),
+            std::mem::take(&mut compiled.backends),
         );
         (compiled, summary)
     }
@@ -207,7 +223,7 @@ mod tests {
             .map(|address| json!({ "addresses": [address], "conditions": { "ready": true } }))
             .collect();
         ClusterObjects {
-            ingresses: vec![ingress(
+            ingresses: vec![Arc::new(ingress(
                 "shop",
                 "web",
                 json!({}),
@@ -215,16 +231,16 @@ mod tests {
                     "ingressClassName": "sluice",
                     "rules": [rule(Some("shop.example"), vec![path("/", "Prefix", backend("web", 80))])],
                 }),
-            )],
-            services: vec![service("shop", "web", &[(Some("http"), 80)])],
-            endpoint_slices: vec![endpoint_slice(
+            ))],
+            services: vec![Arc::new(service("shop", "web", &[(Some("http"), 80)]))],
+            endpoint_slices: vec![Arc::new(endpoint_slice(
                 "shop",
                 "web-1",
                 "web",
                 "IPv4",
                 &[(Some("http"), 8080)],
                 endpoints,
-            )],
+            ))],
             ..ClusterObjects::default()
         }
     }
@@ -294,7 +310,7 @@ mod tests {
     fn problems_are_published_with_the_snapshot() {
         let (mut publisher, receiver) = Publisher::new(CompileOptions::default());
         let mut broken = objects(&["10.0.0.1"]);
-        broken.ingresses[0]
+        Arc::make_mut(&mut broken.ingresses[0])
             .spec
             .as_mut()
             .unwrap()

@@ -4,9 +4,11 @@
 //! compiler reads. A file that does not parse keeps contributing the objects of its last
 //! good version, and its problem is reported; other files are unaffected.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
@@ -51,11 +53,11 @@ pub struct ManifestNote(pub String);
 /// The objects of one file.
 #[derive(Debug, Clone, Default)]
 struct FileObjects {
-    ingresses: Vec<Ingress>,
-    ingress_classes: Vec<IngressClass>,
-    services: Vec<Service>,
-    endpoint_slices: Vec<EndpointSlice>,
-    secrets: Vec<Secret>,
+    ingresses: Vec<Arc<Ingress>>,
+    ingress_classes: Vec<Arc<IngressClass>>,
+    services: Vec<Arc<Service>>,
+    endpoint_slices: Vec<Arc<EndpointSlice>>,
+    secrets: Vec<Arc<Secret>>,
     notes: Vec<ManifestNote>,
 }
 
@@ -156,9 +158,11 @@ impl ManifestFolder {
 
     fn assemble(&self, mut problems: Vec<String>, has_errors: bool) -> LoadedManifests {
         let mut objects = ClusterObjects::default();
-        let mut seen: BTreeMap<ObjectKey, String> = BTreeMap::new();
+        // Which file each object came from first. Hashed: this runs over every object on
+        // every change, and ordered keys are not needed here.
+        let mut seen: HashMap<ObjectKey, &Path> = HashMap::new();
         for (path, state) in &self.files {
-            let shown = path.display().to_string();
+            let shown = path.display();
             if let Some(error) = &state.error {
                 let kept = if state.last_good.is_some() {
                     "; serving its last good version"
@@ -178,39 +182,44 @@ impl ManifestFolder {
                 } else {
                     key
                 };
-                if let Some(earlier) = seen.get(&key) {
-                    problems.push(format!(
-                        "{shown}: {key} is also defined in {earlier}; this copy is ignored"
-                    ));
-                    false
-                } else {
-                    seen.insert(key, shown.clone());
-                    true
+                match seen.entry(key) {
+                    Entry::Occupied(earlier) => {
+                        problems.push(format!(
+                            "{shown}: {} is also defined in {}; this copy is ignored",
+                            earlier.key(),
+                            earlier.get().display()
+                        ));
+                        false
+                    }
+                    Entry::Vacant(entry) => {
+                        entry.insert(path);
+                        true
+                    }
                 }
             };
             for item in &file.ingresses {
                 if first(ObjectKind::Ingress, &item.metadata) {
-                    objects.ingresses.push(item.clone());
+                    objects.ingresses.push(Arc::clone(item));
                 }
             }
             for item in &file.ingress_classes {
                 if first(ObjectKind::IngressClass, &item.metadata) {
-                    objects.ingress_classes.push(item.clone());
+                    objects.ingress_classes.push(Arc::clone(item));
                 }
             }
             for item in &file.services {
                 if first(ObjectKind::Service, &item.metadata) {
-                    objects.services.push(item.clone());
+                    objects.services.push(Arc::clone(item));
                 }
             }
             for item in &file.endpoint_slices {
                 if first(ObjectKind::EndpointSlice, &item.metadata) {
-                    objects.endpoint_slices.push(item.clone());
+                    objects.endpoint_slices.push(Arc::clone(item));
                 }
             }
             for item in &file.secrets {
                 if first(ObjectKind::Secret, &item.metadata) {
-                    objects.secrets.push(item.clone());
+                    objects.secrets.push(Arc::clone(item));
                 }
             }
         }
@@ -334,26 +343,26 @@ fn add_document(
         ("networking.k8s.io/v1", "Ingress") => {
             let mut item: Ingress = typed(value, path, number, &kind, &name)?;
             default_namespace(&mut item.metadata);
-            objects.ingresses.push(item);
+            objects.ingresses.push(Arc::new(item));
         }
         ("networking.k8s.io/v1", "IngressClass") => {
             let item: IngressClass = typed(value, path, number, &kind, &name)?;
-            objects.ingress_classes.push(item);
+            objects.ingress_classes.push(Arc::new(item));
         }
         ("v1", "Service") => {
             let mut item: Service = typed(value, path, number, &kind, &name)?;
             default_namespace(&mut item.metadata);
-            objects.services.push(item);
+            objects.services.push(Arc::new(item));
         }
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             let mut item: EndpointSlice = typed(value, path, number, &kind, &name)?;
             default_namespace(&mut item.metadata);
-            objects.endpoint_slices.push(item);
+            objects.endpoint_slices.push(Arc::new(item));
         }
         ("v1", "Secret") => {
             let mut item: Secret = typed(value, path, number, &kind, &name)?;
             default_namespace(&mut item.metadata);
-            objects.secrets.push(item);
+            objects.secrets.push(Arc::new(item));
         }
         _ => objects.notes.push(ManifestNote(format!(
             "{path}: document {number}: {api_version} {kind} {name:?} is not a kind Sluice reads; ignored"
@@ -377,7 +386,9 @@ pub fn watch_folder(
 ) -> notify::Result<Box<dyn notify::Watcher + Send>> {
     use notify::Watcher as _;
     let handler = move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Our own reads of the folder raise access events; reacting to them would reload
+        // the folder in a loop.
+        if event.is_ok_and(|event| !event.kind.is_access()) {
             let _ = changes.send(());
         }
     };
@@ -552,6 +563,28 @@ metadata: {name: other}
             "{:?}",
             loaded.problems
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn reading_the_folder_is_not_a_change_but_writing_is() {
+        let dir = tempdir();
+        std::fs::write(dir.join("a.yaml"), GOOD).unwrap();
+        let (changes_tx, mut changes) = mpsc::unbounded_channel();
+        let _watcher = watch_folder(&dir, changes_tx).unwrap();
+        let mut folder = ManifestFolder::new(&dir);
+        for _ in 0..3 {
+            assert_eq!(folder.load().objects.ingresses.len(), 1);
+        }
+        let quiet = tokio::time::timeout(Duration::from_millis(300), changes.recv()).await;
+        assert!(
+            quiet.is_err(),
+            "loading the folder must not look like a change"
+        );
+
+        std::fs::write(dir.join("b.yaml"), GOOD.replace("name: web}", "name: b}")).unwrap();
+        let noticed = tokio::time::timeout(Duration::from_secs(5), changes.recv()).await;
+        assert_eq!(noticed.ok().flatten(), Some(()), "a new file is a change");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

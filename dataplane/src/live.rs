@@ -5,22 +5,27 @@
 //! flight, and keep-alive connections simply see the new routes on their next request.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::balance::{BackendBalancer, BalancerClock, HealthConfig};
-use crate::metrics::{BackendLabels, Metrics};
+use crate::metrics::{BackendLabels, Metrics, RouteLabels, RouteSeries};
+use crate::router::RouteMatch;
 use crate::snapshot::{BackendKey, RouteTable, Snapshot};
 
-/// One snapshot together with the balancers of its backends.
+/// One snapshot together with the balancers of its backends and the metric series of its
+/// routes.
 #[derive(Debug)]
 pub struct LiveState {
     pub snapshot: Arc<Snapshot>,
     balancers: HashMap<BackendKey, Arc<BackendBalancer>>,
+    /// One cell per route slot, filled on the route's first request; shared by every
+    /// generation with the same route table.
+    route_series: Arc<[OnceLock<Arc<RouteSeries>>]>,
 }
 
 impl LiveState {
@@ -50,14 +55,40 @@ impl LiveState {
                 (key.clone(), balancer)
             })
             .collect();
+        let route_series = match previous {
+            Some(previous) if Arc::ptr_eq(&previous.snapshot.routes, &snapshot.routes) => {
+                Arc::clone(&previous.route_series)
+            }
+            _ => (0..snapshot.routes.slots)
+                .map(|_| OnceLock::new())
+                .collect(),
+        };
         LiveState {
             snapshot,
             balancers,
+            route_series,
         }
     }
 
     pub fn balancer(&self, key: &BackendKey) -> Option<&Arc<BackendBalancer>> {
         self.balancers.get(key)
+    }
+
+    /// The metric series of a matched route, made on its first request.
+    pub fn route_series(&self, matched: &RouteMatch<'_>, metrics: &Metrics) -> Arc<RouteSeries> {
+        let make = || {
+            Arc::new(metrics.route_series(RouteLabels {
+                namespace: matched.target.owner.namespace.as_str().into(),
+                ingress: matched.target.owner.name.as_str().into(),
+                host: matched.virtual_host.into(),
+            }))
+        };
+        let slot = usize::try_from(matched.target.slot).unwrap_or(usize::MAX);
+        match self.route_series.get(slot) {
+            Some(cell) => Arc::clone(cell.get_or_init(make)),
+            // A table nobody numbered: still correct, only slower.
+            None => make(),
+        }
     }
 }
 
@@ -251,6 +282,91 @@ mod tests {
             routes: Arc::new(RouteTable::default()),
             backends: Arc::new(backends),
         }
+    }
+
+    fn target(ingress: &str, slot: u32) -> crate::snapshot::RouteTarget {
+        crate::snapshot::RouteTarget {
+            owner: crate::snapshot::ObjectRef::new("shop", ingress),
+            backend: key(),
+            balance: crate::snapshot::BalancePolicy::RoundRobin,
+            slot,
+        }
+    }
+
+    #[test]
+    fn route_series_are_made_once_per_slot_and_kept_while_the_routes_stay() {
+        let metrics = Arc::new(Metrics::new());
+        let plane = DataPlane::new(HealthConfig::default(), Arc::clone(&metrics));
+        let mut routes = RouteTable::default();
+        routes
+            .any_host
+            .prefix_paths
+            .insert("/a".into(), target("a", 0));
+        routes
+            .any_host
+            .prefix_paths
+            .insert("/b".into(), target("b", 0));
+        routes.number_targets();
+        let first = Arc::new(Snapshot {
+            generation: 1,
+            routes: Arc::new(routes),
+            backends: Arc::new(BackendTable::default()),
+        });
+        plane.apply(Arc::clone(&first));
+        let live = plane.load();
+        let series_of = |live: &LiveState, path: &str| {
+            let matched = live.snapshot.routes.lookup("x", path).unwrap();
+            live.route_series(&matched, &metrics)
+        };
+        let a = series_of(&live, "/a");
+        assert!(Arc::ptr_eq(&a, &series_of(&live, "/a")));
+        assert!(!Arc::ptr_eq(&a, &series_of(&live, "/b")));
+        assert_eq!(&*series_of(&live, "/b").labels.ingress, "b");
+
+        // An endpoint-only generation keeps the route table and so the series.
+        plane.apply(Arc::new(
+            first.with_backends(2, Arc::clone(&first.backends)),
+        ));
+        assert!(Arc::ptr_eq(&a, &series_of(&plane.load(), "/a")));
+
+        metrics.count_request(
+            &a,
+            crate::metrics::MethodLabel::GET,
+            crate::metrics::StatusClass::Success,
+        );
+        metrics.count_request(
+            &a,
+            crate::metrics::MethodLabel::GET,
+            crate::metrics::StatusClass::Success,
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"sluice_http_requests_total{namespace="shop",ingress="a",host="",method="GET",status="2xx"} 2"#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"ingress="b",host="",method"#), "{text}");
+    }
+
+    #[test]
+    fn an_unnumbered_target_still_gets_its_own_labels() {
+        let metrics = Metrics::new();
+        let mut routes = RouteTable::default();
+        routes.any_host.prefix_paths.insert(
+            "/a".into(),
+            target("a", crate::snapshot::RouteTarget::UNNUMBERED),
+        );
+        let live = LiveState::build(
+            Arc::new(Snapshot {
+                generation: 1,
+                routes: Arc::new(routes),
+                backends: Arc::new(BackendTable::default()),
+            }),
+            None,
+            BalancerClock::new(),
+            HealthConfig::default(),
+        );
+        let matched = live.snapshot.routes.lookup("x", "/a").unwrap();
+        assert_eq!(&*live.route_series(&matched, &metrics).labels.ingress, "a");
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@
 //! small fixed sets (method, status class), never from raw request data, so the number of
 //! series is bounded by the configuration, not by traffic.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -112,6 +112,28 @@ impl ControllerMetrics {
     }
 }
 
+/// The metric series of one route, resolved from the label maps once and then kept by the
+/// data plane, so a request updates its counters without hashing labels or taking the
+/// families' locks. Request counters are created on first use, so only the method and
+/// status combinations that occur are exported.
+#[derive(Debug)]
+pub struct RouteSeries {
+    pub labels: RouteLabels,
+    /// `None` for requests that matched no route: their duration is not recorded.
+    pub duration: Option<Histogram>,
+    requests: [OnceLock<Counter>; MethodLabel::COUNT * StatusClass::COUNT],
+}
+
+impl RouteSeries {
+    fn new(labels: RouteLabels, duration: Option<Histogram>) -> Self {
+        RouteSeries {
+            labels,
+            duration,
+            requests: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+}
+
 /// HTTP methods as a closed set; anything else is `OTHER`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
 #[allow(clippy::upper_case_acronyms)]
@@ -126,6 +148,10 @@ pub enum MethodLabel {
     CONNECT,
     TRACE,
     OTHER,
+}
+
+impl MethodLabel {
+    const COUNT: usize = 10;
 }
 
 impl From<&http::Method> for MethodLabel {
@@ -152,6 +178,10 @@ pub enum StatusClass {
     Redirection,
     ClientError,
     ServerError,
+}
+
+impl StatusClass {
+    const COUNT: usize = 5;
 }
 
 impl EncodeLabelValue for StatusClass {
@@ -207,6 +237,8 @@ pub struct Metrics {
     pub snapshot_routes: Gauge,
     pub config_errors: Gauge,
     pub controller: ControllerMetrics,
+    /// Requests that matched no route (400, 404) count here, with empty route labels.
+    pub unrouted: RouteSeries,
 }
 
 impl Metrics {
@@ -280,8 +312,17 @@ impl Metrics {
             config_errors.clone(),
         );
         let controller = ControllerMetrics::register(&mut registry);
+        let unrouted = RouteSeries::new(
+            RouteLabels {
+                namespace: "".into(),
+                ingress: "".into(),
+                host: "".into(),
+            },
+            None,
+        );
         Metrics {
             controller,
+            unrouted,
             registry,
             requests,
             request_duration,
@@ -295,6 +336,33 @@ impl Metrics {
             snapshot_routes,
             config_errors,
         }
+    }
+
+    /// The series of a route; keep it rather than calling this per request.
+    pub fn route_series(&self, labels: RouteLabels) -> RouteSeries {
+        let duration = self.request_duration.get_or_create(&labels).clone();
+        RouteSeries::new(labels, Some(duration))
+    }
+
+    /// Counts one finished request against its route.
+    pub fn count_request(&self, series: &RouteSeries, method: MethodLabel, status: StatusClass) {
+        let cell = method as usize * StatusClass::COUNT + status as usize;
+        let Some(counter) = series.requests.get(cell) else {
+            return;
+        };
+        counter
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        namespace: Arc::clone(&series.labels.namespace),
+                        ingress: Arc::clone(&series.labels.ingress),
+                        host: Arc::clone(&series.labels.host),
+                        method,
+                        status,
+                    })
+                    .clone()
+            })
+            .inc();
     }
 
     /// The registry in Prometheus text format.

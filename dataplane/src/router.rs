@@ -162,8 +162,8 @@ fn utf8_width(first: u8) -> usize {
 }
 
 /// Lower-cases a Host header value and strips its port and a trailing dot.
-/// Returns `None` for a value that cannot be a host name.
-pub fn normalize_host(authority: &str) -> Option<String> {
+/// Returns `None` for a value that cannot be a host name. Borrows when already lower case.
+pub fn normalize_host(authority: &str) -> Option<std::borrow::Cow<'_, str>> {
     let host = if let Some(rest) = authority.strip_prefix('[') {
         // IPv6 literal: keep the brackets off; routes never name IP literals anyway.
         rest.split_once(']').map(|(inside, _)| inside)?
@@ -186,7 +186,11 @@ pub fn normalize_host(authority: &str) -> Option<String> {
     {
         return None;
     }
-    Some(host.to_ascii_lowercase())
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    })
 }
 
 #[cfg(test)]
@@ -204,6 +208,7 @@ mod tests {
                 port: 80,
             },
             balance: BalancePolicy::RoundRobin,
+            slot: RouteTarget::UNNUMBERED,
         }
     }
 
@@ -225,6 +230,38 @@ mod tests {
         table
             .lookup(host, path)
             .map(|m| m.target.owner.name.clone())
+    }
+
+    #[test]
+    fn every_target_gets_its_own_slot_in_a_fixed_order() {
+        let mut table = RouteTable::default();
+        table
+            .exact_hosts
+            .insert("b.com".into(), vhost("b.com", &["/x"], &["/", "/y"]));
+        table
+            .exact_hosts
+            .insert("a.com".into(), vhost("a.com", &[], &["/"]));
+        table
+            .wildcard_hosts
+            .insert("c.com".into(), vhost("*.c.com", &[], &["/"]));
+        table.any_host = vhost("", &["/any"], &[]);
+        table.default_backend = Some(target("default"));
+        let mut again = table.clone();
+        table.number_targets();
+        again.number_targets();
+        assert_eq!(table, again, "numbering is deterministic");
+        assert_eq!(table.slots, 7);
+        let slot = |host: &str, path: &str| table.lookup(host, path).unwrap().target.slot;
+        let slots = [
+            slot("a.com", "/"),
+            slot("b.com", "/x"),
+            slot("b.com", "/"),
+            slot("b.com", "/y"),
+            slot("q.c.com", "/"),
+            slot("other", "/any"),
+            slot("other", "/nothing"),
+        ];
+        assert_eq!(slots, [0, 1, 2, 3, 4, 5, 6]);
     }
 
     #[test]

@@ -1,6 +1,15 @@
 //! Traffic listeners: accept connections, serve HTTP/1.1 and h2c, drain on shutdown.
+//!
+//! Traffic runs on one single-threaded runtime per worker thread, each with its own
+//! listening socket on the shared address (`SO_REUSEPORT`, so the kernel spreads
+//! connections) and its own upstream connection pool. A request, its client connection and
+//! its upstream connection then stay on one thread: no work stealing, no cross-thread
+//! wake-ups, no contended pool lock. This is the nginx worker model; the controller and the
+//! admin listener run elsewhere and share only the atomically swapped snapshot.
 
 use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,8 +18,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
-use crate::proxy::{ClientConnection, Proxy};
+use crate::live::DataPlane;
+use crate::proxy::{ClientConnection, Proxy, ProxyConfig};
 
 /// Connection-level limits of a traffic listener.
 #[derive(Debug, Clone)]
@@ -83,15 +94,13 @@ pub async fn serve_traffic(
             }
         };
         let _ = stream.set_nodelay(true);
-        let connection = ClientConnection {
-            peer,
-            local: stream.local_addr().ok().or(local).unwrap_or(peer),
-            scheme: "http",
-        };
+        let local_addr = stream.local_addr().ok().or(local).unwrap_or(peer);
+        let connection = Arc::new(ClientConnection::new(peer, local_addr, "http"));
         let proxy_for_connection = Arc::clone(&proxy);
         let service = service_fn(move |request| {
             let proxy = Arc::clone(&proxy_for_connection);
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, connection).await) }
+            let connection = Arc::clone(&connection);
+            async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, &connection).await) }
         });
         let gauge = proxy.data_plane().metrics().active_connections.clone();
         gauge.inc();
@@ -113,5 +122,114 @@ pub async fn serve_traffic(
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(config.drain_timeout) => tracing::warn!("drain deadline passed; closing the rest"),
+    }
+}
+
+/// Opens `count` listening sockets on `addr` that share it through `SO_REUSEPORT`. With
+/// port 0 the first socket picks the port and the others join it.
+pub fn bind_shared(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(count.max(1));
+    let mut bound = addr;
+    for _ in 0..count.max(1) {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(bound),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        #[cfg(unix)]
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&bound.into())?;
+        socket.listen(1024)?;
+        let listener: std::net::TcpListener = socket.into();
+        bound = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// The traffic worker threads; [`TrafficWorkers::shutdown`] stops and drains them.
+#[derive(Debug)]
+pub struct TrafficWorkers {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+}
+
+impl TrafficWorkers {
+    /// Starts one worker thread per listener, each with its own runtime and [`Proxy`].
+    pub fn start(
+        listeners: Vec<std::net::TcpListener>,
+        data_plane: &Arc<DataPlane>,
+        proxy_config: &ProxyConfig,
+        listener_config: &ListenerConfig,
+    ) -> io::Result<Self> {
+        let (stop, stopped) = watch::channel(false);
+        let mut threads = Vec::with_capacity(listeners.len());
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let proxy = Arc::new(Proxy::new(Arc::clone(data_plane), proxy_config.clone()));
+            let config = listener_config.clone();
+            let mut stopped = stopped.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("sluice-traffic-{index}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let listener = match TcpListener::from_std(listener) {
+                            Ok(listener) => listener,
+                            Err(error) => {
+                                tracing::error!(%error, "cannot use the traffic listener");
+                                return;
+                            }
+                        };
+                        let shutdown = async move {
+                            let _ = stopped.wait_for(|stop| *stop).await;
+                        };
+                        serve_traffic(listener, proxy, config, shutdown).await;
+                    });
+                })?;
+            threads.push(thread);
+        }
+        Ok(TrafficWorkers { threads, stop })
+    }
+
+    /// Stops accepting on every worker and waits for their drains to end.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let threads = self.threads;
+        let joined = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        });
+        let _ = joined.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_listeners_take_one_port_and_all_accept() {
+        let listeners = bind_shared("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        assert_eq!(listeners.len(), 3);
+        let addr = listeners[0].local_addr().unwrap();
+        assert_ne!(addr.port(), 0);
+        for listener in &listeners {
+            assert_eq!(listener.local_addr().unwrap(), addr);
+        }
+        // The kernel spreads connections over the sockets; every one is usable.
+        let clients: Vec<_> = (0..30)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        let accepted: usize = listeners
+            .iter()
+            .map(|listener| std::iter::from_fn(|| listener.accept().ok()).count())
+            .sum();
+        assert_eq!(accepted, clients.len());
     }
 }

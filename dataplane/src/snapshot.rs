@@ -77,6 +77,34 @@ pub struct RouteTable {
     /// Rules with no host: they apply to every host.
     pub any_host: VirtualHost,
     pub default_backend: Option<RouteTarget>,
+    /// How many targets [`RouteTable::number_targets`] numbered.
+    pub slots: u32,
+}
+
+impl RouteTable {
+    /// Gives every target its own `slot`, in a fixed order (exact hosts, wildcard hosts,
+    /// host-less rules, default backend; paths in key order), so equal tables number alike.
+    /// Call once the table is complete; the data plane keys per-route state by slot.
+    pub fn number_targets(&mut self) {
+        let mut next: u32 = 0;
+        let hosts = self
+            .exact_hosts
+            .values_mut()
+            .chain(self.wildcard_hosts.values_mut())
+            .chain(std::iter::once(&mut self.any_host));
+        let targets = hosts
+            .flat_map(|host| {
+                host.exact_paths
+                    .values_mut()
+                    .chain(host.prefix_paths.values_mut())
+            })
+            .chain(self.default_backend.as_mut());
+        for target in targets {
+            target.slot = next;
+            next = next.saturating_add(1);
+        }
+        self.slots = next;
+    }
 }
 
 /// The path rules of one host.
@@ -104,6 +132,13 @@ pub struct RouteTarget {
     pub owner: ObjectRef,
     pub backend: BackendKey,
     pub balance: BalancePolicy,
+    /// Index of this target in its table, given by [`RouteTable::number_targets`];
+    /// [`RouteTarget::UNNUMBERED`] until then (still served, only without cached state).
+    pub slot: u32,
+}
+
+impl RouteTarget {
+    pub const UNNUMBERED: u32 = u32::MAX;
 }
 
 /// A Service port, resolved to its number.

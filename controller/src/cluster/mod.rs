@@ -15,7 +15,7 @@ mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -72,38 +72,38 @@ pub(crate) struct Stores {
 impl Stores {
     fn objects(&self) -> ClusterObjects {
         ClusterObjects {
-            ingresses: owned(&self.ingresses),
-            ingress_classes: owned(&self.ingress_classes),
-            services: owned(&self.services),
+            ingresses: self.ingresses.state(),
+            ingress_classes: self.ingress_classes.state(),
+            services: self.services.state(),
             endpoint_slices: self.slices(),
-            secrets: owned(&self.secrets),
+            secrets: self.secrets.state(),
         }
     }
 
     /// What the endpoint fast lane reads: Services for port names, and EndpointSlices.
     fn endpoint_objects(&self) -> ClusterObjects {
         ClusterObjects {
-            services: owned(&self.services),
+            services: self.services.state(),
             endpoint_slices: self.slices(),
             ..ClusterObjects::default()
         }
     }
 
-    fn slices(&self) -> Vec<EndpointSlice> {
-        let mut slices = owned(&self.endpoint_slices);
-        if let Some(remap) = &self.endpoint_remap {
-            remap.apply(&mut slices);
+    /// The stored EndpointSlices; copies only when the development remap rewrites them.
+    fn slices(&self) -> Vec<Arc<EndpointSlice>> {
+        let slices = self.endpoint_slices.state();
+        match &self.endpoint_remap {
+            Some(remap) => slices
+                .into_iter()
+                .map(|slice| {
+                    let mut slice = EndpointSlice::clone(&slice);
+                    remap.apply(std::slice::from_mut(&mut slice));
+                    Arc::new(slice)
+                })
+                .collect(),
+            None => slices,
         }
-        slices
     }
-}
-
-fn owned<K: kube::Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<K> {
-    store
-        .state()
-        .iter()
-        .map(|object| K::clone(object))
-        .collect()
 }
 
 /// What every watch is started with.
@@ -233,13 +233,8 @@ pub async fn run_cluster(
         }
         let changes = std::mem::take(&mut pending);
         if changes.routes {
-            let started = Instant::now();
             let objects = stores.objects();
             let (compiled, summary) = publisher.publish_all(&objects, Vec::new());
-            metrics
-                .controller
-                .compile_seconds
-                .observe(started.elapsed().as_secs_f64());
             if summary.published {
                 tracing::info!(
                     generation = summary.generation,

@@ -18,7 +18,7 @@ pub(crate) struct ServiceIndex<'a> {
 impl<'a> ServiceIndex<'a> {
     /// Indexes the Services. Keys are unique in anything a source hands in; should two
     /// objects share one anyway, the first wins.
-    pub fn new(services: &'a [Service]) -> Self {
+    pub fn new(services: impl IntoIterator<Item = &'a Service>) -> Self {
         let mut index = BTreeMap::new();
         for service in services {
             let name = service.metadata.name.as_deref().unwrap_or_default();

@@ -22,9 +22,12 @@ pub(crate) struct ClassFilter<'a> {
 }
 
 impl<'a> ClassFilter<'a> {
-    pub fn new(classes: &'a [IngressClass], options: &'a CompileOptions) -> Self {
+    pub fn new(
+        classes: impl IntoIterator<Item = &'a IngressClass>,
+        options: &'a CompileOptions,
+    ) -> Self {
         let ours: Vec<&IngressClass> = classes
-            .iter()
+            .into_iter()
             .filter(|class| {
                 class
                     .spec

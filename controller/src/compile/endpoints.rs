@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use sluice_dataplane::snapshot::{
@@ -34,7 +35,7 @@ pub fn compile_backends(
         let hashed = matches!(target.balance, BalancePolicy::Hash(_));
         *wanted.entry(&target.backend).or_default() |= hashed;
     }
-    let services = ServiceIndex::new(&objects.services);
+    let services = ServiceIndex::new(objects.services.iter().map(Arc::as_ref));
     let referenced: BTreeSet<(&str, &str)> = wanted
         .keys()
         .map(|key| (key.namespace.as_str(), key.service.as_str()))
@@ -234,6 +235,7 @@ mod tests {
             owner: ObjectRef::new("shop", "web"),
             backend: key(service, port),
             balance,
+            slot: RouteTarget::UNNUMBERED,
         }
     }
 
@@ -263,8 +265,8 @@ mod tests {
 
     fn objects(services: Vec<Service>, slices: Vec<EndpointSlice>) -> ClusterObjects {
         ClusterObjects {
-            services,
-            endpoint_slices: slices,
+            services: services.into_iter().map(Arc::new).collect(),
+            endpoint_slices: slices.into_iter().map(Arc::new).collect(),
             ..ClusterObjects::default()
         }
     }

@@ -49,6 +49,7 @@ pub(crate) fn compile_ingress(
         owner: owner.clone(),
         backend,
         balance: annotations.balance.clone(),
+        slot: RouteTarget::UNNUMBERED,
     };
     let namespace = owner.namespace.as_str();
     let mut compiled = IngressRoutes::default();

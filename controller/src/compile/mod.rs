@@ -19,6 +19,7 @@ pub(crate) mod fixtures;
 use std::cmp::Ordering;
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -42,13 +43,16 @@ pub use path::PathMatch;
 /// Order does not matter. Each object's kind, namespace and name are expected to be
 /// unique, as they are in any index a source keeps.
 #[derive(Debug, Clone, Default)]
+///
+/// Objects are shared (`Arc`) with the source's stores and with `last_good`, so a compile
+/// copies no object and memory holds each object once.
 pub struct ClusterObjects {
-    pub ingresses: Vec<Ingress>,
-    pub ingress_classes: Vec<IngressClass>,
-    pub services: Vec<Service>,
-    pub endpoint_slices: Vec<EndpointSlice>,
+    pub ingresses: Vec<Arc<Ingress>>,
+    pub ingress_classes: Vec<Arc<IngressClass>>,
+    pub services: Vec<Arc<Service>>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     /// Not read yet; TLS will need them.
-    pub secrets: Vec<Secret>,
+    pub secrets: Vec<Arc<Secret>>,
 }
 
 /// Which Ingresses are ours.
@@ -87,7 +91,7 @@ pub struct Compiled {
     /// The version of each of our Ingresses to fall back on next time: this version when
     /// it had no object-level rejection, else the last good one that is being served.
     /// Pass it back as `last_good` to the next [`compile`].
-    pub last_good: BTreeMap<ObjectRef, Ingress>,
+    pub last_good: BTreeMap<ObjectRef, Arc<Ingress>>,
 }
 
 /// Compiles the objects into route and backend tables.
@@ -97,12 +101,12 @@ pub struct Compiled {
 /// entry in `last_good`, when there is one.
 pub fn compile(
     objects: &ClusterObjects,
-    last_good: &BTreeMap<ObjectRef, Ingress>,
+    last_good: &BTreeMap<ObjectRef, Arc<Ingress>>,
     options: &CompileOptions,
 ) -> Compiled {
-    let classes = ClassFilter::new(&objects.ingress_classes, options);
-    let services = ServiceIndex::new(&objects.services);
-    let mut ours: Vec<&Ingress> = objects
+    let classes = ClassFilter::new(objects.ingress_classes.iter().map(Arc::as_ref), options);
+    let services = ServiceIndex::new(objects.services.iter().map(Arc::as_ref));
+    let mut ours: Vec<&Arc<Ingress>> = objects
         .ingresses
         .iter()
         .filter(|ingress| classes.is_ours(ingress))
@@ -116,7 +120,9 @@ pub fn compile(
         let mut errors = Vec::new();
         let served = match compile_ingress(ingress, &owner, &services) {
             Ok(routes) => {
-                compiled.last_good.insert(owner.clone(), ingress.clone());
+                compiled
+                    .last_good
+                    .insert(owner.clone(), Arc::clone(ingress));
                 Some(routes)
             }
             Err(rejections) => {
@@ -145,7 +151,7 @@ pub fn compile(
 /// stricter) is dropped, and nothing of the Ingress is served.
 fn serve_last_good(
     owner: &ObjectRef,
-    last_good: &BTreeMap<ObjectRef, Ingress>,
+    last_good: &BTreeMap<ObjectRef, Arc<Ingress>>,
     services: &ServiceIndex<'_>,
     errors: &mut Vec<CompileError>,
     compiled: &mut Compiled,
@@ -155,7 +161,9 @@ fn serve_last_good(
     errors.push(CompileError::ServingLastGood {
         resource_version: previous.metadata.resource_version.clone(),
     });
-    compiled.last_good.insert(owner.clone(), previous.clone());
+    compiled
+        .last_good
+        .insert(owner.clone(), Arc::clone(previous));
     Some(routes)
 }
 
@@ -248,7 +256,9 @@ impl RouteTableBuilder {
     }
 
     fn finish(self) -> RouteTable {
-        self.table
+        let mut table = self.table;
+        table.number_targets();
+        table
     }
 }
 
@@ -306,19 +316,19 @@ mod tests {
 
     fn cluster(ingresses: Vec<Ingress>) -> ClusterObjects {
         ClusterObjects {
-            ingresses,
+            ingresses: ingresses.into_iter().map(Arc::new).collect(),
             services: vec![
-                service("shop", "web", &[(Some("http"), 80)]),
-                service("shop", "api", &[(Some("http"), 80)]),
+                Arc::new(service("shop", "web", &[(Some("http"), 80)])),
+                Arc::new(service("shop", "api", &[(Some("http"), 80)])),
             ],
-            endpoint_slices: vec![endpoint_slice(
+            endpoint_slices: vec![Arc::new(endpoint_slice(
                 "shop",
                 "web-1",
                 "web",
                 "IPv4",
                 &[(Some("http"), 8080)],
                 vec![json!({ "addresses": ["10.0.0.1"] })],
-            )],
+            ))],
             ..ClusterObjects::default()
         }
     }
@@ -703,7 +713,11 @@ mod tests {
         let mut theirs = ours("theirs", None, root_to("web"));
         theirs.spec.as_mut().unwrap().ingress_class_name = Some("nginx".into());
         let mut objects = cluster(vec![theirs]);
-        objects.ingress_classes = vec![ingress_class("nginx", "k8s.io/ingress-nginx", true)];
+        objects.ingress_classes = vec![Arc::new(ingress_class(
+            "nginx",
+            "k8s.io/ingress-nginx",
+            true,
+        ))];
         let compiled = run(&objects);
         assert_eq!(compiled.snapshot_routes, RouteTable::default());
         assert!(compiled.statuses.is_empty());
@@ -717,8 +731,11 @@ mod tests {
         unclassed.spec.as_mut().unwrap().ingress_class_name = None;
         let mut objects = cluster(vec![unclassed]);
         assert!(run(&objects).statuses.is_empty());
-        objects.ingress_classes =
-            vec![ingress_class("edge", "sluice.dev/ingress-controller", true)];
+        objects.ingress_classes = vec![Arc::new(ingress_class(
+            "edge",
+            "sluice.dev/ingress-controller",
+            true,
+        ))];
         let compiled = run(&objects);
         assert_eq!(prefix_owner(&compiled.snapshot_routes.any_host, "/"), "web");
     }
@@ -730,7 +747,10 @@ mod tests {
         assert_eq!(compiled.statuses.len(), 1);
         assert!(status(&compiled, "web").is_empty());
         assert_eq!(compiled.accepted_ingresses, BTreeSet::from([shop("web")]));
-        assert_eq!(compiled.last_good, BTreeMap::from([(shop("web"), web)]));
+        assert_eq!(
+            compiled.last_good,
+            BTreeMap::from([(shop("web"), Arc::new(web))])
+        );
     }
 
     #[test]
@@ -801,7 +821,7 @@ mod tests {
             ours("web", None, root_to("api")),
             json!({ "resourceVersion": "8", "annotations": { "sluice.dev/load-balance": "nope" } }),
         );
-        let last_good = BTreeMap::from([(shop("web"), good.clone())]);
+        let last_good = BTreeMap::from([(shop("web"), Arc::new(good.clone()))]);
         let compiled = compile(&cluster(vec![bad]), &last_good, &CompileOptions::default());
         let served = &compiled.snapshot_routes.any_host.prefix_paths["/"];
         assert_eq!(served.backend, key("web"));
@@ -829,7 +849,7 @@ mod tests {
             json!({ "annotations": { "sluice.dev/load-balance": "nope" } }),
         );
         let newer = ours("newer", Some("2024-02-01T00:00:00Z"), root_to("api"));
-        let last_good = BTreeMap::from([(shop("older"), good)]);
+        let last_good = BTreeMap::from([(shop("older"), Arc::new(good))]);
         let compiled = compile(
             &cluster(vec![newer, bad]),
             &last_good,
@@ -846,7 +866,7 @@ mod tests {
     fn current_version_replaces_last_good_when_it_compiles() {
         let previous = ours("web", None, root_to("api"));
         let current = ours("web", None, root_to("web"));
-        let last_good = BTreeMap::from([(shop("web"), previous)]);
+        let last_good = BTreeMap::from([(shop("web"), Arc::new(previous))]);
         let compiled = compile(
             &cluster(vec![current.clone()]),
             &last_good,
@@ -857,7 +877,10 @@ mod tests {
             key("web")
         );
         assert!(status(&compiled, "web").is_empty());
-        assert_eq!(compiled.last_good, BTreeMap::from([(shop("web"), current)]));
+        assert_eq!(
+            compiled.last_good,
+            BTreeMap::from([(shop("web"), Arc::new(current))])
+        );
     }
 
     #[test]
@@ -871,8 +894,14 @@ mod tests {
             )]),
         );
         let last_good = BTreeMap::from([
-            (shop("deleted"), ours("deleted", None, root_to("web"))),
-            (shop("partial"), ours("partial", None, root_to("web"))),
+            (
+                shop("deleted"),
+                Arc::new(ours("deleted", None, root_to("web"))),
+            ),
+            (
+                shop("partial"),
+                Arc::new(ours("partial", None, root_to("web"))),
+            ),
         ]);
         let compiled = compile(
             &cluster(vec![partial.clone()]),
@@ -881,7 +910,7 @@ mod tests {
         );
         assert_eq!(
             compiled.last_good,
-            BTreeMap::from([(shop("partial"), partial)])
+            BTreeMap::from([(shop("partial"), Arc::new(partial))])
         );
         assert_eq!(reasons(&compiled, "partial"), ["InvalidPath"]);
         assert!(
@@ -896,7 +925,8 @@ mod tests {
     fn ingress_that_left_our_class_drops_its_last_good() {
         let mut moved = ours("web", None, root_to("web"));
         moved.spec.as_mut().unwrap().ingress_class_name = Some("nginx".into());
-        let last_good = BTreeMap::from([(shop("web"), ours("web", None, root_to("web")))]);
+        let last_good =
+            BTreeMap::from([(shop("web"), Arc::new(ours("web", None, root_to("web"))))]);
         let compiled = compile(
             &cluster(vec![moved]),
             &last_good,
@@ -942,8 +972,9 @@ mod tests {
     #[test]
     fn endpoint_slice_errors_are_in_statuses() {
         let mut objects = cluster(vec![ours("web", None, root_to("web"))]);
-        objects.endpoint_slices[0].metadata.annotations =
-            Some([(ENDPOINT_WEIGHTS.to_owned(), "10.0.0.1=0".to_owned())].into());
+        Arc::make_mut(&mut objects.endpoint_slices[0])
+            .metadata
+            .annotations = Some([(ENDPOINT_WEIGHTS.to_owned(), "10.0.0.1=0".to_owned())].into());
         let compiled = run(&objects);
         let slice = ObjectKey::new(ObjectKind::EndpointSlice, "shop", "web-1");
         assert_eq!(compiled.statuses[&slice][0].reason(), "InvalidAnnotation");
@@ -991,20 +1022,20 @@ mod tests {
         let mut objects = cluster(ingresses);
         objects
             .services
-            .push(service("shop", "web2", &[(None, 80)]));
-        objects.endpoint_slices.push(endpoint_slice(
+            .push(Arc::new(service("shop", "web2", &[(None, 80)])));
+        objects.endpoint_slices.push(Arc::new(endpoint_slice(
             "shop",
             "web-2",
             "web",
             "IPv4",
             &[(Some("http"), 8080)],
             vec![json!({ "addresses": ["10.0.0.2", "bad"] })],
-        ));
+        )));
         objects.ingress_classes = vec![
-            ingress_class("edge", "sluice.dev/ingress-controller", true),
-            ingress_class("other", "example.com/other", false),
+            Arc::new(ingress_class("edge", "sluice.dev/ingress-controller", true)),
+            Arc::new(ingress_class("other", "example.com/other", false)),
         ];
-        let last_good = BTreeMap::from([(shop("e"), ours("e", None, root_to("api")))]);
+        let last_good = BTreeMap::from([(shop("e"), Arc::new(ours("e", None, root_to("api"))))]);
         let expected = compile(&objects, &last_good, &CompileOptions::default());
         assert!(!expected.statuses.is_empty());
 

@@ -48,6 +48,8 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct EndpointState {
     pub addr: SocketAddr,
+    /// `addr` as a URI authority, made once rather than per request.
+    pub authority: Option<http::uri::Authority>,
     in_flight: AtomicU32,
     /// Moving average of latency in microseconds; 0 until the first sample.
     ewma_micros: AtomicU64,
@@ -60,6 +62,10 @@ impl EndpointState {
     fn new(addr: SocketAddr) -> Self {
         EndpointState {
             addr,
+            authority: http::uri::Authority::from_maybe_shared(bytes::Bytes::from(
+                addr.to_string(),
+            ))
+            .ok(),
             in_flight: AtomicU32::new(0),
             ewma_micros: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
@@ -171,6 +177,10 @@ impl BackendBalancer {
         self.endpoints.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
     pub fn endpoint(&self, index: usize) -> Option<&Arc<EndpointState>> {
         self.endpoints.get(index)
     }
@@ -237,24 +247,22 @@ impl BackendBalancer {
         cost: impl Fn(&EndpointState, u64) -> u64,
     ) -> Option<usize> {
         let length = self.endpoints.len();
-        let first = fastrand::usize(..length);
-        let candidates: Vec<usize> = (0..length)
-            .map(|offset| (first + offset) % length)
-            .filter(|index| usable(*index))
-            .take(2)
-            .collect();
-        let second = match candidates.as_slice() {
-            [] => return None,
-            [only] => return Some(*only),
-            [a, b] => {
-                // The first usable one after a random start, and a random other one, so
-                // the choice is not always between neighbours.
-                let pick = fastrand::usize(..length);
-                if pick != *a && usable(pick) { pick } else { *b }
-            }
-            _ => return None,
+        let start = fastrand::usize(..length);
+        let mut candidates = (0..length)
+            .map(|offset| (start + offset) % length)
+            .filter(|index| usable(*index));
+        let first = candidates.next()?;
+        let Some(next_usable) = candidates.next() else {
+            return Some(first);
         };
-        let first = candidates[0];
+        // The first usable one after a random start, and a random other one, so the
+        // choice is not always between neighbours.
+        let pick = fastrand::usize(..length);
+        let second = if pick != first && usable(pick) {
+            pick
+        } else {
+            next_usable
+        };
         let weight = |index: usize| u64::from(self.spec.endpoints[index].weight.max(1));
         let cost_first = cost(&self.endpoints[first], weight(first));
         let cost_second = cost(&self.endpoints[second], weight(second));

@@ -3,20 +3,24 @@
 
 use std::net::IpAddr;
 
-use http::header::{CONNECTION, HeaderMap, HeaderName, HeaderValue, TE};
+use http::header::{
+    CONNECTION, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+    TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 use ipnet::IpNet;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
-/// non-standard ones that proxies have long treated the same way.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// non-standard ones that proxies have long treated the same way. Parsed names, so removing
+/// them costs no parsing per request.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
 ];
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -28,26 +32,30 @@ pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// Removes hop-by-hop headers and every header that `Connection` names.
 /// `TE: trailers` survives, since it tells the upstream that trailers are welcome.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    let keep_te = headers
-        .get_all(TE)
-        .iter()
-        .any(|value| value.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    headers.remove(TE);
-    if keep_te {
-        headers.insert(TE, HeaderValue::from_static("trailers"));
+    if headers.contains_key(TE) {
+        let keep_te = headers
+            .get_all(TE)
+            .iter()
+            .any(|value| value.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        headers.remove(TE);
+        if keep_te {
+            headers.insert(TE, HeaderValue::from_static("trailers"));
+        }
     }
 }
 
@@ -102,36 +110,62 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Forwarding header values that depend only on the connection, made once per connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionHeaders {
+    /// The peer's address (IPv4-mapped addresses as IPv4).
+    pub peer_ip: IpAddr,
+    pub peer: HeaderValue,
+    pub local_port: HeaderValue,
+}
+
+impl ConnectionHeaders {
+    pub fn new(peer: IpAddr, local_port: u16) -> Self {
+        let peer_ip = canonical(peer);
+        ConnectionHeaders {
+            peer_ip,
+            peer: ip_value(peer_ip),
+            local_port: HeaderValue::from(local_port),
+        }
+    }
+}
+
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    // An address's text is always a valid header value.
+    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
 /// What the forwarding headers describe about the client side of a request.
 pub struct ForwardedFor<'a> {
-    pub peer: IpAddr,
+    pub connection: &'a ConnectionHeaders,
     pub client: IpAddr,
     pub peer_trusted: bool,
     pub scheme: &'static str,
-    pub host: Option<&'a str>,
-    pub local_port: u16,
+    pub host: Option<&'a HeaderValue>,
 }
 
 /// Sets `X-Forwarded-For/-Proto/-Host/-Port` and `X-Real-IP`. Values from an untrusted
 /// peer are replaced, never extended, so clients cannot forge them.
 pub fn set_forwarded(headers: &mut HeaderMap, forwarded: &ForwardedFor<'_>) {
-    let peer = canonical(forwarded.peer).to_string();
-    let chain = if forwarded.peer_trusted {
-        let previous: Vec<&str> = headers
+    let peer = &forwarded.connection.peer;
+    let chain = if forwarded.peer_trusted && headers.contains_key(&X_FORWARDED_FOR) {
+        let mut chain: Vec<&[u8]> = headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
-            .filter_map(|value| value.to_str().ok())
+            .map(HeaderValue::as_bytes)
             .collect();
-        if previous.is_empty() {
-            peer
-        } else {
-            format!("{}, {peer}", previous.join(", "))
-        }
+        chain.push(peer.as_bytes());
+        HeaderValue::from_bytes(&chain.join(b", ".as_slice())).unwrap_or_else(|_| peer.clone())
     } else {
-        peer
+        peer.clone()
     };
-    insert_text(headers, &X_FORWARDED_FOR, &chain);
-    insert_text(headers, &X_REAL_IP, &forwarded.client.to_string());
+    headers.insert(&X_FORWARDED_FOR, chain);
+    let real_ip = if forwarded.client == forwarded.connection.peer_ip {
+        peer.clone()
+    } else {
+        ip_value(forwarded.client)
+    };
+    headers.insert(&X_REAL_IP, real_ip);
     if !(forwarded.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(
             &X_FORWARDED_PROTO,
@@ -140,20 +174,16 @@ pub fn set_forwarded(headers: &mut HeaderMap, forwarded: &ForwardedFor<'_>) {
     }
     if !(forwarded.peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
         match forwarded.host {
-            Some(host) => insert_text(headers, &X_FORWARDED_HOST, host),
+            Some(host) => {
+                headers.insert(&X_FORWARDED_HOST, host.clone());
+            }
             None => {
                 headers.remove(&X_FORWARDED_HOST);
             }
         }
     }
     if !(forwarded.peer_trusted && headers.contains_key(&X_FORWARDED_PORT)) {
-        headers.insert(&X_FORWARDED_PORT, HeaderValue::from(forwarded.local_port));
-    }
-}
-
-fn insert_text(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(name, value);
+        headers.insert(&X_FORWARDED_PORT, forwarded.connection.local_port.clone());
     }
 }
 
@@ -205,12 +235,11 @@ mod tests {
         set_forwarded(
             &mut map,
             &ForwardedFor {
-                peer,
+                connection: &ConnectionHeaders::new(peer, 8080),
                 client,
                 peer_trusted: false,
                 scheme: "http",
-                host: Some("a.example"),
-                local_port: 8080,
+                host: Some(&HeaderValue::from_static("a.example")),
             },
         );
         assert_eq!(map["x-forwarded-for"], "127.0.0.9");
@@ -233,12 +262,11 @@ mod tests {
         set_forwarded(
             &mut map,
             &ForwardedFor {
-                peer,
+                connection: &ConnectionHeaders::new(peer, 80),
                 client,
                 peer_trusted: true,
                 scheme: "http",
                 host: None,
-                local_port: 80,
             },
         );
         assert_eq!(

@@ -3,6 +3,7 @@
 mod body;
 mod headers;
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,13 +20,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use body::{RequestFinish, ResponseBody, UpstreamBody};
-pub use headers::TrustedProxies;
+pub use headers::{ConnectionHeaders, TrustedProxies};
 
 use crate::balance::{BackendBalancer, HealthConfig, Outcome, stable_hash};
 use crate::live::{DataPlane, backend_labels};
-use crate::metrics::{MethodLabel, RequestLabels, RouteLabels, StatusClass};
+use crate::metrics::{MethodLabel, RouteSeries, StatusClass};
 use crate::router::{normalize_host, normalize_path};
-use crate::snapshot::{BalancePolicy, HashOn, RouteTarget};
+use crate::snapshot::{BalancePolicy, HashOn};
 
 /// Limits, timeouts and header settings of the proxy.
 #[derive(Debug, Clone)]
@@ -67,11 +68,22 @@ impl Default for ProxyConfig {
 }
 
 /// Who is on the other end of a client connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientConnection {
     pub peer: SocketAddr,
-    pub local: SocketAddr,
     pub scheme: &'static str,
+    /// Forwarding header values of this connection, made once for all its requests.
+    pub headers: ConnectionHeaders,
+}
+
+impl ClientConnection {
+    pub fn new(peer: SocketAddr, local: SocketAddr, scheme: &'static str) -> Self {
+        ClientConnection {
+            peer,
+            scheme,
+            headers: ConnectionHeaders::new(peer.ip(), local.port()),
+        }
+    }
 }
 
 /// The reverse proxy: one per process, shared by every connection.
@@ -135,12 +147,6 @@ impl LocalAnswer {
     }
 }
 
-/// The route a request took, for metrics and logs.
-struct Routed {
-    target: RouteTarget,
-    virtual_host: Arc<str>,
-}
-
 impl Proxy {
     pub fn new(data_plane: Arc<DataPlane>, config: ProxyConfig) -> Self {
         let mut connector = HttpConnector::new();
@@ -176,40 +182,28 @@ impl Proxy {
     pub async fn handle(
         &self,
         request: Request<Incoming>,
-        connection: ClientConnection,
+        connection: &ClientConnection,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let method = request.method().clone();
-        let (response, routed) = self.route_and_forward(request, connection, started).await;
+        let (response, series) = self.route_and_forward(request, connection, started).await;
         let status = response.status();
         let metrics = self.data_plane.metrics();
-        let (namespace, ingress, host): (Arc<str>, Arc<str>, Arc<str>) = match &routed {
-            Some(routed) => (
-                routed.target.owner.namespace.as_str().into(),
-                routed.target.owner.name.as_str().into(),
-                Arc::clone(&routed.virtual_host),
-            ),
-            None => ("".into(), "".into(), "".into()),
-        };
-        metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                namespace: Arc::clone(&namespace),
-                ingress: Arc::clone(&ingress),
-                host: Arc::clone(&host),
-                method: MethodLabel::from(&method),
-                status: StatusClass::from(status),
-            })
-            .inc();
+        let series = series.as_deref().unwrap_or(&metrics.unrouted);
+        metrics.count_request(
+            series,
+            MethodLabel::from(&method),
+            StatusClass::from(status),
+        );
         if self.config.access_log {
             tracing::info!(
                 target: "sluice::access",
                 client = %connection.peer.ip(),
                 method = %method,
                 status = status.as_u16(),
-                namespace = &*namespace,
-                ingress = &*ingress,
-                host = &*host,
+                namespace = &*series.labels.namespace,
+                ingress = &*series.labels.ingress,
+                host = &*series.labels.host,
                 elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
                 "request"
             );
@@ -220,24 +214,23 @@ impl Proxy {
     async fn route_and_forward(
         &self,
         request: Request<Incoming>,
-        connection: ClientConnection,
+        connection: &ClientConnection,
         started: Instant,
-    ) -> (Response<ResponseBody>, Option<Routed>) {
+    ) -> (Response<ResponseBody>, Option<Arc<RouteSeries>>) {
         let (mut parts, body) = request.into_parts();
 
-        // Normalise once; the router and the upstream both see the result.
-        let authority = parts
-            .uri
-            .authority()
-            .map(Authority::as_str)
-            .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()))
-            .map(str::to_owned);
-        let host = match authority.as_deref() {
+        // The host the client asked for: the URI's authority (HTTP/2, absolute form), else
+        // the Host header. Normalised once; the router and the upstream both see the result.
+        let (host_value, host_from_uri) = match parts.uri.authority() {
+            Some(authority) => (HeaderValue::from_str(authority.as_str()).ok(), true),
+            None => (parts.headers.get(HOST).cloned(), false),
+        };
+        let host = match host_value.as_ref().and_then(|value| value.to_str().ok()) {
             Some(authority) => match normalize_host(authority) {
                 Some(host) => host,
                 None => return (LocalAnswer::BadRequest.response(), None),
             },
-            None => String::new(),
+            None => Cow::Borrowed(""),
         };
         let path_and_query = match normalized_path_and_query(&parts.uri) {
             Some(path_and_query) => path_and_query,
@@ -248,23 +241,11 @@ impl Proxy {
         let Some(matched) = live.snapshot.routes.lookup(&host, path_and_query.path()) else {
             return (LocalAnswer::NoRoute.response(), None);
         };
-        let routed = Routed {
-            target: matched.target.clone(),
-            virtual_host: matched.virtual_host.into(),
-        };
-        let duration = self
-            .data_plane
-            .metrics()
-            .request_duration
-            .get_or_create(&RouteLabels {
-                namespace: routed.target.owner.namespace.as_str().into(),
-                ingress: routed.target.owner.name.as_str().into(),
-                host: Arc::clone(&routed.virtual_host),
-            })
-            .clone();
+        let target = matched.target;
+        let series = live.route_series(&matched, self.data_plane.metrics());
         let finish = RequestFinish {
             started,
-            duration: Some(duration),
+            duration: series.duration.clone(),
             in_flight: None,
         };
         let local = |answer: LocalAnswer, finish: RequestFinish| {
@@ -273,34 +254,30 @@ impl Proxy {
             Response::from_parts(parts, body.with_finish(finish))
         };
 
-        let Some(balancer) = live
-            .balancer(&routed.target.backend)
-            .filter(|b| !b.is_empty())
-        else {
-            return (local(LocalAnswer::NoEndpoints, finish), Some(routed));
+        let Some(balancer) = live.balancer(&target.backend).filter(|b| !b.is_empty()) else {
+            return (local(LocalAnswer::NoEndpoints, finish), Some(series));
         };
         if content_length(&parts.headers)
             .is_some_and(|length| length > self.config.max_request_body)
         {
-            return (local(LocalAnswer::PayloadTooLarge, finish), Some(routed));
+            return (local(LocalAnswer::PayloadTooLarge, finish), Some(series));
         }
 
         let client_ip = self
             .config
             .trusted_proxies
             .client_ip(connection.peer.ip(), &parts.headers);
-        let hash = hash_input(&routed.target.balance, &parts.headers, client_ip);
-        self.prepare_upstream_headers(&mut parts, authority.as_deref(), connection, client_ip);
+        let hash = hash_input(&target.balance, &parts.headers, client_ip);
+        self.prepare_upstream_headers(
+            &mut parts,
+            host_value.as_ref().filter(|_| host_from_uri),
+            host_value.as_ref(),
+            connection,
+            client_ip,
+        );
 
         let result = self
-            .forward(
-                parts,
-                body,
-                path_and_query,
-                balancer,
-                &routed.target.balance,
-                hash,
-            )
+            .forward(parts, body, path_and_query, balancer, &target.balance, hash)
             .await;
         let response = match result {
             Ok((response, in_flight)) => {
@@ -318,14 +295,17 @@ impl Proxy {
             }
             Err(answer) => local(answer, finish),
         };
-        (response, Some(routed))
+        (response, Some(series))
     }
 
+    /// `new_host` replaces `Host` (HTTP/2 clients send `:authority` instead);
+    /// `client_host` is the host the client asked for, for `X-Forwarded-Host`.
     fn prepare_upstream_headers(
         &self,
         parts: &mut http::request::Parts,
-        authority: Option<&str>,
-        connection: ClientConnection,
+        new_host: Option<&HeaderValue>,
+        client_host: Option<&HeaderValue>,
+        connection: &ClientConnection,
         client_ip: IpAddr,
     ) {
         let via_index = match parts.version {
@@ -335,22 +315,21 @@ impl Proxy {
         };
         let headers = &mut parts.headers;
         headers::strip_hop_by_hop(headers);
-        // Keep the client's Host; HTTP/2 clients send it as :authority instead.
-        if let Some(authority) = authority
-            && let Ok(value) = HeaderValue::from_str(authority)
-        {
-            headers.insert(HOST, value);
+        if let Some(host) = new_host {
+            headers.insert(HOST, host.clone());
         }
-        let peer_trusted = self.config.trusted_proxies.contains(connection.peer.ip());
+        let peer_trusted = self
+            .config
+            .trusted_proxies
+            .contains(connection.headers.peer_ip);
         headers::set_forwarded(
             headers,
             &headers::ForwardedFor {
-                peer: connection.peer.ip(),
+                connection: &connection.headers,
                 client: client_ip,
                 peer_trusted,
                 scheme: connection.scheme,
-                host: authority,
-                local_port: connection.local.port(),
+                host: client_host,
             },
         );
         if let Some(via) = &self.via_request[via_index] {
@@ -371,26 +350,33 @@ impl Proxy {
     ) -> Result<(Response<Incoming>, crate::balance::InFlight), LocalAnswer> {
         let replayable = is_idempotent(&parts.method) && body.is_end_stream();
         let mut body = Some(body);
+        // Never more attempts than endpoints: each retry goes to one not tried yet.
         let attempts = if replayable {
-            self.config.retries.saturating_add(1)
+            let endpoints = u32::try_from(balancer.len()).unwrap_or(u32::MAX);
+            self.config.retries.saturating_add(1).min(endpoints).max(1)
         } else {
             1
         };
+        let mut headers = Some(parts.headers);
         let mut tried: Vec<usize> = Vec::new();
         let mut last_error = LocalAnswer::UpstreamFailed;
         for attempt in 0..attempts {
             let Some(index) = balancer.pick(policy, hash, &tried) else {
                 break;
             };
-            tried.push(index);
             let (Some(endpoint), Some(in_flight)) =
                 (balancer.endpoint(index), balancer.start(index))
             else {
                 break;
             };
-            let uri = match upstream_uri(endpoint.addr, &path_and_query) {
-                Some(uri) => uri,
-                None => return Err(LocalAnswer::BadRequest),
+            let Some(uri) = upstream_uri(&endpoint.authority, &path_and_query) else {
+                return Err(LocalAnswer::UpstreamFailed);
+            };
+            // Only a request that may be sent again keeps a copy of its headers.
+            let attempt_headers = if attempt + 1 < attempts {
+                headers.clone()
+            } else {
+                headers.take()
             };
             let upstream_body: UpstreamBody = match (replayable, body.take()) {
                 (false, Some(incoming)) => Either::Left(Limited::new(
@@ -402,7 +388,7 @@ impl Proxy {
             let mut request = Request::new(upstream_body);
             *request.method_mut() = parts.method.clone();
             *request.uri_mut() = uri;
-            *request.headers_mut() = parts.headers.clone();
+            *request.headers_mut() = attempt_headers.unwrap_or_default();
             let sent_at = Instant::now();
             let result =
                 tokio::time::timeout(self.config.request_timeout, self.client.request(request))
@@ -434,6 +420,7 @@ impl Proxy {
                             .inc();
                         tracing::debug!(endpoint = %endpoint.addr, backend = %balancer.key, %error, "upstream connect failed");
                         if attempt + 1 < attempts {
+                            tried.push(index);
                             self.data_plane
                                 .metrics()
                                 .upstream_retries
@@ -490,14 +477,12 @@ fn normalized_path_and_query(uri: &Uri) -> Option<PathAndQuery> {
     }
 }
 
-fn upstream_uri(addr: SocketAddr, path_and_query: &PathAndQuery) -> Option<Uri> {
-    let authority = Authority::from_maybe_shared(Bytes::from(addr.to_string())).ok()?;
-    Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(authority)
-        .path_and_query(path_and_query.clone())
-        .build()
-        .ok()
+fn upstream_uri(authority: &Option<Authority>, path_and_query: &PathAndQuery) -> Option<Uri> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority.clone()?);
+    parts.path_and_query = Some(path_and_query.clone());
+    Uri::from_parts(parts).ok()
 }
 
 fn is_idempotent(method: &Method) -> bool {
