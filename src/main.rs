@@ -43,11 +43,14 @@ enum Command {
     Run(Box<RunArgs>),
     /// Compile a folder of manifests and print each object's problems; exits 1 on errors.
     Check(CheckArgs),
+    /// Print the CustomResourceDefinitions of the sluice.dev resources as YAML.
+    Crds,
 }
 
 #[derive(Debug, Args)]
 struct CheckArgs {
-    /// Folder of YAML manifests (Ingress, IngressClass, Service, EndpointSlice, Secret).
+    /// Folder of YAML manifests (Ingress, IngressClass, Service, EndpointSlice, Secret,
+    /// RateLimit).
     #[arg(long, env = "SLUICE_MANIFESTS", value_name = "DIR")]
     manifests: PathBuf,
     #[command(flatten)]
@@ -272,6 +275,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(*args),
         Command::Check(args) => check(&args),
+        Command::Crds => print_crds(),
     };
     match result {
         Ok(code) => code,
@@ -352,6 +356,12 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(serve(args))
+}
+
+fn print_crds() -> anyhow::Result<ExitCode> {
+    let yaml = sluice_crds::definitions_yaml().context("cannot render the CRDs")?;
+    print!("{yaml}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Traffic threads: the flag, else one per CPU.

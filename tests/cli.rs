@@ -268,6 +268,7 @@ fn the_readme_shows_the_current_help_text() {
         vec!["--help"],
         vec!["run", "--help"],
         vec!["check", "--help"],
+        vec!["crds", "--help"],
     ] {
         let output = sluice().args(&args).output().unwrap();
         let help = String::from_utf8_lossy(&output.stdout);
@@ -278,6 +279,25 @@ fn the_readme_shows_the_current_help_text() {
             args.join(" ")
         );
     }
+}
+
+/// CI fails when the committed CRDs drift from the Rust types.
+#[test]
+fn committed_crds_match_the_types() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/manifests/crds/sluice.dev.yaml"
+    );
+    let committed = std::fs::read_to_string(path).unwrap();
+    let output = sluice().arg("crds").output().unwrap();
+    assert!(output.status.success());
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        printed == committed,
+        "manifests/crds/sluice.dev.yaml is stale: run `cargo run -- crds > manifests/crds/sluice.dev.yaml`"
+    );
+    assert!(printed.contains("name: ratelimits.sluice.dev"));
+    assert!(printed.contains("x-kubernetes-validations"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

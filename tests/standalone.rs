@@ -624,3 +624,110 @@ async fn a_hundred_config_changes_under_load_fail_no_request() {
         "keep-alive connections were reused, not re-opened: {connections}"
     );
 }
+
+fn rate_limit(name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: sluice.dev/v1alpha1\nkind: RateLimit\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n{spec}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_missing_and_invalid_policies() {
+    let echo = Echo::start(&["127.0.0.40"]);
+    let dir = ManifestDir::new("ratelimit");
+    dir.write("class.yaml", INGRESS_CLASS);
+    let mut objects = service_yaml("default", "up", 80, &echo.addrs, &[]);
+    objects += &rate_limit("ten", "  limits:\n  - {requests: 10, period: 1m}\n");
+    objects += &rate_limit(
+        "per-key",
+        "  headers: legacy\n  limits:\n  - {requests: 1, period: 1m, key: [clientIP, \"header:X-Api-Key\"]}\n",
+    );
+    // Valid YAML and schema, but the redis backend needs --redis-url: not accepted.
+    objects += &rate_limit(
+        "needs-redis",
+        "  backend: redis\n  limits:\n  - {requests: 1, period: 1m}\n",
+    );
+    let route = |name: &str, host: &str, policy: &str| {
+        ingress(
+            name,
+            "2024-01-01T00:00:00Z",
+            "sluice",
+            &[("sluice.dev/rate-limit", policy)],
+            &format!(
+                "  rules:\n  - host: {host}\n    http:\n      paths:\n{}",
+                path("/", "Prefix", "up")
+            ),
+        )
+    };
+    objects += &route("limited", "limited.test", "ten");
+    objects += &route("keyed", "keyed.test", "per-key");
+    objects += &route("missing", "missing.test", "nowhere");
+    objects += &route("invalid", "invalid.test", "needs-redis");
+    dir.write("objects.yaml", &objects);
+    let sluice = Sluice::start(&dir.0, &[]).await;
+
+    // 15 quick requests against 10 per minute: exactly 10 pass.
+    let mut replies = Vec::new();
+    for _ in 0..15 {
+        replies.push(sluice.get("limited.test", "/").await);
+    }
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [[200; 10].as_slice(), &[429; 5]].concat());
+    assert_eq!(replies[0].headers["ratelimit-policy"], r#""ten";q=10;w=60"#);
+    assert_eq!(replies[0].headers["ratelimit"], r#""ten";r=9;t=6"#);
+    let refused = &replies[10];
+    assert_eq!(refused.headers["retry-after"], "6");
+    assert_eq!(refused.headers["ratelimit"], r#""ten";r=0;t=60"#);
+    assert!(
+        refused.body.contains("429 too many requests"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(
+        sluice
+            .metric(r#"sluice_rate_limit_decisions_total{namespace="default",policy="ten",result="limited"}"#)
+            .await,
+        Some(5.0)
+    );
+
+    // Composite keys: each API key has its own budget of one.
+    let keyed = |key: &'static str| {
+        let addr = sluice.http;
+        async move {
+            send(
+                addr,
+                "GET",
+                "keyed.test",
+                "/",
+                &[("x-api-key", key)],
+                Bytes::new(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let alice = keyed("alice").await;
+    assert_eq!(alice.status, 200);
+    assert_eq!(alice.headers["x-ratelimit-limit"], "1");
+    assert_eq!(alice.headers["x-ratelimit-remaining"], "0");
+    assert_eq!(keyed("bob").await.status, 200);
+    let again = keyed("alice").await;
+    assert_eq!(again.status, 429);
+    assert_eq!(again.headers["x-ratelimit-remaining"], "0");
+    assert!(again.headers.get("ratelimit").is_none());
+
+    // A missing or refused policy never leaves the route unprotected.
+    for host in ["missing.test", "invalid.test"] {
+        let reply = sluice.get(host, "/").await;
+        assert_eq!(reply.status, 503, "{host}");
+        assert!(reply.body.contains("policy"), "{host}: {}", reply.body);
+    }
+    let report = sluice.admin_get("/readyz?verbose").await.unwrap().body;
+    for expected in [
+        "RateLimit \"nowhere\" does not exist",
+        "RateLimit \"needs-redis\" is not valid",
+        "needs Sluice to run with --redis-url",
+    ] {
+        assert!(report.contains(expected), "{expected}: {report}");
+    }
+}

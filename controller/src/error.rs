@@ -97,6 +97,30 @@ pub enum CompileError {
         .resource_version.as_deref().unwrap_or("unknown")
     )]
     ServingLastGood { resource_version: Option<String> },
+
+    #[error(
+        "{field}: {kind} {name:?} does not exist in this namespace; the Ingress's routes answer \
+         503 until it does"
+    )]
+    PolicyNotFound {
+        field: String,
+        kind: &'static str,
+        name: String,
+    },
+
+    #[error(
+        "{field}: {kind} {name:?} is not valid (see its status); the Ingress's routes answer 503 \
+         until it is"
+    )]
+    PolicyNotAccepted {
+        field: String,
+        kind: &'static str,
+        name: String,
+    },
+
+    /// On the policy object itself.
+    #[error("{field}: {why}; the policy is not accepted")]
+    InvalidPolicy { field: String, why: String },
 }
 
 impl CompileError {
@@ -117,13 +141,18 @@ impl CompileError {
             }
             CompileError::InvalidEndpointAddress { .. } => "InvalidEndpointAddress",
             CompileError::ServingLastGood { .. } => "ServingLastGood",
+            CompileError::PolicyNotFound { .. } => "PolicyNotFound",
+            CompileError::PolicyNotAccepted { .. } => "PolicyNotAccepted",
+            CompileError::InvalidPolicy { .. } => "InvalidSpec",
         }
     }
 
     /// Whether the error takes the whole object out or only a part of it.
     pub fn severity(&self) -> Severity {
         match self {
-            CompileError::InvalidAnnotation { .. } => Severity::Rejection,
+            CompileError::InvalidAnnotation { .. } | CompileError::InvalidPolicy { .. } => {
+                Severity::Rejection
+            }
             CompileError::ServingLastGood { .. } => Severity::Notice,
             CompileError::InvalidHost { .. }
             | CompileError::InvalidPath { .. }
@@ -134,7 +163,9 @@ impl CompileError {
             | CompileError::ServiceNotFound { .. }
             | CompileError::BackendPortNotFound { .. }
             | CompileError::InvalidEndpointWeight { .. }
-            | CompileError::InvalidEndpointAddress { .. } => Severity::Partial,
+            | CompileError::InvalidEndpointAddress { .. }
+            | CompileError::PolicyNotFound { .. }
+            | CompileError::PolicyNotAccepted { .. } => Severity::Partial,
         }
     }
 
@@ -156,7 +187,10 @@ impl CompileError {
             | CompileError::BackendPortNotFound { field, .. }
             | CompileError::InvalidAnnotation { field, .. }
             | CompileError::InvalidEndpointWeight { field, .. }
-            | CompileError::InvalidEndpointAddress { field, .. } => Some(field),
+            | CompileError::InvalidEndpointAddress { field, .. }
+            | CompileError::PolicyNotFound { field, .. }
+            | CompileError::PolicyNotAccepted { field, .. }
+            | CompileError::InvalidPolicy { field, .. } => Some(field),
             CompileError::PathConflict(conflict) => Some(&conflict.field),
             CompileError::ServingLastGood { .. } => None,
         }

@@ -17,6 +17,7 @@ pub enum ObjectKind {
     Service,
     EndpointSlice,
     Secret,
+    RateLimit,
 }
 
 impl ObjectKind {
@@ -28,6 +29,7 @@ impl ObjectKind {
             ObjectKind::Service => "Service",
             ObjectKind::EndpointSlice => "EndpointSlice",
             ObjectKind::Secret => "Secret",
+            ObjectKind::RateLimit => "RateLimit",
         }
     }
 }

@@ -16,6 +16,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
+use sluice_crds::RateLimit;
 use tokio::sync::mpsc;
 
 use crate::compile::ClusterObjects;
@@ -58,6 +59,7 @@ struct FileObjects {
     services: Vec<Arc<Service>>,
     endpoint_slices: Vec<Arc<EndpointSlice>>,
     secrets: Vec<Arc<Secret>>,
+    rate_limits: Vec<Arc<RateLimit>>,
     notes: Vec<ManifestNote>,
 }
 
@@ -222,6 +224,11 @@ impl ManifestFolder {
                     objects.secrets.push(Arc::clone(item));
                 }
             }
+            for item in &file.rate_limits {
+                if first(ObjectKind::RateLimit, &item.metadata) {
+                    objects.rate_limits.push(Arc::clone(item));
+                }
+            }
         }
         LoadedManifests {
             objects,
@@ -363,6 +370,11 @@ fn add_document(
             let mut item: Secret = typed(value, path, number, &kind, &name)?;
             default_namespace(&mut item.metadata);
             objects.secrets.push(Arc::new(item));
+        }
+        ("sluice.dev/v1alpha1", "RateLimit") => {
+            let mut item: RateLimit = typed(value, path, number, &kind, &name)?;
+            default_namespace(&mut item.metadata);
+            objects.rate_limits.push(Arc::new(item));
         }
         _ => objects.notes.push(ManifestNote(format!(
             "{path}: document {number}: {api_version} {kind} {name:?} is not a kind Sluice reads; ignored"

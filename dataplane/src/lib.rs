@@ -7,6 +7,7 @@ pub mod balance;
 pub mod live;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod router;
 pub mod server;
 pub mod snapshot;

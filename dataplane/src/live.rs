@@ -14,8 +14,12 @@ use tokio::sync::watch;
 
 use crate::balance::{BackendBalancer, BalancerClock, HealthConfig};
 use crate::metrics::{BackendLabels, Metrics, RouteLabels, RouteSeries};
+use crate::ratelimit::LocalLimiter;
 use crate::router::RouteMatch;
-use crate::snapshot::{BackendKey, RouteTable, Snapshot};
+use crate::snapshot::{BackendKey, ObjectRef, RouteTable, Snapshot};
+
+/// Keys each rate-limit policy keeps unless told otherwise.
+pub const DEFAULT_RATE_LIMIT_KEYS: u64 = 100_000;
 
 /// One snapshot together with the balancers of its backends and the metric series of its
 /// routes.
@@ -26,15 +30,26 @@ pub struct LiveState {
     /// One cell per route slot, filled on the route's first request; shared by every
     /// generation with the same route table.
     route_series: Arc<[OnceLock<Arc<RouteSeries>>]>,
+    /// The counters of every rate-limit policy some route uses.
+    limiters: HashMap<ObjectRef, Arc<LocalLimiter>>,
+}
+
+/// What building a [`LiveState`] needs besides the snapshot.
+#[derive(Debug, Clone)]
+struct LiveSettings {
+    clock: BalancerClock,
+    health: HealthConfig,
+    rate_limit_keys: u64,
+    metrics: Arc<Metrics>,
 }
 
 impl LiveState {
     fn build(
         snapshot: Arc<Snapshot>,
         previous: Option<&LiveState>,
-        clock: BalancerClock,
-        health: HealthConfig,
+        settings: &LiveSettings,
     ) -> Self {
+        let LiveSettings { clock, health, .. } = *settings;
         let balancers = snapshot
             .backends
             .backends
@@ -63,11 +78,23 @@ impl LiveState {
                 .map(|_| OnceLock::new())
                 .collect(),
         };
+        let limiters = match previous {
+            Some(previous) if Arc::ptr_eq(&previous.snapshot.routes, &snapshot.routes) => {
+                previous.limiters.clone()
+            }
+            _ => build_limiters(&snapshot.routes, previous, settings),
+        };
         LiveState {
             snapshot,
             balancers,
             route_series,
+            limiters,
         }
+    }
+
+    /// The counters of a rate-limit policy in this state.
+    pub fn limiter(&self, policy: &ObjectRef) -> Option<&Arc<LocalLimiter>> {
+        self.limiters.get(policy)
     }
 
     pub fn balancer(&self, key: &BackendKey) -> Option<&Arc<BackendBalancer>> {
@@ -92,6 +119,38 @@ impl LiveState {
     }
 }
 
+/// One limiter per policy the routes use; a policy whose spec did not change keeps its
+/// counters, so a snapshot change never resets anyone's limit.
+fn build_limiters(
+    routes: &RouteTable,
+    previous: Option<&LiveState>,
+    settings: &LiveSettings,
+) -> HashMap<ObjectRef, Arc<LocalLimiter>> {
+    let mut limiters: HashMap<ObjectRef, Arc<LocalLimiter>> = HashMap::new();
+    for policy in routes
+        .targets()
+        .filter_map(|target| target.policies.as_deref())
+        .flat_map(|policies| &policies.rate_limits)
+    {
+        if limiters.contains_key(&policy.name) {
+            continue;
+        }
+        let kept = previous
+            .and_then(|previous| previous.limiters.get(&policy.name))
+            .filter(|old| old.policy == *policy);
+        let limiter = match kept {
+            Some(old) => Arc::clone(old),
+            None => Arc::new(LocalLimiter::new(
+                Arc::clone(policy),
+                settings.rate_limit_keys,
+                settings.metrics.rate_limit_counters(&policy.name),
+            )),
+        };
+        limiters.insert(policy.name.clone(), limiter);
+    }
+    limiters
+}
+
 /// Problems found by the controller, one line each (`Ingress shop/web: …`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConfigReport {
@@ -106,24 +165,31 @@ pub struct DataPlane {
     ready: AtomicBool,
     draining: AtomicBool,
     report: ArcSwap<ConfigReport>,
-    clock: BalancerClock,
-    health: HealthConfig,
-    metrics: Arc<Metrics>,
+    settings: LiveSettings,
 }
 
 impl DataPlane {
     pub fn new(health: HealthConfig, metrics: Arc<Metrics>) -> Self {
-        let clock = BalancerClock::new();
-        let empty = LiveState::build(Arc::new(Snapshot::empty(0)), None, clock, health);
+        let settings = LiveSettings {
+            clock: BalancerClock::new(),
+            health,
+            rate_limit_keys: DEFAULT_RATE_LIMIT_KEYS,
+            metrics,
+        };
+        let empty = LiveState::build(Arc::new(Snapshot::empty(0)), None, &settings);
         DataPlane {
             live: ArcSwap::from_pointee(empty),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             report: ArcSwap::from_pointee(ConfigReport::default()),
-            clock,
-            health,
-            metrics,
+            settings,
         }
+    }
+
+    /// Bounds the keys each rate-limit policy keeps (see [`LocalLimiter`]).
+    pub fn with_rate_limit_keys(mut self, keys: u64) -> Self {
+        self.settings.rate_limit_keys = keys.max(1);
+        self
     }
 
     /// The state for one request.
@@ -148,30 +214,27 @@ impl DataPlane {
     }
 
     pub fn set_config_report(&self, report: ConfigReport) {
-        self.metrics
+        self.settings
+            .metrics
             .config_errors
             .set(i64::try_from(report.problems.len()).unwrap_or(i64::MAX));
         self.report.store(Arc::new(report));
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+        &self.settings.metrics
     }
 
     /// Installs a snapshot. Called from one task only (see [`follow_snapshots`]).
     pub fn apply(&self, snapshot: Arc<Snapshot>) {
         let started = Instant::now();
         let previous = self.live.load_full();
-        let next = LiveState::build(
-            Arc::clone(&snapshot),
-            Some(&previous),
-            self.clock,
-            self.health,
-        );
+        let next = LiveState::build(Arc::clone(&snapshot), Some(&previous), &self.settings);
         self.live.store(Arc::new(next));
         self.ready.store(true, Ordering::Release);
         self.record(&previous.snapshot, &snapshot);
-        self.metrics
+        self.settings
+            .metrics
             .snapshot_apply_seconds
             .observe(started.elapsed().as_secs_f64());
         tracing::debug!(
@@ -182,7 +245,7 @@ impl DataPlane {
     }
 
     fn record(&self, previous: &Snapshot, snapshot: &Snapshot) {
-        let metrics = &self.metrics;
+        let metrics = &self.settings.metrics;
         metrics
             .snapshot_generation
             .set(i64::try_from(snapshot.generation).unwrap_or(i64::MAX));
@@ -289,6 +352,7 @@ mod tests {
             owner: crate::snapshot::ObjectRef::new("shop", ingress),
             backend: key(),
             balance: crate::snapshot::BalancePolicy::RoundRobin,
+            policies: None,
             slot,
         }
     }
@@ -362,8 +426,12 @@ mod tests {
                 backends: Arc::new(BackendTable::default()),
             }),
             None,
-            BalancerClock::new(),
-            HealthConfig::default(),
+            &LiveSettings {
+                clock: BalancerClock::new(),
+                health: HealthConfig::default(),
+                rate_limit_keys: 10,
+                metrics: Arc::new(Metrics::new()),
+            },
         );
         let matched = live.snapshot.routes.lookup("x", "/a").unwrap();
         assert_eq!(&*live.route_series(&matched, &metrics).labels.ingress, "a");

@@ -36,6 +36,28 @@ pub struct BackendLabels {
     pub backend: Arc<str>,
 }
 
+/// A rate-limit policy's decisions, by result.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    pub namespace: Arc<str>,
+    pub policy: Arc<str>,
+    pub result: LimitResult,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum LimitResult {
+    allowed,
+    limited,
+}
+
+/// One policy's counters, resolved once per policy so a request touches no label map.
+#[derive(Debug, Clone, Default)]
+pub struct LimitCounters {
+    pub allowed: Counter,
+    pub limited: Counter,
+}
+
 /// The kind of object a controller watch follows.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct WatchLabels {
@@ -231,6 +253,7 @@ pub struct Metrics {
     pub upstream_retries: Family<BackendLabels, Counter>,
     pub endpoint_ejections: Family<BackendLabels, Counter>,
     pub endpoints: Family<BackendLabels, Gauge>,
+    pub rate_limit_decisions: Family<RateLimitLabels, Counter>,
     pub active_connections: Gauge,
     pub snapshot_generation: Gauge,
     pub snapshot_apply_seconds: Histogram,
@@ -281,6 +304,12 @@ impl Metrics {
             "Usable endpoints per backend in the current snapshot",
             endpoints.clone(),
         );
+        let rate_limit_decisions = Family::<RateLimitLabels, Counter>::default();
+        registry.register(
+            "rate_limit_decisions",
+            "Requests checked by a RateLimit policy, by policy and result",
+            rate_limit_decisions.clone(),
+        );
         let active_connections = Gauge::default();
         registry.register(
             "active_connections",
@@ -330,6 +359,7 @@ impl Metrics {
             upstream_retries,
             endpoint_ejections,
             endpoints,
+            rate_limit_decisions,
             active_connections,
             snapshot_generation,
             snapshot_apply_seconds,
@@ -342,6 +372,23 @@ impl Metrics {
     pub fn route_series(&self, labels: RouteLabels) -> RouteSeries {
         let duration = self.request_duration.get_or_create(&labels).clone();
         RouteSeries::new(labels, Some(duration))
+    }
+
+    /// The decision counters of a rate-limit policy.
+    pub fn rate_limit_counters(&self, policy: &crate::snapshot::ObjectRef) -> LimitCounters {
+        let counter = |result| {
+            self.rate_limit_decisions
+                .get_or_create(&RateLimitLabels {
+                    namespace: policy.namespace.as_str().into(),
+                    policy: policy.name.as_str().into(),
+                    result,
+                })
+                .clone()
+        };
+        LimitCounters {
+            allowed: counter(LimitResult::allowed),
+            limited: counter(LimitResult::limited),
+        }
     }
 
     /// Counts one finished request against its route.

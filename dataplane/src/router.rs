@@ -208,6 +208,7 @@ mod tests {
                 port: 80,
             },
             balance: BalancePolicy::RoundRobin,
+            policies: None,
             slot: RouteTarget::UNNUMBERED,
         }
     }

@@ -82,6 +82,16 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// Every target in the table, in slot order.
+    pub fn targets(&self) -> impl Iterator<Item = &RouteTarget> {
+        self.exact_hosts
+            .values()
+            .chain(self.wildcard_hosts.values())
+            .chain(std::iter::once(&self.any_host))
+            .flat_map(|host| host.exact_paths.values().chain(host.prefix_paths.values()))
+            .chain(self.default_backend.as_ref())
+    }
+
     /// Gives every target its own `slot`, in a fixed order (exact hosts, wildcard hosts,
     /// host-less rules, default backend; paths in key order), so equal tables number alike.
     /// Call once the table is complete; the data plane keys per-route state by slot.
@@ -132,6 +142,8 @@ pub struct RouteTarget {
     pub owner: ObjectRef,
     pub backend: BackendKey,
     pub balance: BalancePolicy,
+    /// Policies enforced before proxying; `None` for a route without any.
+    pub policies: Option<Arc<RoutePolicies>>,
     /// Index of this target in its table, given by [`RouteTable::number_targets`];
     /// [`RouteTarget::UNNUMBERED`] until then (still served, only without cached state).
     pub slot: u32,
@@ -139,6 +151,60 @@ pub struct RouteTarget {
 
 impl RouteTarget {
     pub const UNNUMBERED: u32 = u32::MAX;
+}
+
+/// The policies of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoutePolicies {
+    /// All apply, in order; the first that refuses answers.
+    pub rate_limits: Vec<Arc<RateLimitPolicy>>,
+    /// A policy the route names is missing or invalid: the route answers 503 rather than
+    /// being served without its protection.
+    pub unavailable: bool,
+}
+
+/// A validated `RateLimit`, as the data plane enforces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitPolicy {
+    /// The policy object; a metrics label and the identity of its counters.
+    pub name: ObjectRef,
+    /// All must pass.
+    pub limits: Vec<LimitRule>,
+    pub headers: LimitHeaders,
+}
+
+/// `requests` per `period` with bursts up to `burst`, counted per distinct `key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitRule {
+    pub requests: u64,
+    pub period: std::time::Duration,
+    /// At least 1.
+    pub burst: u64,
+    /// Not empty.
+    pub key: Vec<LimitKeyPart>,
+}
+
+/// One request attribute a limit counts by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LimitKeyPart {
+    ClientIp,
+    Host,
+    Path,
+    Method,
+    /// Lower-case header name.
+    Header(String),
+    Cookie(String),
+}
+
+/// Which response headers describe a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LimitHeaders {
+    /// `RateLimit-Policy` and `RateLimit` structured fields (IETF httpapi draft).
+    #[default]
+    Ietf,
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`.
+    Legacy,
+    None,
 }
 
 /// A Service port, resolved to its number.

@@ -77,6 +77,8 @@ impl Stores {
             services: self.services.state(),
             endpoint_slices: self.slices(),
             secrets: self.secrets.state(),
+            // Not watched in cluster mode yet: the CRD may not be installed.
+            rate_limits: Vec::new(),
         }
     }
 

@@ -376,6 +376,8 @@ fn reference_of(stores: &Stores, key: &ObjectKey) -> Option<ObjectReference> {
         ObjectKind::Service => find(&stores.services, key),
         ObjectKind::EndpointSlice => find(&stores.endpoint_slices, key),
         ObjectKind::Secret => find(&stores.secrets, key),
+        // Policies are read in standalone mode only, so far.
+        ObjectKind::RateLimit => None,
     }
 }
 

@@ -16,6 +16,8 @@ use crate::error::CompileError;
 pub const LOAD_BALANCE: &str = "sluice.dev/load-balance";
 /// `header:<name>`, `cookie:<name>` or `client-ip`; required by `load-balance: hash`.
 pub const HASH_KEY: &str = "sluice.dev/hash-key";
+/// `name[,name2]`: RateLimit policies in the Ingress's namespace, applied in order.
+pub const RATE_LIMIT: &str = "sluice.dev/rate-limit";
 /// On an EndpointSlice: `address=weight` entries separated by commas, weights 1 to 1000.
 pub const ENDPOINT_WEIGHTS: &str = "sluice.dev/endpoint-weights";
 
@@ -26,6 +28,8 @@ pub const MAX_ENDPOINT_WEIGHT: u32 = 1000;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct IngressAnnotations {
     pub balance: BalancePolicy,
+    /// Names of the RateLimit policies, in order, without duplicates.
+    pub rate_limits: Vec<String>,
 }
 
 /// The field path of an annotation, for errors.
@@ -86,11 +90,46 @@ pub(crate) fn parse_ingress_annotations(
         }
     };
 
+    let rate_limits = match get(RATE_LIMIT).map(|value| (value, parse_policy_names(value))) {
+        None => Vec::new(),
+        Some((_, Ok(names))) => names,
+        Some((value, Err(why))) => {
+            errors.push(invalid(RATE_LIMIT, value, &why));
+            Vec::new()
+        }
+    };
+
     if errors.is_empty() {
-        Ok(IngressAnnotations { balance })
+        Ok(IngressAnnotations {
+            balance,
+            rate_limits,
+        })
     } else {
         Err(errors)
     }
+}
+
+/// A comma-separated list of object names (DNS subdomains), at least one.
+fn parse_policy_names(value: &str) -> Result<Vec<String>, String> {
+    let mut names: Vec<String> = Vec::new();
+    for name in value.split(',').map(str::trim) {
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !valid {
+            return Err(format!(
+                "{name:?} is not an object name (lower-case letters, digits, '-' and '.')"
+            ));
+        }
+        if !names.iter().any(|known| known == name) {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
 }
 
 fn parse_hash_key(value: &str) -> Result<HashOn, &'static str> {

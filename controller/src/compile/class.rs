@@ -185,6 +185,7 @@ mod tests {
         let options = CompileOptions {
             ingress_class: "internal".into(),
             controller_name: "example.com/other".into(),
+            redis_configured: false,
         };
         let classes = [ingress_class("edge", "example.com/other", false)];
         let filter = ClassFilter::new(&classes, &options);

@@ -235,6 +235,7 @@ mod tests {
             owner: ObjectRef::new("shop", "web"),
             backend: key(service, port),
             balance,
+            policies: None,
             slot: RouteTarget::UNNUMBERED,
         }
     }

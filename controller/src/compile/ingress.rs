@@ -3,13 +3,18 @@
 //! What comes out are candidate routes; whether they win over other Ingresses' routes is
 //! decided when they are merged into the route table.
 
-use k8s_openapi::api::networking::v1::Ingress;
-use sluice_dataplane::snapshot::{ObjectRef, RouteTarget};
+use std::sync::Arc;
 
-use super::annotations::parse_ingress_annotations;
+use k8s_openapi::api::networking::v1::Ingress;
+use sluice_dataplane::snapshot::{ObjectRef, RoutePolicies, RouteTarget};
+
+use super::annotations::{
+    IngressAnnotations, RATE_LIMIT, annotation_field, parse_ingress_annotations,
+};
 use super::backend::{ServiceIndex, resolve_backend};
 use super::host::{HostRule, compile_host};
 use super::path::{PathMatch, compile_path};
+use super::policy::{PolicyIndex, PolicyLookup};
 use crate::error::CompileError;
 
 /// The field path of the default backend.
@@ -43,16 +48,24 @@ pub(crate) fn compile_ingress(
     ingress: &Ingress,
     owner: &ObjectRef,
     services: &ServiceIndex<'_>,
+    policies: &PolicyIndex,
 ) -> Result<IngressRoutes, Vec<CompileError>> {
     let annotations = parse_ingress_annotations(ingress.metadata.annotations.as_ref())?;
+    let mut compiled = IngressRoutes::default();
+    let route_policies = resolve_policies(
+        &annotations,
+        &owner.namespace,
+        policies,
+        &mut compiled.errors,
+    );
     let target = |backend| RouteTarget {
         owner: owner.clone(),
         backend,
         balance: annotations.balance.clone(),
+        policies: route_policies.clone(),
         slot: RouteTarget::UNNUMBERED,
     };
     let namespace = owner.namespace.as_str();
-    let mut compiled = IngressRoutes::default();
     let Some(spec) = ingress.spec.as_ref() else {
         return Ok(compiled);
     };
@@ -110,6 +123,42 @@ pub(crate) fn compile_ingress(
     Ok(compiled)
 }
 
+/// The policies an Ingress names, shared by all its routes. A policy that is missing or
+/// not accepted makes every route answer 503, and is reported on the Ingress.
+fn resolve_policies(
+    annotations: &IngressAnnotations,
+    namespace: &str,
+    index: &PolicyIndex,
+    errors: &mut Vec<CompileError>,
+) -> Option<Arc<RoutePolicies>> {
+    if annotations.rate_limits.is_empty() {
+        return None;
+    }
+    let mut policies = RoutePolicies::default();
+    for name in &annotations.rate_limits {
+        let problem = |found: bool| {
+            let (field, kind, name) = (annotation_field(RATE_LIMIT), "RateLimit", name.clone());
+            if found {
+                CompileError::PolicyNotAccepted { field, kind, name }
+            } else {
+                CompileError::PolicyNotFound { field, kind, name }
+            }
+        };
+        match index.rate_limit(namespace, name) {
+            PolicyLookup::Found(policy) => policies.rate_limits.push(policy),
+            PolicyLookup::NotAccepted => {
+                policies.unavailable = true;
+                errors.push(problem(true));
+            }
+            PolicyLookup::NotFound => {
+                policies.unavailable = true;
+                errors.push(problem(false));
+            }
+        }
+    }
+    Some(Arc::new(policies))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,7 +181,12 @@ mod tests {
     ) -> Result<IngressRoutes, Vec<CompileError>> {
         let services = services();
         let ingress = ingress("shop", "web", metadata, spec);
-        compile_ingress(&ingress, &owner(), &ServiceIndex::new(&services))
+        compile_ingress(
+            &ingress,
+            &owner(),
+            &ServiceIndex::new(&services),
+            &PolicyIndex::default(),
+        )
     }
 
     fn web_key() -> BackendKey {

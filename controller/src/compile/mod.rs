@@ -12,6 +12,7 @@ mod endpoints;
 mod host;
 mod ingress;
 mod path;
+mod policy;
 
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -24,14 +25,16 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use sluice_crds::RateLimit;
 use sluice_dataplane::snapshot::{BackendTable, ObjectRef, RouteTable, VirtualHost};
 
 use crate::error::{CompileError, ConflictingPath};
-use crate::object_key::{ObjectKey, namespace_of, object_ref};
+use crate::object_key::{ObjectKey, ObjectKind, namespace_of, object_ref};
 use backend::ServiceIndex;
 use class::ClassFilter;
 use host::HostRule;
 use ingress::{CandidateRoute, DEFAULT_BACKEND_FIELD, IngressRoutes, compile_ingress};
+use policy::PolicyIndex;
 
 pub use annotations::{ENDPOINT_WEIGHTS, HASH_KEY, LOAD_BALANCE, MAX_ENDPOINT_WEIGHT};
 pub use class::{DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION};
@@ -53,6 +56,7 @@ pub struct ClusterObjects {
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     /// Not read yet; TLS will need them.
     pub secrets: Vec<Arc<Secret>>,
+    pub rate_limits: Vec<Arc<RateLimit>>,
 }
 
 /// Which Ingresses are ours.
@@ -62,6 +66,8 @@ pub struct CompileOptions {
     pub ingress_class: String,
     /// The `spec.controller` of the IngressClasses that are ours.
     pub controller_name: String,
+    /// Whether `--redis-url` was given (policies with `backend: redis` need it).
+    pub redis_configured: bool,
 }
 
 impl Default for CompileOptions {
@@ -69,6 +75,7 @@ impl Default for CompileOptions {
         CompileOptions {
             ingress_class: "sluice".to_owned(),
             controller_name: "sluice.dev/ingress-controller".to_owned(),
+            redis_configured: false,
         }
     }
 }
@@ -114,11 +121,21 @@ pub fn compile(
     ours.sort_by(|a, b| oldest_first(a, b));
 
     let mut compiled = Compiled::default();
+    let policies = PolicyIndex::new(
+        &objects.rate_limits,
+        options.redis_configured,
+        &mut |name, errors| {
+            compiled.statuses.insert(
+                ObjectKey::new(ObjectKind::RateLimit, name.namespace, name.name),
+                errors,
+            );
+        },
+    );
     let mut table = RouteTableBuilder::default();
     for ingress in ours {
         let owner = object_ref(&ingress.metadata);
         let mut errors = Vec::new();
-        let served = match compile_ingress(ingress, &owner, &services) {
+        let served = match compile_ingress(ingress, &owner, &services, &policies) {
             Ok(routes) => {
                 compiled
                     .last_good
@@ -127,7 +144,8 @@ pub fn compile(
             }
             Err(rejections) => {
                 errors.extend(rejections);
-                serve_last_good(&owner, last_good, &services, &mut errors, &mut compiled)
+                let indexes = (&services, &policies);
+                serve_last_good(&owner, last_good, indexes, &mut errors, &mut compiled)
             }
         };
         if let Some(routes) = served {
@@ -152,12 +170,12 @@ pub fn compile(
 fn serve_last_good(
     owner: &ObjectRef,
     last_good: &BTreeMap<ObjectRef, Arc<Ingress>>,
-    services: &ServiceIndex<'_>,
+    (services, policies): (&ServiceIndex<'_>, &PolicyIndex),
     errors: &mut Vec<CompileError>,
     compiled: &mut Compiled,
 ) -> Option<IngressRoutes> {
     let previous = last_good.get(owner)?;
-    let routes = compile_ingress(previous, owner, services).ok()?;
+    let routes = compile_ingress(previous, owner, services, policies).ok()?;
     errors.push(CompileError::ServingLastGood {
         resource_version: previous.metadata.resource_version.clone(),
     });
@@ -1052,5 +1070,91 @@ mod tests {
                 "rotation {turn}"
             );
         }
+    }
+
+    fn rate_limit(name: &str, spec: Value) -> Arc<RateLimit> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "sluice.dev/v1alpha1",
+                "kind": "RateLimit",
+                "metadata": {"name": name, "namespace": "shop"},
+                "spec": spec,
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn ingresses_get_their_policies_and_missing_ones_make_routes_answer_503() {
+        let guarded = with_metadata(
+            ours(
+                "guarded",
+                Some("2024-01-01T00:00:00Z"),
+                routes(vec![rule(
+                    Some("a.example"),
+                    vec![
+                        path("/", "Prefix", backend("web", 80)),
+                        path("/x", "Prefix", backend("web", 80)),
+                    ],
+                )]),
+            ),
+            json!({"annotations": {"sluice.dev/rate-limit": "api, api"}}),
+        );
+        let broken = with_metadata(
+            ours(
+                "broken",
+                Some("2024-01-02T00:00:00Z"),
+                routes(vec![rule(
+                    Some("b.example"),
+                    vec![path("/", "Prefix", backend("web", 80))],
+                )]),
+            ),
+            json!({"annotations": {"sluice.dev/rate-limit": "api,nowhere,bad"}}),
+        );
+        let mut objects = cluster(vec![guarded, broken]);
+        objects.rate_limits = vec![
+            rate_limit("api", json!({"limits": [{"requests": 5, "period": "1s"}]})),
+            rate_limit("bad", json!({"limits": []})),
+        ];
+        let compiled = run(&objects);
+
+        let host = &compiled.snapshot_routes.exact_hosts["a.example"];
+        let first = host.prefix_paths["/"].policies.clone().unwrap();
+        assert!(!first.unavailable);
+        assert_eq!(first.rate_limits.len(), 1, "a repeated name counts once");
+        assert_eq!(first.rate_limits[0].name, ObjectRef::new("shop", "api"));
+        assert!(
+            Arc::ptr_eq(&first, host.prefix_paths["/x"].policies.as_ref().unwrap()),
+            "one Ingress's routes share their policies"
+        );
+        assert!(status(&compiled, "guarded").is_empty());
+
+        let broken_host = &compiled.snapshot_routes.exact_hosts["b.example"];
+        assert!(
+            broken_host.prefix_paths["/"]
+                .policies
+                .as_ref()
+                .unwrap()
+                .unavailable
+        );
+        assert_eq!(
+            reasons(&compiled, "broken"),
+            ["PolicyNotFound", "PolicyNotAccepted"]
+        );
+        let policy_status =
+            |name: &str| &compiled.statuses[&ObjectKey::new(ObjectKind::RateLimit, "shop", name)];
+        assert!(policy_status("api").is_empty());
+        assert_eq!(policy_status("bad")[0].reason(), "InvalidSpec");
+    }
+
+    #[test]
+    fn a_bad_policy_annotation_rejects_the_ingress() {
+        let web = with_metadata(
+            ours("web", None, root_to("web")),
+            json!({"annotations": {"sluice.dev/rate-limit": "Not_A_Name"}}),
+        );
+        let compiled = run(&cluster(vec![web]));
+        assert_eq!(reasons(&compiled, "web"), ["InvalidAnnotation"]);
+        assert_eq!(compiled.snapshot_routes.any_host.prefix_paths.len(), 0);
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, HeaderValue, VIA};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, VIA};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -23,10 +23,11 @@ pub use body::{RequestFinish, ResponseBody, UpstreamBody};
 pub use headers::{ConnectionHeaders, TrustedProxies};
 
 use crate::balance::{BackendBalancer, HealthConfig, Outcome, stable_hash};
-use crate::live::{DataPlane, backend_labels};
+use crate::live::{DataPlane, LiveState, backend_labels};
 use crate::metrics::{MethodLabel, RouteSeries, StatusClass};
+use crate::ratelimit::{LimitReport, RequestView, Verdict, cookie_value};
 use crate::router::{normalize_host, normalize_path};
-use crate::snapshot::{BalancePolicy, HashOn};
+use crate::snapshot::{BalancePolicy, HashOn, RoutePolicies};
 
 /// Limits, timeouts and header settings of the proxy.
 #[derive(Debug, Clone)]
@@ -105,6 +106,8 @@ enum LocalAnswer {
     PayloadTooLarge,
     UpstreamFailed,
     UpstreamTimeout,
+    PolicyUnavailable,
+    TooManyRequests,
 }
 
 impl LocalAnswer {
@@ -116,6 +119,8 @@ impl LocalAnswer {
             LocalAnswer::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             LocalAnswer::UpstreamFailed => StatusCode::BAD_GATEWAY,
             LocalAnswer::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            LocalAnswer::PolicyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            LocalAnswer::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -131,6 +136,10 @@ impl LocalAnswer {
             LocalAnswer::UpstreamTimeout => {
                 "504 gateway timeout: the upstream did not answer in time\n"
             }
+            LocalAnswer::PolicyUnavailable => {
+                "503 service unavailable: a policy this route needs is unavailable\n"
+            }
+            LocalAnswer::TooManyRequests => "429 too many requests\n",
         }
     }
 
@@ -254,6 +263,31 @@ impl Proxy {
             Response::from_parts(parts, body.with_finish(finish))
         };
 
+        let client_ip = self
+            .config
+            .trusted_proxies
+            .client_ip(connection.peer.ip(), &parts.headers);
+        let mut limit_report = None;
+        if let Some(policies) = target.policies.as_deref() {
+            let view = RequestView {
+                client_ip,
+                host: &host,
+                path: path_and_query.path(),
+                method: &parts.method,
+                headers: &parts.headers,
+            };
+            match enforce_policies(&live, policies, &view) {
+                Ok(report) => limit_report = report,
+                Err(refusal) => {
+                    let mut response = local(refusal.answer, finish);
+                    if let Some(report) = &refusal.report {
+                        report.write(response.headers_mut());
+                    }
+                    return (response, Some(series));
+                }
+            }
+        }
+
         let Some(balancer) = live.balancer(&target.backend).filter(|b| !b.is_empty()) else {
             return (local(LocalAnswer::NoEndpoints, finish), Some(series));
         };
@@ -263,10 +297,6 @@ impl Proxy {
             return (local(LocalAnswer::PayloadTooLarge, finish), Some(series));
         }
 
-        let client_ip = self
-            .config
-            .trusted_proxies
-            .client_ip(connection.peer.ip(), &parts.headers);
         let hash = hash_input(&target.balance, &parts.headers, client_ip);
         self.prepare_upstream_headers(
             &mut parts,
@@ -285,6 +315,9 @@ impl Proxy {
                 headers::strip_hop_by_hop(&mut response_parts.headers);
                 if let Some(via) = &self.via_response {
                     response_parts.headers.append(VIA, via.clone());
+                }
+                if let Some(report) = &limit_report {
+                    report.write(&mut response_parts.headers);
                 }
                 let mut finish = finish;
                 finish.in_flight = Some(in_flight);
@@ -458,6 +491,61 @@ impl Proxy {
     }
 }
 
+/// Why policies refused a request, with the limit to describe in its headers.
+struct Refusal {
+    answer: LocalAnswer,
+    report: Option<LimitReport>,
+}
+
+/// Runs a route's policies in order. `Ok` carries the tightest rate limit to report on
+/// the response, if any.
+fn enforce_policies(
+    live: &LiveState,
+    policies: &RoutePolicies,
+    request: &RequestView<'_>,
+) -> Result<Option<LimitReport>, Refusal> {
+    let unavailable = Refusal {
+        answer: LocalAnswer::PolicyUnavailable,
+        report: None,
+    };
+    if policies.unavailable {
+        return Err(unavailable);
+    }
+    let now = Instant::now();
+    let mut tightest: Option<LimitReport> = None;
+    for policy in &policies.rate_limits {
+        let Some(limiter) = live.limiter(&policy.name) else {
+            return Err(unavailable);
+        };
+        match limiter.check(request, now) {
+            Verdict::Allow(state) => {
+                let report = LimitReport {
+                    policy: Arc::clone(policy),
+                    state,
+                    retry_after: None,
+                };
+                if tightest
+                    .as_ref()
+                    .is_none_or(|current| state.remaining < current.state.remaining)
+                {
+                    tightest = Some(report);
+                }
+            }
+            Verdict::Limit { state, retry_after } => {
+                return Err(Refusal {
+                    answer: LocalAnswer::TooManyRequests,
+                    report: Some(LimitReport {
+                        policy: Arc::clone(policy),
+                        state,
+                        retry_after: Some(retry_after),
+                    }),
+                });
+            }
+        }
+    }
+    Ok(tightest)
+}
+
 /// The request's path (normalised) and query, or `None` when the path must be refused.
 fn normalized_path_and_query(uri: &Uri) -> Option<PathAndQuery> {
     let path = uri.path();
@@ -527,14 +615,7 @@ fn hash_input(policy: &BalancePolicy, headers: &http::HeaderMap, client_ip: IpAd
         HashOn::Header(name) => headers
             .get(name.as_str())
             .map(|value| stable_hash(value.as_bytes())),
-        HashOn::Cookie(name) => headers
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| stable_hash(value.as_bytes())),
+        HashOn::Cookie(name) => cookie_value(headers, name).map(stable_hash),
     }
 }
 
@@ -561,7 +642,10 @@ mod tests {
     fn hash_inputs_come_from_the_named_attribute() {
         let mut headers = http::HeaderMap::new();
         headers.insert("x-user", HeaderValue::from_static("alice"));
-        headers.insert(COOKIE, HeaderValue::from_static("a=1; sid=xyz"));
+        headers.insert(
+            http::header::COOKIE,
+            HeaderValue::from_static("a=1; sid=xyz"),
+        );
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let header = BalancePolicy::Hash(HashOn::Header("x-user".into()));
         let cookie = BalancePolicy::Hash(HashOn::Cookie("sid".into()));

@@ -1,0 +1,362 @@
+//! Policies (`sluice.dev` custom resources): validation into snapshot types, and the index
+//! Ingresses resolve their policy annotations against.
+//!
+//! The CRD schema and its CEL rules already refuse most bad specs at the API server; this
+//! validation repeats what matters, because standalone mode has no API server and because
+//! an object stored under an older schema must not reach the data plane unchecked.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_crds::{
+    KeyPart, Limit, OnBackendFailure, RateLimit, RateLimitBackend, RateLimitHeaders,
+};
+use sluice_dataplane::snapshot::{
+    LimitHeaders, LimitKeyPart, LimitRule, ObjectRef, RateLimitPolicy,
+};
+
+use crate::error::CompileError;
+use crate::object_key::object_ref;
+
+/// The longest period a limit may have.
+const MAX_PERIOD: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Every policy by namespace and name: valid ones compiled, invalid ones remembered so an
+/// Ingress that names them is told why it answers 503.
+#[derive(Debug, Default)]
+pub(crate) struct PolicyIndex {
+    rate_limits: BTreeMap<ObjectRef, Option<Arc<RateLimitPolicy>>>,
+}
+
+/// What an Ingress gets when it names a policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PolicyLookup {
+    Found(Arc<RateLimitPolicy>),
+    NotAccepted,
+    NotFound,
+}
+
+impl PolicyIndex {
+    /// Validates every policy; the errors of each go to `statuses` under its own key.
+    pub fn new(
+        rate_limits: &[Arc<RateLimit>],
+        redis_configured: bool,
+        errors_of: &mut impl FnMut(ObjectRef, Vec<CompileError>),
+    ) -> Self {
+        let mut index = PolicyIndex::default();
+        for object in rate_limits {
+            let name = object_ref(&object.metadata);
+            if index.rate_limits.contains_key(&name) {
+                continue;
+            }
+            let compiled = match compile_rate_limit(object, &name, redis_configured) {
+                Ok(policy) => {
+                    errors_of(name.clone(), Vec::new());
+                    Some(Arc::new(policy))
+                }
+                Err(errors) => {
+                    errors_of(name.clone(), errors);
+                    None
+                }
+            };
+            index.rate_limits.insert(name, compiled);
+        }
+        index
+    }
+
+    pub fn rate_limit(&self, namespace: &str, name: &str) -> PolicyLookup {
+        let key = ObjectRef::new(namespace, name);
+        match self.rate_limits.get(&key) {
+            Some(Some(policy)) => PolicyLookup::Found(Arc::clone(policy)),
+            Some(None) => PolicyLookup::NotAccepted,
+            None => PolicyLookup::NotFound,
+        }
+    }
+}
+
+/// Validates a `RateLimit` into what the data plane enforces.
+pub(crate) fn compile_rate_limit(
+    object: &RateLimit,
+    name: &ObjectRef,
+    redis_configured: bool,
+) -> Result<RateLimitPolicy, Vec<CompileError>> {
+    let spec = &object.spec;
+    let mut errors = Vec::new();
+    let invalid = |field: String, why: String| CompileError::InvalidPolicy { field, why };
+    if spec.limits.is_empty() {
+        errors.push(invalid(
+            "spec.limits".into(),
+            "at least one limit is needed".into(),
+        ));
+    }
+    let mut limits = Vec::with_capacity(spec.limits.len());
+    for (index, limit) in spec.limits.iter().enumerate() {
+        match compile_limit(limit, &format!("spec.limits[{index}]")) {
+            Ok(rule) => limits.push(rule),
+            Err(error) => errors.push(error),
+        }
+    }
+    match spec.backend {
+        RateLimitBackend::Local => {
+            if spec.local_share.is_some() {
+                errors.push(invalid(
+                    "spec.localShare".into(),
+                    "localShare only applies to backend: redis".into(),
+                ));
+            }
+            if spec.on_backend_failure == OnBackendFailure::Local {
+                errors.push(invalid(
+                    "spec.onBackendFailure".into(),
+                    "onBackendFailure: local needs backend: redis and localShare".into(),
+                ));
+            }
+        }
+        RateLimitBackend::Redis => {
+            // Counting in Redis is not built yet; refusing the policy keeps its routes
+            // answering 503 rather than limiting per replica by surprise.
+            let why = if redis_configured {
+                "the redis backend is not available in this version of Sluice"
+            } else {
+                "backend: redis needs Sluice to run with --redis-url"
+            };
+            errors.push(invalid("spec.backend".into(), why.into()));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(RateLimitPolicy {
+        name: name.clone(),
+        limits,
+        headers: match spec.headers {
+            RateLimitHeaders::Ietf => LimitHeaders::Ietf,
+            RateLimitHeaders::Legacy => LimitHeaders::Legacy,
+            RateLimitHeaders::None => LimitHeaders::None,
+        },
+    })
+}
+
+fn compile_limit(limit: &Limit, field: &str) -> Result<LimitRule, CompileError> {
+    let invalid = |part: &str, why: String| CompileError::InvalidPolicy {
+        field: format!("{field}.{part}"),
+        why,
+    };
+    if limit.requests == 0 {
+        return Err(invalid("requests", "must be at least 1".into()));
+    }
+    let period = parse_period(&limit.period).ok_or_else(|| {
+        invalid(
+            "period",
+            format!("{:?} is not like 10s, 1m or 24h", limit.period),
+        )
+    })?;
+    if period > MAX_PERIOD {
+        return Err(invalid("period", "must be at most 168h".into()));
+    }
+    let burst = limit.burst.unwrap_or(limit.requests);
+    if burst == 0 {
+        return Err(invalid("burst", "must be at least 1".into()));
+    }
+    if limit.key.is_empty() {
+        return Err(invalid("key", "needs at least one part".into()));
+    }
+    let key = limit
+        .key
+        .iter()
+        .enumerate()
+        .map(|(index, part)| {
+            parse_key_part(part).ok_or_else(|| {
+                invalid(
+                    &format!("key[{index}]"),
+                    format!(
+                        "{:?} is not one of clientIP, host, path, method, header:NAME, cookie:NAME",
+                        part.0
+                    ),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(LimitRule {
+        requests: limit.requests,
+        period,
+        burst,
+        key,
+    })
+}
+
+/// `10s`, `5m`, `24h`: a whole number and one unit.
+fn parse_period(text: &str) -> Option<Duration> {
+    let split = text.len().checked_sub(1)?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok().filter(|n| *n > 0)?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return None,
+    };
+    Some(Duration::from_secs(number.checked_mul(seconds)?))
+}
+
+fn parse_key_part(part: &KeyPart) -> Option<LimitKeyPart> {
+    let text = part.0.as_str();
+    let token = |name: &str| {
+        (!name.is_empty() && name.len() <= 128 && name.bytes().all(is_token_byte))
+            .then(|| name.to_owned())
+    };
+    match text {
+        "clientIP" => Some(LimitKeyPart::ClientIp),
+        "host" => Some(LimitKeyPart::Host),
+        "path" => Some(LimitKeyPart::Path),
+        "method" => Some(LimitKeyPart::Method),
+        _ => {
+            if let Some(name) = text.strip_prefix("header:") {
+                token(name).map(|name| LimitKeyPart::Header(name.to_ascii_lowercase()))
+            } else if let Some(name) = text.strip_prefix("cookie:") {
+                token(name).map(LimitKeyPart::Cookie)
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rate_limit(spec: serde_json::Value) -> RateLimit {
+        serde_json::from_value(json!({
+            "apiVersion": "sluice.dev/v1alpha1",
+            "kind": "RateLimit",
+            "metadata": {"name": "api", "namespace": "shop"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn compiled(spec: serde_json::Value) -> Result<RateLimitPolicy, Vec<CompileError>> {
+        compile_rate_limit(&rate_limit(spec), &ObjectRef::new("shop", "api"), false)
+    }
+
+    #[test]
+    fn a_full_spec_compiles_with_its_defaults() {
+        let policy = compiled(json!({
+            "limits": [
+                {"requests": 10, "period": "1s", "key": ["clientIP", "header:X-Api-Key"]},
+                {"requests": 1000, "period": "1h", "burst": 50},
+            ],
+            "headers": "legacy",
+        }))
+        .unwrap();
+        assert_eq!(policy.headers, LimitHeaders::Legacy);
+        assert_eq!(
+            policy.limits,
+            vec![
+                LimitRule {
+                    requests: 10,
+                    period: Duration::from_secs(1),
+                    burst: 10,
+                    key: vec![
+                        LimitKeyPart::ClientIp,
+                        LimitKeyPart::Header("x-api-key".into())
+                    ],
+                },
+                LimitRule {
+                    requests: 1000,
+                    period: Duration::from_secs(3600),
+                    burst: 50,
+                    key: vec![LimitKeyPart::ClientIp],
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_specs_name_the_field() {
+        let cases = [
+            (json!({"limits": []}), "spec.limits"),
+            (
+                json!({"limits": [{"requests": 0, "period": "1m"}]}),
+                "spec.limits[0].requests",
+            ),
+            (
+                json!({"limits": [{"requests": 1, "period": "1d"}]}),
+                "spec.limits[0].period",
+            ),
+            (
+                json!({"limits": [{"requests": 1, "period": "0s"}]}),
+                "spec.limits[0].period",
+            ),
+            (
+                json!({"limits": [{"requests": 1, "period": "200h"}]}),
+                "spec.limits[0].period",
+            ),
+            (
+                json!({"limits": [{"requests": 1, "period": "1m", "burst": 0}]}),
+                "spec.limits[0].burst",
+            ),
+            (
+                json!({"limits": [{"requests": 1, "period": "1m", "key": []}]}),
+                "spec.limits[0].key",
+            ),
+            (
+                json!({"limits": [{"requests": 1, "period": "1m", "key": ["ip"]}]}),
+                "spec.limits[0].key[0]",
+            ),
+            (
+                json!({"limits": [{"requests": 1, "period": "1m", "key": ["header:a b"]}]}),
+                "spec.limits[0].key[0]",
+            ),
+            (
+                json!({"limits": [{"requests": 1, "period": "1m"}], "localShare": 3}),
+                "spec.localShare",
+            ),
+            (
+                json!({"limits": [{"requests": 1, "period": "1m"}], "onBackendFailure": "local"}),
+                "spec.onBackendFailure",
+            ),
+            (
+                json!({"limits": [{"requests": 1, "period": "1m"}], "backend": "redis"}),
+                "spec.backend",
+            ),
+        ];
+        for (spec, field) in cases {
+            let errors = compiled(spec.clone()).unwrap_err();
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.field() == Some(field) && e.reason() == "InvalidSpec"),
+                "{spec}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_index_tells_found_invalid_and_missing_apart() {
+        let good = Arc::new(rate_limit(
+            json!({"limits": [{"requests": 1, "period": "1m"}]}),
+        ));
+        let mut bad = rate_limit(json!({"limits": []}));
+        bad.metadata.name = Some("bad".into());
+        let mut reported = BTreeMap::new();
+        let index = PolicyIndex::new(&[good, Arc::new(bad)], false, &mut |name, errors| {
+            reported.insert(name, errors.len());
+        });
+        assert!(matches!(
+            index.rate_limit("shop", "api"),
+            PolicyLookup::Found(_)
+        ));
+        assert_eq!(index.rate_limit("shop", "bad"), PolicyLookup::NotAccepted);
+        assert_eq!(index.rate_limit("other", "api"), PolicyLookup::NotFound);
+        assert_eq!(reported[&ObjectRef::new("shop", "api")], 0);
+        assert_eq!(reported[&ObjectRef::new("shop", "bad")], 1);
+    }
+}

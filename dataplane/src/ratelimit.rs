@@ -1,0 +1,500 @@
+//! Local rate limiting: GCRA per key, kept in a bounded concurrent map.
+//!
+//! GCRA stores one number per key, the theoretical arrival time (TAT): a request at time
+//! `t` moves it to `max(TAT, t) + interval`, and is refused when that lands more than
+//! `burst * interval` after `t`. It behaves like a token bucket that refills one token per
+//! `interval` and holds `burst` tokens, without a timer or a second field.
+//!
+//! Keys are hashed with a per-process random key (SipHash), so a client cannot aim
+//! collisions, and only the 64-bit hash is stored. The map holds at most `max_keys`
+//! entries and drops keys idle for longer than it takes a bucket to refill; under a flood
+//! of new keys, moka's admission policy keeps the frequently seen keys and lets one-off
+//! keys go, so memory stays bounded. A key that is not kept starts from a full bucket the
+//! next time: a flood of distinct keys is not itself limited by a per-key limit.
+
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::header::{COOKIE, HeaderName, HeaderValue, RETRY_AFTER};
+use http::{HeaderMap, Method};
+
+use crate::metrics::LimitCounters;
+use crate::snapshot::{LimitHeaders, LimitKeyPart, LimitRule, RateLimitPolicy};
+
+/// What a request looks like to a limit key.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    pub client_ip: IpAddr,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+}
+
+/// The state of the limit that decided, for the response headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitState {
+    /// Which rule of the policy this is.
+    pub rule: usize,
+    pub requests: u64,
+    pub period: Duration,
+    /// Requests still allowed right now.
+    pub remaining: u64,
+    /// Until the bucket is full again.
+    pub reset: Duration,
+}
+
+/// A policy's verdict on one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Allowed; the state of the tightest rule.
+    Allow(LimitState),
+    /// Refused; the refusing rule, and when a request would pass again.
+    Limit {
+        state: LimitState,
+        retry_after: Duration,
+    },
+}
+
+/// What a response says about a limit: the policy, its state, and for a refusal when to
+/// come back.
+#[derive(Debug, Clone)]
+pub struct LimitReport {
+    pub policy: Arc<RateLimitPolicy>,
+    pub state: LimitState,
+    pub retry_after: Option<Duration>,
+}
+
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+impl LimitReport {
+    /// Adds `Retry-After` (refusals) and the policy's chosen limit headers.
+    pub fn write(&self, headers: &mut HeaderMap) {
+        if let Some(retry_after) = self.retry_after {
+            headers.insert(
+                RETRY_AFTER,
+                HeaderValue::from(whole_seconds(retry_after).max(1)),
+            );
+        }
+        let state = &self.state;
+        let reset = whole_seconds(state.reset);
+        match self.policy.headers {
+            LimitHeaders::None => {}
+            LimitHeaders::Legacy => {
+                headers.insert(&X_RATELIMIT_LIMIT, HeaderValue::from(state.requests));
+                headers.insert(&X_RATELIMIT_REMAINING, HeaderValue::from(state.remaining));
+                headers.insert(&X_RATELIMIT_RESET, HeaderValue::from(reset));
+            }
+            LimitHeaders::Ietf => {
+                // Structured fields: the item is the policy (and rule) name as an sf-string;
+                // Kubernetes names need no escaping.
+                let name = if self.policy.limits.len() > 1 {
+                    format!("{}/{}", self.policy.name.name, state.rule)
+                } else {
+                    self.policy.name.name.clone()
+                };
+                let policy = format!(
+                    "\"{name}\";q={};w={}",
+                    state.requests,
+                    state.period.as_secs().max(1)
+                );
+                let current = format!("\"{name}\";r={};t={reset}", state.remaining);
+                if let Ok(value) = HeaderValue::from_str(&policy) {
+                    headers.insert(&RATELIMIT_POLICY, value);
+                }
+                if let Ok(value) = HeaderValue::from_str(&current) {
+                    headers.insert(&RATELIMIT, value);
+                }
+            }
+        }
+    }
+}
+
+/// Seconds, rounded up: a client told to wait 0 s while 0.4 s remain would come back early.
+fn whole_seconds(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
+
+/// The counters of one `RateLimit` policy in this process.
+#[derive(Debug)]
+pub struct LocalLimiter {
+    pub policy: Arc<RateLimitPolicy>,
+    rules: Vec<RuleClock>,
+    buckets: moka::sync::Cache<u64, Arc<AtomicU64>>,
+    hasher: RandomState,
+    epoch: Instant,
+    counters: LimitCounters,
+}
+
+/// A rule in nanoseconds.
+#[derive(Debug, Clone, Copy)]
+struct RuleClock {
+    interval: u64,
+    tolerance: u64,
+}
+
+impl RuleClock {
+    fn new(rule: &LimitRule) -> Self {
+        let period = u64::try_from(rule.period.as_nanos()).unwrap_or(u64::MAX);
+        let interval = (period / rule.requests.max(1)).max(1);
+        RuleClock {
+            interval,
+            tolerance: interval.saturating_mul(rule.burst.max(1)),
+        }
+    }
+}
+
+/// Outcome of one rule before anything is stored.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    seen: u64,
+    next: u64,
+    allowed: bool,
+}
+
+impl LocalLimiter {
+    /// `max_keys` bounds the keys kept for this policy (over all its rules).
+    pub fn new(policy: Arc<RateLimitPolicy>, max_keys: u64, counters: LimitCounters) -> Self {
+        let rules: Vec<RuleClock> = policy.limits.iter().map(RuleClock::new).collect();
+        // A bucket idle for its whole tolerance is full again: forgetting it changes nothing.
+        let idle = rules
+            .iter()
+            .map(|rule| Duration::from_nanos(rule.tolerance))
+            .max()
+            .unwrap_or(Duration::from_secs(1))
+            .clamp(Duration::from_secs(1), Duration::from_secs(24 * 3600));
+        LocalLimiter {
+            policy,
+            rules,
+            buckets: moka::sync::Cache::builder()
+                .max_capacity(max_keys.max(1))
+                .time_to_idle(idle)
+                .build(),
+            hasher: RandomState::new(),
+            epoch: Instant::now(),
+            counters,
+        }
+    }
+
+    /// Counts the request against every rule, or against none when one refuses it.
+    pub fn check(&self, request: &RequestView<'_>, now: Instant) -> Verdict {
+        let verdict = self.decide(request, now);
+        match verdict {
+            Verdict::Allow(_) => self.counters.allowed.inc(),
+            Verdict::Limit { .. } => self.counters.limited.inc(),
+        };
+        verdict
+    }
+
+    fn decide(&self, request: &RequestView<'_>, now: Instant) -> Verdict {
+        let t = u64::try_from(now.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        let cells: Vec<Arc<AtomicU64>> = (0..self.rules.len())
+            .map(|index| {
+                let key = self.key_hash(index, request);
+                self.buckets.get_with(key, || Arc::new(AtomicU64::new(0)))
+            })
+            .collect();
+        // Check every rule first, then store: a refused request consumes nothing. A
+        // concurrent change between the two is caught by the compare-and-swap, and the
+        // whole check runs again.
+        for _ in 0..16 {
+            let steps: Vec<Step> = self
+                .rules
+                .iter()
+                .zip(&cells)
+                .map(|(rule, cell)| step(rule, cell.load(Ordering::Acquire), t))
+                .collect();
+            if let Some(index) = steps.iter().position(|step| !step.allowed) {
+                let rule = self.rules[index];
+                let ahead = steps[index].next - t;
+                return Verdict::Limit {
+                    state: self.state(index, steps[index].seen.max(t) - t, 0),
+                    retry_after: Duration::from_nanos(ahead - rule.tolerance),
+                };
+            }
+            let stored = cells.iter().zip(&steps).all(|(cell, step)| {
+                cell.compare_exchange(step.seen, step.next, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            });
+            if stored {
+                let tightest = steps
+                    .iter()
+                    .enumerate()
+                    .map(|(index, step)| {
+                        let rule = self.rules[index];
+                        let ahead = step.next - t;
+                        let remaining = (rule.tolerance - ahead) / rule.interval;
+                        (index, ahead, remaining)
+                    })
+                    .min_by_key(|(_, _, remaining)| *remaining);
+                let (index, ahead, remaining) = tightest.unwrap_or((0, 0, 0));
+                return Verdict::Allow(self.state(index, ahead, remaining));
+            }
+        }
+        // Sixteen lost races in a row: the key is hammered from every thread; refuse.
+        Verdict::Limit {
+            state: self.state(0, 0, 0),
+            retry_after: Duration::from_secs(1),
+        }
+    }
+
+    fn state(&self, rule: usize, reset_nanos: u64, remaining: u64) -> LimitState {
+        let limit = &self.policy.limits[rule.min(self.policy.limits.len().saturating_sub(1))];
+        LimitState {
+            rule,
+            requests: limit.requests,
+            period: limit.period,
+            remaining,
+            reset: Duration::from_nanos(reset_nanos),
+        }
+    }
+
+    /// Keys currently kept (after pending evictions run).
+    pub fn key_count(&self) -> u64 {
+        self.buckets.run_pending_tasks();
+        self.buckets.entry_count()
+    }
+
+    fn key_hash(&self, rule: usize, request: &RequestView<'_>) -> u64 {
+        let mut hasher = self.hasher.build_hasher();
+        rule.hash(&mut hasher);
+        for part in &self.policy.limits[rule].key {
+            // A separator byte keeps ("ab", "c") and ("a", "bc") apart.
+            0xffu8.hash(&mut hasher);
+            match part {
+                LimitKeyPart::ClientIp => request.client_ip.hash(&mut hasher),
+                LimitKeyPart::Host => request.host.hash(&mut hasher),
+                LimitKeyPart::Path => request.path.hash(&mut hasher),
+                LimitKeyPart::Method => request.method.as_str().hash(&mut hasher),
+                LimitKeyPart::Header(name) => {
+                    for value in request.headers.get_all(name.as_str()) {
+                        value.as_bytes().hash(&mut hasher);
+                    }
+                }
+                LimitKeyPart::Cookie(name) => {
+                    cookie_value(request.headers, name).hash(&mut hasher);
+                }
+            }
+        }
+        hasher.finish()
+    }
+}
+
+fn step(rule: &RuleClock, seen: u64, t: u64) -> Step {
+    let next = seen.max(t).saturating_add(rule.interval);
+    Step {
+        seen,
+        next,
+        allowed: next - t <= rule.tolerance,
+    }
+}
+
+/// The first value of cookie `name`, if the request has it.
+pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|byte| *byte == b';'))
+        .filter_map(|pair| {
+            let pair = pair.trim_ascii();
+            let split = pair.iter().position(|byte| *byte == b'=')?;
+            Some((&pair[..split], &pair[split + 1..]))
+        })
+        .find(|(key, _)| *key == name.as_bytes())
+        .map(|(_, value)| value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::ObjectRef;
+
+    fn policy(limits: Vec<LimitRule>) -> Arc<RateLimitPolicy> {
+        Arc::new(RateLimitPolicy {
+            name: ObjectRef::new("shop", "api"),
+            limits,
+            headers: LimitHeaders::Ietf,
+        })
+    }
+
+    fn rule(requests: u64, period_secs: u64, key: Vec<LimitKeyPart>) -> LimitRule {
+        LimitRule {
+            requests,
+            period: Duration::from_secs(period_secs),
+            burst: requests,
+            key,
+        }
+    }
+
+    fn limiter(limits: Vec<LimitRule>, max_keys: u64) -> LocalLimiter {
+        LocalLimiter::new(policy(limits), max_keys, LimitCounters::default())
+    }
+
+    fn view<'a>(ip: &str, headers: &'a HeaderMap) -> RequestView<'a> {
+        RequestView {
+            client_ip: ip.parse().unwrap(),
+            host: "shop.example",
+            path: "/",
+            method: &Method::GET,
+            headers,
+        }
+    }
+
+    fn allowed(verdict: Verdict) -> bool {
+        matches!(verdict, Verdict::Allow(_))
+    }
+
+    #[test]
+    fn ten_per_minute_lets_exactly_ten_through_then_says_when_to_return() {
+        let limiter = limiter(vec![rule(10, 60, vec![LimitKeyPart::ClientIp])], 100);
+        let headers = HeaderMap::new();
+        let request = view("10.0.0.1", &headers);
+        let now = Instant::now();
+        let verdicts: Vec<Verdict> = (0..15).map(|_| limiter.check(&request, now)).collect();
+        assert_eq!(verdicts.iter().filter(|v| allowed(**v)).count(), 10);
+        assert!(verdicts[..10].iter().all(|v| allowed(*v)));
+        match verdicts[0] {
+            Verdict::Allow(state) => assert_eq!((state.requests, state.remaining), (10, 9)),
+            other => panic!("{other:?}"),
+        }
+        match verdicts[14] {
+            Verdict::Limit { state, retry_after } => {
+                assert_eq!(state.remaining, 0);
+                assert_eq!(retry_after, Duration::from_secs(6));
+                assert_eq!(state.reset, Duration::from_secs(60));
+            }
+            other => panic!("{other:?}"),
+        }
+        // One interval later exactly one more request fits.
+        let later = now + Duration::from_secs(6);
+        assert!(allowed(limiter.check(&request, later)));
+        assert!(!allowed(limiter.check(&request, later)));
+        assert_eq!(limiter.counters.allowed.get(), 11);
+        assert_eq!(limiter.counters.limited.get(), 6);
+    }
+
+    #[test]
+    fn every_rule_applies_and_a_refusal_consumes_nothing() {
+        let limiter = limiter(
+            vec![
+                rule(2, 1, vec![LimitKeyPart::ClientIp]),
+                rule(3, 60, vec![LimitKeyPart::ClientIp]),
+            ],
+            100,
+        );
+        let headers = HeaderMap::new();
+        let request = view("10.0.0.1", &headers);
+        let start = Instant::now();
+        // Second 0: the per-second rule allows two.
+        assert!(allowed(limiter.check(&request, start)));
+        assert!(allowed(limiter.check(&request, start)));
+        assert!(!allowed(limiter.check(&request, start)));
+        // Second 1: one more fits the per-minute rule; the next is refused by it.
+        let next = start + Duration::from_secs(1);
+        assert!(allowed(limiter.check(&request, next)));
+        match limiter.check(&request, next) {
+            Verdict::Limit { state, .. } => assert_eq!(state.rule, 1),
+            other => panic!("{other:?}"),
+        }
+        // The refusals above did not use up the per-second rule.
+        let minute = start + Duration::from_secs(61);
+        assert!(allowed(limiter.check(&request, minute)));
+    }
+
+    #[test]
+    fn composite_keys_count_separately() {
+        let limiter = limiter(
+            vec![rule(
+                1,
+                60,
+                vec![
+                    LimitKeyPart::ClientIp,
+                    LimitKeyPart::Header("x-api-key".into()),
+                ],
+            )],
+            100,
+        );
+        let now = Instant::now();
+        let mut alice = HeaderMap::new();
+        alice.insert("x-api-key", HeaderValue::from_static("alice"));
+        let mut bob = HeaderMap::new();
+        bob.insert("x-api-key", HeaderValue::from_static("bob"));
+        assert!(allowed(limiter.check(&view("10.0.0.1", &alice), now)));
+        assert!(allowed(limiter.check(&view("10.0.0.1", &bob), now)));
+        assert!(allowed(limiter.check(&view("10.0.0.2", &alice), now)));
+        assert!(!allowed(limiter.check(&view("10.0.0.1", &alice), now)));
+        assert!(!allowed(limiter.check(&view("10.0.0.1", &bob), now)));
+    }
+
+    #[test]
+    fn a_flood_of_distinct_keys_stays_within_the_bound() {
+        let bound = 1_000;
+        let limiter = limiter(vec![rule(5, 60, vec![LimitKeyPart::Path])], bound);
+        let headers = HeaderMap::new();
+        let now = Instant::now();
+        let keys: u32 = std::env::var("SLUICE_FLOOD_KEYS")
+            .ok()
+            .and_then(|keys| keys.parse().ok())
+            .unwrap_or(200_000);
+        for flood in 0..keys {
+            let path = format!("/k{flood}");
+            let request = RequestView {
+                path: &path,
+                ..view("10.0.0.1", &headers)
+            };
+            limiter.check(&request, now);
+        }
+        let kept = limiter.key_count();
+        assert!(kept <= bound, "{kept} keys kept, bound {bound}");
+    }
+
+    #[test]
+    fn headers_follow_the_chosen_style() {
+        let state = LimitState {
+            rule: 0,
+            requests: 100,
+            period: Duration::from_secs(60),
+            remaining: 7,
+            reset: Duration::from_millis(2_500),
+        };
+        let report = |headers| LimitReport {
+            policy: Arc::new(RateLimitPolicy {
+                name: ObjectRef::new("shop", "api"),
+                limits: vec![rule(100, 60, vec![LimitKeyPart::ClientIp])],
+                headers,
+            }),
+            state,
+            retry_after: Some(Duration::from_millis(400)),
+        };
+        let mut map = HeaderMap::new();
+        report(LimitHeaders::Ietf).write(&mut map);
+        assert_eq!(map["retry-after"], "1");
+        assert_eq!(map["ratelimit-policy"], r#""api";q=100;w=60"#);
+        assert_eq!(map["ratelimit"], r#""api";r=7;t=3"#);
+        let mut map = HeaderMap::new();
+        report(LimitHeaders::Legacy).write(&mut map);
+        assert_eq!(map["x-ratelimit-limit"], "100");
+        assert_eq!(map["x-ratelimit-remaining"], "7");
+        assert_eq!(map["x-ratelimit-reset"], "3");
+        let mut map = HeaderMap::new();
+        report(LimitHeaders::None).write(&mut map);
+        assert_eq!(map.len(), 1, "only Retry-After: {map:?}");
+    }
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let mut headers = HeaderMap::new();
+        headers.insert(COOKIE, HeaderValue::from_static("a=1; sid=xyz; sidx=2"));
+        assert_eq!(cookie_value(&headers, "sid"), Some(b"xyz".as_slice()));
+        assert_eq!(cookie_value(&headers, "si"), None);
+    }
+}
