@@ -20,6 +20,7 @@ use sluice_dataplane::balance::HealthConfig;
 use sluice_dataplane::live::{DataPlane, follow_snapshots};
 use sluice_dataplane::metrics::Metrics;
 use sluice_dataplane::proxy::{ProxyConfig, TrustedProxies};
+use sluice_dataplane::ratelimit::redis::{RedisBackend, RedisSettings};
 use sluice_dataplane::server::{ListenerConfig, TrafficWorkers, bind_shared};
 use sluice_dataplane::snapshot::ObjectRef;
 use tokio::net::TcpListener;
@@ -268,6 +269,27 @@ struct RunArgs {
     /// How long to gather changes before compiling.
     #[arg(long, env = "SLUICE_DEBOUNCE", default_value = "50ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
     debounce: Duration,
+    /// Redis for RateLimit policies with `backend: redis` (redis://, or rediss:// for TLS;
+    /// user and password in the URL).
+    #[arg(
+        long,
+        env = "SLUICE_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    redis_url: Option<String>,
+    /// Longest wait for Redis on one request before a policy's onBackendFailure applies.
+    #[arg(long, env = "SLUICE_REDIS_TIMEOUT", default_value = "50ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    redis_timeout: Duration,
+    /// Most keys one RateLimit policy remembers per replica; bounds memory under a flood of
+    /// distinct keys.
+    #[arg(
+        long,
+        env = "SLUICE_RATE_LIMIT_KEYS",
+        default_value_t = 100_000,
+        value_name = "COUNT"
+    )]
+    rate_limit_keys: u64,
 }
 
 fn main() -> ExitCode {
@@ -437,7 +459,17 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         failures_to_eject: args.eject_after.max(1),
         eject_for: args.eject_for,
     };
-    let data_plane = Arc::new(DataPlane::new(health, Arc::clone(&metrics)));
+    let mut data_plane =
+        DataPlane::new(health, Arc::clone(&metrics)).with_rate_limit_keys(args.rate_limit_keys);
+    if let Some(url) = &args.redis_url {
+        let mut settings = RedisSettings::new(url.clone());
+        settings.timeout = args.redis_timeout;
+        // The URL may hold a password: errors name the problem, never the URL.
+        let redis = RedisBackend::connect(settings, metrics.rate_limit_redis_seconds.clone())
+            .map_err(|error| anyhow::anyhow!("--redis-url is not usable: {error}"))?;
+        data_plane = data_plane.with_redis(Arc::new(redis));
+    }
+    let data_plane = Arc::new(data_plane);
     let proxy_config = ProxyConfig {
         connect_timeout: args.connect_timeout,
         request_timeout: args.request_timeout,
@@ -472,7 +504,9 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         "listening"
     );
 
-    let (publisher, updates) = Publisher::new(compile_options(&args.class));
+    let mut options = compile_options(&args.class);
+    options.redis_configured = args.redis_url.is_some();
+    let (publisher, updates) = Publisher::new(options);
     let publisher = publisher.record_compile_seconds(metrics.controller.compile_seconds.clone());
     tokio::spawn(follow_snapshots(Arc::clone(&data_plane), updates));
     let (stop_election_tx, stop_election_rx) = oneshot::channel::<()>();

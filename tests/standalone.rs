@@ -731,3 +731,163 @@ async fn rate_limits_missing_and_invalid_policies() {
         assert!(report.contains(expected), "{expected}: {report}");
     }
 }
+
+/// Requests to `host` from alternating Sluice processes; the statuses in order.
+async fn spread(sluices: &[&Sluice], host: &str, count: usize) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for index in 0..count {
+        statuses.push(sluices[index % sluices.len()].get(host, "/").await.status);
+    }
+    statuses
+}
+
+fn passed(statuses: &[u16]) -> usize {
+    statuses.iter().filter(|status| **status == 200).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_limits_in_redis_and_what_happens_when_redis_goes() {
+    let mut redis = support::RedisServer::start();
+    let echo = Echo::start(&["127.0.0.41"]);
+    let dir = ManifestDir::new("ratelimit-redis");
+    dir.write("class.yaml", INGRESS_CLASS);
+    let mut objects = service_yaml("default", "up", 80, &echo.addrs, &[]);
+    let policy = |failure: &str| {
+        format!(
+            "  backend: redis\n  onBackendFailure: {failure}\n  limits:\n  - {{requests: 10, period: 1m}}\n"
+        )
+    };
+    objects += &rate_limit("open", &policy("allow"));
+    objects += &rate_limit("closed", &policy("deny"));
+    objects += &rate_limit(
+        "shared",
+        "  backend: redis\n  onBackendFailure: local\n  localShare: 3\n  limits:\n  - {requests: 9, period: 1m}\n",
+    );
+    objects += &ingress(
+        "plain",
+        "2024-01-01T00:00:00Z",
+        "sluice",
+        &[],
+        &format!(
+            "  rules:\n  - host: plain.test\n    http:\n      paths:\n{}",
+            path("/", "Prefix", "up")
+        ),
+    );
+    for (name, policy) in [("open", "open"), ("closed", "closed"), ("shared", "shared")] {
+        objects += &ingress(
+            name,
+            "2024-01-01T00:00:00Z",
+            "sluice",
+            &[("sluice.dev/rate-limit", policy)],
+            &format!(
+                "  rules:\n  - host: {name}.test\n    http:\n      paths:\n{}",
+                path("/", "Prefix", "up")
+            ),
+        );
+    }
+    dir.write("objects.yaml", &objects);
+    let url = redis.url();
+    let first = Sluice::start(&dir.0, &["--redis-url", &url]).await;
+    let second = Sluice::start(&dir.0, &["--redis-url", &url]).await;
+    let both = [&first, &second];
+
+    // One budget across both replicas: 30 requests, exactly 10 pass.
+    let statuses = spread(&both, "open.test", 30).await;
+    assert_eq!(passed(&statuses), 10, "{statuses:?}");
+    assert!(statuses[..10].iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(statuses[10..].iter().all(|s| *s == 429), "{statuses:?}");
+
+    // Redis goes away.
+    redis.stop();
+    // Fail open: the exhausted policy now lets everything through.
+    let statuses = spread(&both, "open.test", 10).await;
+    assert_eq!(passed(&statuses), 10, "{statuses:?}");
+    // With the breaker open no request waits for Redis: against a route without a policy,
+    // measured alongside, the median costs under 5 ms more, and nothing nears the timeout.
+    for sluice in both {
+        assert_quick(sluice, 0).await;
+    }
+    // Fail closed.
+    let closed = spread(&both, "closed.test", 4).await;
+    assert_eq!(closed, [503; 4]);
+    // Fall back to a local share: 9 / 3 = 3 per replica.
+    for sluice in both {
+        let statuses = spread(&[sluice], "shared.test", 6).await;
+        assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+    }
+    assert!(
+        first
+            .metric(r#"sluice_rate_limit_decisions_total{namespace="default",policy="closed",result="backend_error"}"#)
+            .await
+            .is_some_and(|errors| errors >= 2.0)
+    );
+
+    // Redis is back (empty): once each replica's breaker lets a probe through, the global
+    // budget applies again.
+    redis.restart();
+    for sluice in both {
+        support::eventually(Duration::from_secs(15), "Redis answers again", || async {
+            sluice.get("closed.test", "/").await.status == 200
+        })
+        .await;
+    }
+    let statuses = spread(&both, "open.test", 16).await;
+    assert_eq!(passed(&statuses), 10, "{statuses:?}");
+
+    // A Redis that accepts but never answers: the first requests wait the timeout (50 ms);
+    // three failures open the breaker, and from then on nobody waits.
+    redis.freeze(true);
+    let client = support::shared_client();
+    let mut first_waits = Vec::new();
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let reply = send_with(
+            &client,
+            first.http,
+            "GET",
+            "open.test",
+            "/",
+            &[],
+            Bytes::new(),
+        );
+        assert_eq!(reply.await.unwrap().status, 200);
+        first_waits.push(started.elapsed());
+    }
+    assert_quick(&first, 3).await;
+    redis.freeze(false);
+    assert!(
+        first_waits[0] >= Duration::from_millis(40),
+        "the first waits for the timeout: {first_waits:?}"
+    );
+}
+
+/// Times requests to open.test (whose Redis is down) and to plain.test (no policy),
+/// interleaved on one keep-alive connection each: the median costs under 5 ms more and no
+/// request comes near the 50 ms Redis timeout. `skip` leading requests are not judged.
+async fn assert_quick(sluice: &Sluice, skip: usize) {
+    let client = support::shared_client();
+    let mut limited = Vec::new();
+    let mut plain = Vec::new();
+    for _ in 0..(10 + skip) {
+        for (host, times) in [("open.test", &mut limited), ("plain.test", &mut plain)] {
+            let started = std::time::Instant::now();
+            let reply = send_with(&client, sluice.http, "GET", host, "/", &[], Bytes::new());
+            assert_eq!(reply.await.unwrap().status, 200, "{host}");
+            times.push(started.elapsed());
+        }
+    }
+    let mut limited = limited.split_off(skip);
+    let median = |times: &mut Vec<Duration>| {
+        times.sort();
+        times[times.len() / 2]
+    };
+    let (with_redis_down, without) = (median(&mut limited), median(&mut plain));
+    assert!(
+        with_redis_down < without + Duration::from_millis(5),
+        "median {with_redis_down:?} against {without:?} without a policy: {limited:?}"
+    );
+    assert!(
+        limited.iter().all(|t| *t < Duration::from_millis(40)),
+        "{limited:?}"
+    );
+}

@@ -14,7 +14,8 @@ use tokio::sync::watch;
 
 use crate::balance::{BackendBalancer, BalancerClock, HealthConfig};
 use crate::metrics::{BackendLabels, Metrics, RouteLabels, RouteSeries};
-use crate::ratelimit::LocalLimiter;
+use crate::ratelimit::PolicyLimiter;
+use crate::ratelimit::redis::SharedRedis;
 use crate::router::RouteMatch;
 use crate::snapshot::{BackendKey, ObjectRef, RouteTable, Snapshot};
 
@@ -31,7 +32,7 @@ pub struct LiveState {
     /// generation with the same route table.
     route_series: Arc<[OnceLock<Arc<RouteSeries>>]>,
     /// The counters of every rate-limit policy some route uses.
-    limiters: HashMap<ObjectRef, Arc<LocalLimiter>>,
+    limiters: HashMap<ObjectRef, Arc<PolicyLimiter>>,
 }
 
 /// What building a [`LiveState`] needs besides the snapshot.
@@ -41,6 +42,7 @@ struct LiveSettings {
     health: HealthConfig,
     rate_limit_keys: u64,
     metrics: Arc<Metrics>,
+    redis: Option<SharedRedis>,
 }
 
 impl LiveState {
@@ -93,7 +95,7 @@ impl LiveState {
     }
 
     /// The counters of a rate-limit policy in this state.
-    pub fn limiter(&self, policy: &ObjectRef) -> Option<&Arc<LocalLimiter>> {
+    pub fn limiter(&self, policy: &ObjectRef) -> Option<&Arc<PolicyLimiter>> {
         self.limiters.get(policy)
     }
 
@@ -125,8 +127,8 @@ fn build_limiters(
     routes: &RouteTable,
     previous: Option<&LiveState>,
     settings: &LiveSettings,
-) -> HashMap<ObjectRef, Arc<LocalLimiter>> {
-    let mut limiters: HashMap<ObjectRef, Arc<LocalLimiter>> = HashMap::new();
+) -> HashMap<ObjectRef, Arc<PolicyLimiter>> {
+    let mut limiters: HashMap<ObjectRef, Arc<PolicyLimiter>> = HashMap::new();
     for policy in routes
         .targets()
         .filter_map(|target| target.policies.as_deref())
@@ -140,9 +142,10 @@ fn build_limiters(
             .filter(|old| old.policy == *policy);
         let limiter = match kept {
             Some(old) => Arc::clone(old),
-            None => Arc::new(LocalLimiter::new(
+            None => Arc::new(PolicyLimiter::new(
                 Arc::clone(policy),
                 settings.rate_limit_keys,
+                settings.redis.clone(),
                 settings.metrics.rate_limit_counters(&policy.name),
             )),
         };
@@ -175,6 +178,7 @@ impl DataPlane {
             health,
             rate_limit_keys: DEFAULT_RATE_LIMIT_KEYS,
             metrics,
+            redis: None,
         };
         let empty = LiveState::build(Arc::new(Snapshot::empty(0)), None, &settings);
         DataPlane {
@@ -186,7 +190,13 @@ impl DataPlane {
         }
     }
 
-    /// Bounds the keys each rate-limit policy keeps (see [`LocalLimiter`]).
+    /// Gives policies with `backend: redis` their shared Redis.
+    pub fn with_redis(mut self, redis: SharedRedis) -> Self {
+        self.settings.redis = Some(redis);
+        self
+    }
+
+    /// Bounds the keys each rate-limit policy keeps (see [`LocalLimiter`](crate::ratelimit::LocalLimiter)).
     pub fn with_rate_limit_keys(mut self, keys: u64) -> Self {
         self.settings.rate_limit_keys = keys.max(1);
         self
@@ -431,6 +441,7 @@ mod tests {
                 health: HealthConfig::default(),
                 rate_limit_keys: 10,
                 metrics: Arc::new(Metrics::new()),
+                redis: None,
             },
         );
         let matched = live.snapshot.routes.lookup("x", "/a").unwrap();

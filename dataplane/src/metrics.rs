@@ -49,6 +49,7 @@ pub struct RateLimitLabels {
 pub enum LimitResult {
     allowed,
     limited,
+    backend_error,
 }
 
 /// One policy's counters, resolved once per policy so a request touches no label map.
@@ -56,6 +57,8 @@ pub enum LimitResult {
 pub struct LimitCounters {
     pub allowed: Counter,
     pub limited: Counter,
+    /// Checks Redis could not answer (the policy's `onBackendFailure` then decided).
+    pub backend_errors: Counter,
 }
 
 /// The kind of object a controller watch follows.
@@ -254,6 +257,7 @@ pub struct Metrics {
     pub endpoint_ejections: Family<BackendLabels, Counter>,
     pub endpoints: Family<BackendLabels, Gauge>,
     pub rate_limit_decisions: Family<RateLimitLabels, Counter>,
+    pub rate_limit_redis_seconds: Histogram,
     pub active_connections: Gauge,
     pub snapshot_generation: Gauge,
     pub snapshot_apply_seconds: Histogram,
@@ -310,6 +314,12 @@ impl Metrics {
             "Requests checked by a RateLimit policy, by policy and result",
             rate_limit_decisions.clone(),
         );
+        let rate_limit_redis_seconds = apply_duration_histogram();
+        registry.register(
+            "rate_limit_redis_seconds",
+            "Time of one rate-limit check in Redis, timeouts included",
+            rate_limit_redis_seconds.clone(),
+        );
         let active_connections = Gauge::default();
         registry.register(
             "active_connections",
@@ -360,6 +370,7 @@ impl Metrics {
             endpoint_ejections,
             endpoints,
             rate_limit_decisions,
+            rate_limit_redis_seconds,
             active_connections,
             snapshot_generation,
             snapshot_apply_seconds,
@@ -388,6 +399,7 @@ impl Metrics {
         LimitCounters {
             allowed: counter(LimitResult::allowed),
             limited: counter(LimitResult::limited),
+            backend_errors: counter(LimitResult::backend_error),
         }
     }
 

@@ -171,6 +171,28 @@ pub struct RateLimitPolicy {
     /// All must pass.
     pub limits: Vec<LimitRule>,
     pub headers: LimitHeaders,
+    pub backend: LimitBackend,
+}
+
+/// Where a policy's counters live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LimitBackend {
+    /// In this process: each replica allows the full rate.
+    #[default]
+    Local,
+    /// In Redis, shared by every replica.
+    Redis { on_failure: LimitFailure },
+}
+
+/// What a Redis-backed policy does when Redis cannot answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitFailure {
+    Allow,
+    Deny,
+    /// Count locally against `requests / share` (at least one request per period).
+    Local {
+        share: u32,
+    },
 }
 
 /// `requests` per `period` with bursts up to `burst`, counted per distinct `key`.

@@ -27,6 +27,66 @@ impl Drop for Reaped {
     }
 }
 
+/// A real `redis-server` on 127.0.0.1, without persistence, stopped when dropped.
+pub struct RedisServer {
+    child: Option<Reaped>,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = closed_port("127.0.0.1").port();
+        let mut server = RedisServer { child: None, port };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it again on the same port (empty: nothing is saved).
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt install redis-server; .ci/run does)");
+        self.child = Some(Reaped(child));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        self.child = None;
+    }
+
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the server: connections stay open but
+    /// nothing answers, like a Redis stuck behind a dead network path.
+    pub fn freeze(&self, frozen: bool) {
+        let pid = self.child.as_ref().expect("running").0.id().to_string();
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
 /// One `sluice-echo` process serving several loopback addresses.
 pub struct Echo {
     _child: Reaped,

@@ -13,7 +13,7 @@ use sluice_crds::{
     KeyPart, Limit, OnBackendFailure, RateLimit, RateLimitBackend, RateLimitHeaders,
 };
 use sluice_dataplane::snapshot::{
-    LimitHeaders, LimitKeyPart, LimitRule, ObjectRef, RateLimitPolicy,
+    LimitBackend, LimitFailure, LimitHeaders, LimitKeyPart, LimitRule, ObjectRef, RateLimitPolicy,
 };
 
 use crate::error::CompileError;
@@ -113,16 +113,36 @@ pub(crate) fn compile_rate_limit(
             }
         }
         RateLimitBackend::Redis => {
-            // Counting in Redis is not built yet; refusing the policy keeps its routes
-            // answering 503 rather than limiting per replica by surprise.
-            let why = if redis_configured {
-                "the redis backend is not available in this version of Sluice"
-            } else {
-                "backend: redis needs Sluice to run with --redis-url"
-            };
-            errors.push(invalid("spec.backend".into(), why.into()));
+            // Without Redis the policy would silently count per replica; refusing it keeps
+            // its routes answering 503 until Sluice is given a Redis.
+            if !redis_configured {
+                errors.push(invalid(
+                    "spec.backend".into(),
+                    "backend: redis needs Sluice to run with --redis-url".into(),
+                ));
+            }
+            if spec.on_backend_failure == OnBackendFailure::Local && spec.local_share.is_none() {
+                errors.push(invalid(
+                    "spec.localShare".into(),
+                    "onBackendFailure: local needs localShare".into(),
+                ));
+            }
         }
     }
+    let backend = match (spec.backend, spec.on_backend_failure) {
+        (RateLimitBackend::Local, _) => LimitBackend::Local,
+        (RateLimitBackend::Redis, OnBackendFailure::Allow) => LimitBackend::Redis {
+            on_failure: LimitFailure::Allow,
+        },
+        (RateLimitBackend::Redis, OnBackendFailure::Deny) => LimitBackend::Redis {
+            on_failure: LimitFailure::Deny,
+        },
+        (RateLimitBackend::Redis, OnBackendFailure::Local) => LimitBackend::Redis {
+            on_failure: LimitFailure::Local {
+                share: spec.local_share.unwrap_or(1).max(1),
+            },
+        },
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -134,6 +154,7 @@ pub(crate) fn compile_rate_limit(
             RateLimitHeaders::Legacy => LimitHeaders::Legacy,
             RateLimitHeaders::None => LimitHeaders::None,
         },
+        backend,
     })
 }
 

@@ -25,7 +25,7 @@ pub use headers::{ConnectionHeaders, TrustedProxies};
 use crate::balance::{BackendBalancer, HealthConfig, Outcome, stable_hash};
 use crate::live::{DataPlane, LiveState, backend_labels};
 use crate::metrics::{MethodLabel, RouteSeries, StatusClass};
-use crate::ratelimit::{LimitReport, RequestView, Verdict, cookie_value};
+use crate::ratelimit::{Decision, LimitReport, RequestView, cookie_value};
 use crate::router::{normalize_host, normalize_path};
 use crate::snapshot::{BalancePolicy, HashOn, RoutePolicies};
 
@@ -108,6 +108,7 @@ enum LocalAnswer {
     UpstreamTimeout,
     PolicyUnavailable,
     TooManyRequests,
+    LimitUnavailable,
 }
 
 impl LocalAnswer {
@@ -121,6 +122,7 @@ impl LocalAnswer {
             LocalAnswer::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             LocalAnswer::PolicyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             LocalAnswer::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            LocalAnswer::LimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -140,6 +142,9 @@ impl LocalAnswer {
                 "503 service unavailable: a policy this route needs is unavailable\n"
             }
             LocalAnswer::TooManyRequests => "429 too many requests\n",
+            LocalAnswer::LimitUnavailable => {
+                "503 service unavailable: the rate limit could not be checked\n"
+            }
         }
     }
 
@@ -276,7 +281,7 @@ impl Proxy {
                 method: &parts.method,
                 headers: &parts.headers,
             };
-            match enforce_policies(&live, policies, &view) {
+            match enforce_policies(&live, policies, &view).await {
                 Ok(report) => limit_report = report,
                 Err(refusal) => {
                     let mut response = local(refusal.answer, finish);
@@ -499,7 +504,7 @@ struct Refusal {
 
 /// Runs a route's policies in order. `Ok` carries the tightest rate limit to report on
 /// the response, if any.
-fn enforce_policies(
+async fn enforce_policies(
     live: &LiveState,
     policies: &RoutePolicies,
     request: &RequestView<'_>,
@@ -517,8 +522,15 @@ fn enforce_policies(
         let Some(limiter) = live.limiter(&policy.name) else {
             return Err(unavailable);
         };
-        match limiter.check(request, now) {
-            Verdict::Allow(state) => {
+        match limiter.check(request, now).await {
+            Decision::Allow(None) => {}
+            Decision::Unavailable => {
+                return Err(Refusal {
+                    answer: LocalAnswer::LimitUnavailable,
+                    report: None,
+                });
+            }
+            Decision::Allow(Some(state)) => {
                 let report = LimitReport {
                     policy: Arc::clone(policy),
                     state,
@@ -531,7 +543,7 @@ fn enforce_policies(
                     tightest = Some(report);
                 }
             }
-            Verdict::Limit { state, retry_after } => {
+            Decision::Limit { state, retry_after } => {
                 return Err(Refusal {
                     answer: LocalAnswer::TooManyRequests,
                     report: Some(LimitReport {

@@ -1,4 +1,5 @@
-//! Local rate limiting: GCRA per key, kept in a bounded concurrent map.
+//! Rate limiting: GCRA per key, counted in this process (a bounded concurrent map) or in
+//! Redis across replicas ([`redis`]).
 //!
 //! GCRA stores one number per key, the theoretical arrival time (TAT): a request at time
 //! `t` moves it to `max(TAT, t) + interval`, and is refused when that lands more than
@@ -21,8 +22,13 @@ use std::time::{Duration, Instant};
 use http::header::{COOKIE, HeaderName, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, Method};
 
+pub mod redis;
+
 use crate::metrics::LimitCounters;
-use crate::snapshot::{LimitHeaders, LimitKeyPart, LimitRule, RateLimitPolicy};
+use crate::snapshot::{
+    LimitBackend, LimitFailure, LimitHeaders, LimitKeyPart, LimitRule, RateLimitPolicy,
+};
+use redis::SharedRedis;
 
 /// What a request looks like to a limit key.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +51,111 @@ pub struct LimitState {
     pub remaining: u64,
     /// Until the bucket is full again.
     pub reset: Duration,
+}
+
+/// What a policy decided about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed; the state of the tightest rule, when one was counted.
+    Allow(Option<LimitState>),
+    Limit {
+        state: LimitState,
+        retry_after: Duration,
+    },
+    /// Redis could not be asked and the policy says to refuse (`onBackendFailure: deny`).
+    Unavailable,
+}
+
+impl From<Verdict> for Decision {
+    fn from(verdict: Verdict) -> Self {
+        match verdict {
+            Verdict::Allow(state) => Decision::Allow(Some(state)),
+            Verdict::Limit { state, retry_after } => Decision::Limit { state, retry_after },
+        }
+    }
+}
+
+/// One policy in this process: its local counters, or its Redis backend with the local
+/// fallback its `onBackendFailure` asks for.
+#[derive(Debug)]
+pub struct PolicyLimiter {
+    pub policy: Arc<RateLimitPolicy>,
+    /// The counters for `backend: local`, or the `requests / localShare` fallback.
+    local: Option<LocalLimiter>,
+    redis: Option<SharedRedis>,
+    counters: LimitCounters,
+}
+
+impl PolicyLimiter {
+    pub fn new(
+        policy: Arc<RateLimitPolicy>,
+        max_keys: u64,
+        redis: Option<SharedRedis>,
+        counters: LimitCounters,
+    ) -> Self {
+        let local = match policy.backend {
+            LimitBackend::Local => Some(LocalLimiter::new(Arc::clone(&policy), max_keys)),
+            LimitBackend::Redis {
+                on_failure: LimitFailure::Local { share },
+            } => Some(LocalLimiter::new(
+                Arc::new(local_share(&policy, share)),
+                max_keys,
+            )),
+            LimitBackend::Redis { .. } => None,
+        };
+        PolicyLimiter {
+            policy,
+            local,
+            redis,
+            counters,
+        }
+    }
+
+    /// Checks one request and counts the outcome.
+    pub async fn check(&self, request: &RequestView<'_>, now: Instant) -> Decision {
+        let decision = self.decide(request, now).await;
+        match decision {
+            Decision::Allow(_) => self.counters.allowed.inc(),
+            Decision::Limit { .. } => self.counters.limited.inc(),
+            Decision::Unavailable => 0,
+        };
+        decision
+    }
+
+    async fn decide(&self, request: &RequestView<'_>, now: Instant) -> Decision {
+        let LimitBackend::Redis { on_failure } = self.policy.backend else {
+            return match &self.local {
+                Some(local) => local.check(request, now).into(),
+                None => Decision::Unavailable,
+            };
+        };
+        let error = match &self.redis {
+            Some(redis) => match redis.check(&self.policy, request).await {
+                Ok(verdict) => return verdict.into(),
+                Err(error) => error,
+            },
+            None => redis::RedisCheckError::Failed("no Redis is configured".into()),
+        };
+        self.counters.backend_errors.inc();
+        tracing::debug!(policy = %self.policy.name, %error, "rate limit check fell back");
+        match (on_failure, &self.local) {
+            (LimitFailure::Allow, _) => Decision::Allow(None),
+            (LimitFailure::Local { .. }, Some(local)) => local.check(request, now).into(),
+            (LimitFailure::Deny | LimitFailure::Local { .. }, _) => Decision::Unavailable,
+        }
+    }
+}
+
+/// The policy with each limit divided by `share`, for one replica of `share` while Redis is
+/// away; never below one request per period.
+fn local_share(policy: &RateLimitPolicy, share: u32) -> RateLimitPolicy {
+    let share = u64::from(share.max(1));
+    let mut shared = policy.clone();
+    for limit in &mut shared.limits {
+        limit.requests = (limit.requests / share).max(1);
+        limit.burst = (limit.burst / share).max(1);
+    }
+    shared
 }
 
 /// A policy's verdict on one request.
@@ -130,7 +241,6 @@ pub struct LocalLimiter {
     buckets: moka::sync::Cache<u64, Arc<AtomicU64>>,
     hasher: RandomState,
     epoch: Instant,
-    counters: LimitCounters,
 }
 
 /// A rule in nanoseconds.
@@ -161,7 +271,7 @@ struct Step {
 
 impl LocalLimiter {
     /// `max_keys` bounds the keys kept for this policy (over all its rules).
-    pub fn new(policy: Arc<RateLimitPolicy>, max_keys: u64, counters: LimitCounters) -> Self {
+    pub fn new(policy: Arc<RateLimitPolicy>, max_keys: u64) -> Self {
         let rules: Vec<RuleClock> = policy.limits.iter().map(RuleClock::new).collect();
         // A bucket idle for its whole tolerance is full again: forgetting it changes nothing.
         let idle = rules
@@ -179,21 +289,11 @@ impl LocalLimiter {
                 .build(),
             hasher: RandomState::new(),
             epoch: Instant::now(),
-            counters,
         }
     }
 
     /// Counts the request against every rule, or against none when one refuses it.
     pub fn check(&self, request: &RequestView<'_>, now: Instant) -> Verdict {
-        let verdict = self.decide(request, now);
-        match verdict {
-            Verdict::Allow(_) => self.counters.allowed.inc(),
-            Verdict::Limit { .. } => self.counters.limited.inc(),
-        };
-        verdict
-    }
-
-    fn decide(&self, request: &RequestView<'_>, now: Instant) -> Verdict {
         let t = u64::try_from(now.saturating_duration_since(self.epoch).as_nanos())
             .unwrap_or(u64::MAX)
             .saturating_add(1);
@@ -267,25 +367,41 @@ impl LocalLimiter {
     fn key_hash(&self, rule: usize, request: &RequestView<'_>) -> u64 {
         let mut hasher = self.hasher.build_hasher();
         rule.hash(&mut hasher);
-        for part in &self.policy.limits[rule].key {
-            // A separator byte keeps ("ab", "c") and ("a", "bc") apart.
-            0xffu8.hash(&mut hasher);
-            match part {
-                LimitKeyPart::ClientIp => request.client_ip.hash(&mut hasher),
-                LimitKeyPart::Host => request.host.hash(&mut hasher),
-                LimitKeyPart::Path => request.path.hash(&mut hasher),
-                LimitKeyPart::Method => request.method.as_str().hash(&mut hasher),
-                LimitKeyPart::Header(name) => {
-                    for value in request.headers.get_all(name.as_str()) {
-                        value.as_bytes().hash(&mut hasher);
-                    }
-                }
-                LimitKeyPart::Cookie(name) => {
-                    cookie_value(request.headers, name).hash(&mut hasher);
-                }
-            }
+        if let Some(limit) = self.policy.limits.get(rule) {
+            // `[u8]`'s Hash writes the length first, so ("ab", "c") and ("a", "bc") differ.
+            key_parts(&limit.key, request, |bytes| bytes.hash(&mut hasher));
         }
         hasher.finish()
+    }
+}
+
+/// Feeds each part of a limit's key, as bytes, to `feed`; absent values feed nothing
+/// but their (empty) place, so "no header" is one key of its own.
+pub(crate) fn key_parts(
+    parts: &[LimitKeyPart],
+    request: &RequestView<'_>,
+    mut feed: impl FnMut(&[u8]),
+) {
+    for part in parts {
+        match part {
+            LimitKeyPart::ClientIp => match request.client_ip {
+                IpAddr::V4(ip) => feed(&ip.octets()),
+                IpAddr::V6(ip) => feed(&ip.octets()),
+            },
+            LimitKeyPart::Host => feed(request.host.as_bytes()),
+            LimitKeyPart::Path => feed(request.path.as_bytes()),
+            LimitKeyPart::Method => feed(request.method.as_str().as_bytes()),
+            LimitKeyPart::Header(name) => {
+                let mut values = request.headers.get_all(name.as_str()).iter().peekable();
+                if values.peek().is_none() {
+                    feed(b"");
+                }
+                for value in values {
+                    feed(value.as_bytes());
+                }
+            }
+            LimitKeyPart::Cookie(name) => feed(cookie_value(request.headers, name).unwrap_or(b"")),
+        }
     }
 }
 
@@ -316,13 +432,14 @@ pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::ObjectRef;
+    use crate::snapshot::{LimitBackend, ObjectRef};
 
     fn policy(limits: Vec<LimitRule>) -> Arc<RateLimitPolicy> {
         Arc::new(RateLimitPolicy {
             name: ObjectRef::new("shop", "api"),
             limits,
             headers: LimitHeaders::Ietf,
+            backend: LimitBackend::Local,
         })
     }
 
@@ -336,7 +453,7 @@ mod tests {
     }
 
     fn limiter(limits: Vec<LimitRule>, max_keys: u64) -> LocalLimiter {
-        LocalLimiter::new(policy(limits), max_keys, LimitCounters::default())
+        LocalLimiter::new(policy(limits), max_keys)
     }
 
     fn view<'a>(ip: &str, headers: &'a HeaderMap) -> RequestView<'a> {
@@ -378,8 +495,6 @@ mod tests {
         let later = now + Duration::from_secs(6);
         assert!(allowed(limiter.check(&request, later)));
         assert!(!allowed(limiter.check(&request, later)));
-        assert_eq!(limiter.counters.allowed.get(), 11);
-        assert_eq!(limiter.counters.limited.get(), 6);
     }
 
     #[test]
@@ -471,6 +586,7 @@ mod tests {
                 name: ObjectRef::new("shop", "api"),
                 limits: vec![rule(100, 60, vec![LimitKeyPart::ClientIp])],
                 headers,
+                backend: LimitBackend::Local,
             }),
             state,
             retry_after: Some(Duration::from_millis(400)),

@@ -1,0 +1,263 @@
+//! Global rate limiting: the same GCRA as the local limiter, run atomically in Redis by
+//! one server-side script per request, so every replica draws from one budget.
+//!
+//! A request waits at most `timeout` for Redis. Failures open a circuit breaker: while it is
+//! open no request waits on Redis at all and the policy's `onBackendFailure` answers at
+//! once; after `cool_down` one request probes Redis, and a success closes the breaker.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sha2::{Digest, Sha256};
+
+use super::{LimitState, RequestView, Verdict, key_parts};
+use crate::snapshot::RateLimitPolicy;
+
+/// GCRA over every rule's key at once, on the server's clock (microseconds), so replicas
+/// with skewed clocks still agree. Either every rule is charged or none is.
+/// KEYS: one per rule. ARGV: interval and tolerance per rule, in microseconds.
+/// Returns {1, rule, remaining, reset_us} when allowed (the tightest rule), and
+/// {0, rule, retry_after_us, reset_us} when refused.
+const GCRA_SCRIPT: &str = r"
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local nexts = {}
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local tolerance = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat < now then tat = now end
+  local next_tat = tat + interval
+  if next_tat - now > tolerance then
+    return {0, i - 1, next_tat - now - tolerance, tat - now}
+  end
+  nexts[i] = next_tat
+end
+local best_rule, best_remaining, best_reset = 0, -1, 0
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local tolerance = tonumber(ARGV[2 * i])
+  local ahead = nexts[i] - now
+  redis.call('SET', KEYS[i], nexts[i], 'PX', math.floor(ahead / 1000) + 1)
+  local remaining = math.floor((tolerance - ahead) / interval)
+  if best_remaining < 0 or remaining < best_remaining then
+    best_rule, best_remaining, best_reset = i - 1, remaining, ahead
+  end
+end
+return {1, best_rule, best_remaining, best_reset}
+";
+
+/// How Sluice talks to Redis.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` (TLS), with credentials if needed.
+    pub url: String,
+    /// Longest wait for one check before `onBackendFailure` applies.
+    pub timeout: Duration,
+    /// Consecutive failures that open the breaker.
+    pub failures_to_open: u32,
+    /// How long the breaker stays open before one request probes Redis again.
+    pub cool_down: Duration,
+}
+
+impl RedisSettings {
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisSettings {
+            url: url.into(),
+            timeout: Duration::from_millis(50),
+            failures_to_open: 3,
+            cool_down: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why a Redis check gave no verdict.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedisCheckError {
+    #[error("the circuit breaker is open")]
+    BreakerOpen,
+    #[error("Redis did not answer within the timeout")]
+    Timeout,
+    #[error("Redis failed: {0}")]
+    Failed(String),
+}
+
+/// One shared Redis connection (multiplexed, reconnecting) and its breaker.
+pub struct RedisBackend {
+    connection: ConnectionManager,
+    script: redis::Script,
+    settings: RedisSettings,
+    consecutive_failures: AtomicU32,
+    /// Milliseconds since `epoch` until which the breaker is open; 0 when closed.
+    open_until_ms: AtomicU64,
+    probing: AtomicBool,
+    epoch: Instant,
+    latency: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("timeout", &self.settings.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBackend {
+    /// Prepares the connection; it is opened on first use and reopened after failures, so
+    /// Sluice starts and serves even while Redis is away. Must run inside a tokio runtime.
+    pub fn connect(
+        settings: RedisSettings,
+        latency: prometheus_client::metrics::histogram::Histogram,
+    ) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(settings.url.as_str())?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.timeout.max(Duration::from_millis(250))))
+            .set_response_timeout(Some(settings.timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(RedisBackend {
+            connection,
+            script: redis::Script::new(GCRA_SCRIPT),
+            settings,
+            consecutive_failures: AtomicU32::new(0),
+            open_until_ms: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+            epoch: Instant::now(),
+            latency,
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Whether this request may talk to Redis: always while the breaker is closed, and
+    /// for exactly one request at a time once its cool-down has passed.
+    fn admit(&self) -> bool {
+        let open_until = self.open_until_ms.load(Ordering::Acquire);
+        if open_until == 0 {
+            return true;
+        }
+        if self.now_ms() < open_until {
+            return false;
+        }
+        self.probing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn succeeded(&self) {
+        self.consecutive_failures.store(0, Ordering::Release);
+        if self.open_until_ms.swap(0, Ordering::AcqRel) != 0 {
+            tracing::info!("Redis answers again; global rate limits resume");
+        }
+        self.probing.store(false, Ordering::Release);
+    }
+
+    fn failed(&self, error: &RedisCheckError) {
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
+        let was_probing = self.probing.swap(false, Ordering::AcqRel);
+        if failures >= self.settings.failures_to_open || was_probing {
+            let cool_down = u64::try_from(self.settings.cool_down.as_millis()).unwrap_or(u64::MAX);
+            let previous = self
+                .open_until_ms
+                .swap(self.now_ms().saturating_add(cool_down), Ordering::AcqRel);
+            if previous == 0 {
+                tracing::warn!(%error, "Redis unavailable; rate limits fall back to each policy's onBackendFailure");
+            }
+        }
+    }
+
+    /// Runs the policy's rules in Redis for this request.
+    pub async fn check(
+        &self,
+        policy: &RateLimitPolicy,
+        request: &RequestView<'_>,
+    ) -> Result<Verdict, RedisCheckError> {
+        if !self.admit() {
+            return Err(RedisCheckError::BreakerOpen);
+        }
+        let mut invocation = self.script.prepare_invoke();
+        for (index, rule) in policy.limits.iter().enumerate() {
+            invocation.key(redis_key(policy, index, request));
+            let period = u64::try_from(rule.period.as_micros()).unwrap_or(u64::MAX);
+            let interval = (period / rule.requests.max(1)).max(1);
+            invocation.arg(interval);
+            invocation.arg(interval.saturating_mul(rule.burst.max(1)));
+        }
+        let mut connection = self.connection.clone();
+        let started = Instant::now();
+        let answer = tokio::time::timeout(
+            self.settings.timeout,
+            invocation.invoke_async::<Vec<i64>>(&mut connection),
+        )
+        .await;
+        self.latency.observe(started.elapsed().as_secs_f64());
+        let outcome = match answer {
+            Err(_) => Err(RedisCheckError::Timeout),
+            Ok(Err(error)) => Err(RedisCheckError::Failed(error.to_string())),
+            Ok(Ok(reply)) => verdict(policy, &reply)
+                .ok_or_else(|| RedisCheckError::Failed(format!("unexpected reply {reply:?}"))),
+        };
+        match &outcome {
+            Ok(_) => self.succeeded(),
+            Err(error) => self.failed(error),
+        }
+        outcome
+    }
+}
+
+fn verdict(policy: &RateLimitPolicy, reply: &[i64]) -> Option<Verdict> {
+    let [allowed, rule, value, reset] = *reply else {
+        return None;
+    };
+    let rule = usize::try_from(rule).ok()?;
+    let limit = policy.limits.get(rule)?;
+    let micros = |value: i64| Duration::from_micros(u64::try_from(value).unwrap_or(0));
+    let state = |remaining: u64| LimitState {
+        rule,
+        requests: limit.requests,
+        period: limit.period,
+        remaining,
+        reset: micros(reset),
+    };
+    Some(if allowed == 1 {
+        Verdict::Allow(state(u64::try_from(value).unwrap_or(0)))
+    } else {
+        Verdict::Limit {
+            state: state(0),
+            retry_after: micros(value),
+        }
+    })
+}
+
+/// `sluice:rl:{namespace/name}:{rule}:{digest}`. The digest is SHA-256 of the key parts,
+/// the same on every replica and every Sluice version, and not open to aimed collisions;
+/// the braces make one policy's keys share a Redis Cluster hash slot.
+fn redis_key(policy: &RateLimitPolicy, rule: usize, request: &RequestView<'_>) -> String {
+    let mut digest = Sha256::new();
+    if let Some(limit) = policy.limits.get(rule) {
+        key_parts(&limit.key, request, |bytes| {
+            digest.update(u64::try_from(bytes.len()).unwrap_or(u64::MAX).to_be_bytes());
+            digest.update(bytes);
+        });
+    }
+    let mut key = format!(
+        "sluice:rl:{{{}/{}}}:{rule}:",
+        policy.name.namespace, policy.name.name
+    );
+    for byte in &digest.finalize()[..16] {
+        let _ = write!(key, "{byte:02x}");
+    }
+    key
+}
+
+/// A policy's shared backend, kept by every limiter that counts in Redis.
+pub type SharedRedis = Arc<RedisBackend>;
