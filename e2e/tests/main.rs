@@ -809,3 +809,169 @@ async fn e2e_7_a_thousand_ingresses_converge() {
         1000.0 * compile_seconds / compiles.max(1.0)
     );
 }
+
+/// The committed CRDs, applied as a user would, then waited on until they are served.
+async fn install_crds(cluster: &Cluster) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use serde::Deserialize;
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/manifests/crds/sluice.dev.yaml"
+    );
+    let text = std::fs::read_to_string(path).expect("manifests/crds/sluice.dev.yaml");
+    let api: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
+    for document in serde_yaml_ng::Deserializer::from_str(&text) {
+        let crd = serde_json::Value::deserialize(document).expect("CRD YAML");
+        let name = crd["metadata"]["name"].as_str().expect("name").to_owned();
+        apply(&api, &name, crd).await;
+        eventually(10 * SECOND, "the CRD is established", async || {
+            api.get(&name).await.ok().is_some_and(|crd| {
+                crd.status
+                    .and_then(|status| status.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            })
+        })
+        .await;
+    }
+}
+
+fn rate_limit_json(namespace: &str, name: &str, spec: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "sluice.dev/v1alpha1",
+        "kind": "RateLimit",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the API server that e2e/run starts"]
+async fn e2e_8_rate_limit_crd_status_and_missing_policies() {
+    use sluice_crds::RateLimit;
+    let cluster = Cluster::connect().await;
+    install_crds(&cluster).await;
+    let ns = cluster.namespace("ratelimit").await;
+    let class = "e2e-ratelimit";
+    let echo = Echo::start(&["127.0.0.141"]);
+    cluster.service(&ns, "web").await;
+    cluster
+        .endpoints(&ns, "web", &[Endpoint::ready(echo.addrs[0])])
+        .await;
+    let policies: Api<RateLimit> = Api::namespaced(cluster.client.clone(), &ns);
+
+    // The CEL rule spanning fields is enforced by the real API server.
+    let refused = policies
+        .patch(
+            "bad",
+            &kube::api::PatchParams::apply("sluice-e2e").force(),
+            &kube::api::Patch::Apply(&rate_limit_json(
+                &ns,
+                "bad",
+                serde_json::json!({"limits": [{"requests": 1, "period": "1m"}], "localShare": 3}),
+            )),
+        )
+        .await
+        .expect_err("the API server refuses localShare without backend: redis");
+    assert!(
+        refused
+            .to_string()
+            .contains("localShare only applies to backend: redis"),
+        "{refused}"
+    );
+
+    apply(
+        &policies,
+        "five",
+        rate_limit_json(
+            &ns,
+            "five",
+            serde_json::json!({"limits": [{"requests": 5, "period": "1m"}]}),
+        ),
+    )
+    .await;
+    // Valid for the API server, not for a Sluice without --redis-url.
+    apply(
+        &policies,
+        "global",
+        rate_limit_json(
+            &ns,
+            "global",
+            serde_json::json!({"backend": "redis", "limits": [{"requests": 5, "period": "1m"}]}),
+        ),
+    )
+    .await;
+    for (name, host, policy) in [
+        ("limited", "limited.e2e.test", "five"),
+        ("orphan", "orphan.e2e.test", "missing"),
+    ] {
+        let mut ingress = ingress_json(&ns, name, class, host, &[("/", "web")], "http");
+        ingress["metadata"]["annotations"] = serde_json::json!({"sluice.dev/rate-limit": policy});
+        apply(&cluster.ingresses(&ns), name, ingress).await;
+    }
+    let sluice = cluster
+        .sluice(
+            class,
+            &["--leader-elect=false", "--publish-address", "203.0.113.8"],
+        )
+        .await;
+
+    // Every answer counts against the budget of five, the probes included.
+    let mut statuses = Vec::new();
+    eventually(10 * SECOND, "the limited route is served", async || {
+        let status = status_of(&sluice, "limited.e2e.test", "/").await;
+        if status != 404 {
+            statuses.push(status);
+        }
+        status == 200
+    })
+    .await;
+    for _ in 0..8 {
+        statuses.push(status_of(&sluice, "limited.e2e.test", "/").await);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        statuses.len() - 5
+    );
+
+    // An Ingress naming a policy that does not exist: 503 on its routes, and an Event.
+    assert_eq!(status_of(&sluice, "orphan.e2e.test", "/").await, 503);
+    eventually(10 * SECOND, "a PolicyNotFound Event", async || {
+        cluster
+            .events_about(&ns, "orphan")
+            .await
+            .iter()
+            .any(|event| event.reason.as_deref() == Some("PolicyNotFound"))
+    })
+    .await;
+
+    // The leader writes each policy's conditions.
+    let condition = |policy: &RateLimit, type_: &str| {
+        policy
+            .status
+            .as_ref()
+            .and_then(|status| status.conditions.iter().find(|c| c.type_ == type_))
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    eventually(10 * SECOND, "conditions on both policies", async || {
+        let (Ok(five), Ok(global)) = (policies.get("five").await, policies.get("global").await)
+        else {
+            return false;
+        };
+        condition(&five, "Accepted") == Some(("True".into(), "Accepted".into()))
+            && condition(&five, "Programmed") == Some(("True".into(), "Programmed".into()))
+            && five.status.as_ref().and_then(|s| s.observed_generation) == five.metadata.generation
+            && condition(&global, "Accepted") == Some(("False".into(), "InvalidSpec".into()))
+            && condition(&global, "Programmed") == Some(("False".into(), "Invalid".into()))
+    })
+    .await;
+    let global = policies.get("global").await.unwrap();
+    let message = &global.status.unwrap().conditions[0].message;
+    assert!(message.contains("--redis-url"), "{message}");
+}

@@ -20,9 +20,11 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use kube::api::ListParams;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client};
+use sluice_crds::RateLimit;
 use sluice_dataplane::metrics::Metrics;
 use sluice_dataplane::snapshot::ObjectRef;
 use tokio::sync::{mpsc, watch as channel};
@@ -66,6 +68,8 @@ pub(crate) struct Stores {
     pub services: Store<Service>,
     pub endpoint_slices: Store<EndpointSlice>,
     pub secrets: Store<Secret>,
+    /// `None` when the RateLimit CRD was not installed at start-up.
+    pub rate_limits: Option<Store<RateLimit>>,
     pub endpoint_remap: Option<EndpointRemap>,
 }
 
@@ -77,8 +81,11 @@ impl Stores {
             services: self.services.state(),
             endpoint_slices: self.slices(),
             secrets: self.secrets.state(),
-            // Not watched in cluster mode yet: the CRD may not be installed.
-            rate_limits: Vec::new(),
+            rate_limits: self
+                .rate_limits
+                .as_ref()
+                .map(Store::state)
+                .unwrap_or_default(),
         }
     }
 
@@ -131,6 +138,8 @@ impl Watches<'_> {
 pub(crate) struct CompileOutcome {
     pub accepted: BTreeSet<ObjectRef>,
     pub problems: BTreeMap<ObjectKey, Vec<CompileError>>,
+    /// Policies some served route enforces.
+    pub programmed: BTreeSet<ObjectKey>,
 }
 
 impl CompileOutcome {
@@ -150,6 +159,7 @@ impl CompileOutcome {
         CompileOutcome {
             accepted: self.accepted.clone(),
             problems,
+            programmed: self.programmed.clone(),
         }
     }
 }
@@ -171,7 +181,13 @@ impl PendingChanges {
     }
 }
 
-const WATCHED_KINDS: usize = 5;
+/// Whether the API server serves a custom resource kind (its CRD is installed). Any answer
+/// other than "not found", an outage included, counts as served: the watch then retries.
+async fn crd_installed<K: Watched>(client: &Client) -> bool {
+    let api: Api<K> = Api::all(client.clone());
+    let listed = api.list_metadata(&ListParams::default().limit(1)).await;
+    !matches!(listed, Err(kube::Error::Api(status)) if status.code == 404)
+}
 
 /// Follows the cluster and publishes snapshots until the process ends. `leading` says
 /// whether this replica may write status and Events.
@@ -202,9 +218,20 @@ pub async fn run_cluster(
         ingress_classes: watches.start(plain.clone()),
         services: watches.start(plain.clone()),
         endpoint_slices: watches.start(plain.clone()),
-        secrets: watches.start(plain.fields(&secret_filter)),
+        secrets: watches.start(plain.clone().fields(&secret_filter)),
+        rate_limits: None,
         endpoint_remap: config.endpoint_remap,
     };
+    let mut stores = stores;
+    if crd_installed::<RateLimit>(&client).await {
+        stores.rate_limits = Some(watches.start(plain));
+    } else {
+        tracing::warn!(
+            "the RateLimit CRD is not installed (see manifests/crds); Ingresses that name a \
+             RateLimit answer 503 until it is installed and Sluice restarted"
+        );
+    }
+    let watched_kinds = 5 + usize::from(stores.rate_limits.is_some());
 
     drop(signals_tx);
     let (outcome_tx, outcome_rx) = channel::channel(None::<Arc<CompileOutcome>>);
@@ -230,7 +257,7 @@ pub async fn run_cluster(
         while let Ok(signal) = signals.try_recv() {
             absorb(signal, &mut synced, &mut pending);
         }
-        if synced.len() < WATCHED_KINDS {
+        if synced.len() < watched_kinds {
             continue;
         }
         let changes = std::mem::take(&mut pending);
@@ -249,6 +276,7 @@ pub async fn run_cluster(
             outcome_tx.send_replace(Some(Arc::new(CompileOutcome {
                 accepted: compiled.accepted_ingresses,
                 problems: compiled.statuses,
+                programmed: compiled.programmed_policies,
             })));
         } else if changes.endpoints
             && let Some((endpoint_problems, summary)) =
@@ -304,6 +332,7 @@ mod tests {
                 (ingress.clone(), vec![problem("spec")]),
                 (old_slice.clone(), vec![problem("endpoints[0]")]),
             ]),
+            programmed: BTreeSet::new(),
         };
         let updated = outcome.with_endpoint_problems(BTreeMap::from([
             (new_slice.clone(), vec![problem("endpoints[1]")]),

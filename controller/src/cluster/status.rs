@@ -24,8 +24,9 @@ use sluice_dataplane::snapshot::ObjectRef;
 use tokio::sync::watch;
 
 use super::{CompileOutcome, Stores};
-use crate::error::Severity;
+use crate::error::{CompileError, Severity};
 use crate::object_key::{ObjectKey, ObjectKind, object_ref};
+use sluice_crds::{PolicyCondition, PolicyStatus, RateLimit};
 
 /// The field manager of every write Sluice makes.
 pub const FIELD_MANAGER: &str = "sluice";
@@ -216,6 +217,7 @@ pub(crate) async fn write_statuses(
         if let Some(ours) = publish.entries(&stores.services) {
             write_load_balancer_status(&client, &stores, &outcome, &ours, &leading, &metrics).await;
         }
+        write_policy_statuses(&client, &stores, &outcome, &leading, &metrics).await;
         post_events(
             &recorder,
             &stores,
@@ -276,6 +278,131 @@ async fn write_load_balancer_status(
                 Err(kube::Error::Api(status)) if status.code == 404 => return,
                 Err(error) => {
                     tracing::warn!(ingress = %key, %error, "cannot write Ingress status");
+                    WriteResult::error
+                }
+            };
+            metrics
+                .controller
+                .status_updates
+                .get_or_create(&WriteLabels { result })
+                .inc();
+        })
+        .buffer_unordered(CONCURRENT_WRITES)
+        .collect::<()>()
+        .await;
+}
+
+/// The conditions a policy should show: `Accepted` (its spec is valid) and `Programmed`
+/// (some served route enforces it). Transition times are kept from `current` for
+/// conditions whose status did not change.
+pub(crate) fn policy_conditions(
+    errors: Option<&[CompileError]>,
+    programmed: bool,
+    current: &[PolicyCondition],
+    generation: Option<i64>,
+    now: &str,
+) -> Vec<PolicyCondition> {
+    let (accepted, accepted_reason, accepted_message) = match errors {
+        Some([]) => ("True", "Accepted", "The spec is valid".to_owned()),
+        Some(errors) => (
+            "False",
+            errors.first().map_or("InvalidSpec", CompileError::reason),
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        None => ("Unknown", "Pending", "Not compiled yet".to_owned()),
+    };
+    let (programmed_status, programmed_reason, programmed_message) = if programmed {
+        ("True", "Programmed", "Enforced on the routes that name it")
+    } else if accepted == "True" {
+        ("False", "NotUsed", "No served Ingress names it")
+    } else {
+        ("False", "Invalid", "Not enforced until its spec is valid")
+    };
+    let condition = |type_: &str, status: &str, reason: &str, message: String| {
+        let since = current
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or_else(|| now.to_owned(), |c| c.last_transition_time.clone());
+        PolicyCondition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            last_transition_time: since,
+            observed_generation: generation,
+        }
+    };
+    vec![
+        condition("Accepted", accepted, accepted_reason, accepted_message),
+        condition(
+            "Programmed",
+            programmed_status,
+            programmed_reason,
+            programmed_message.to_owned(),
+        ),
+    ]
+}
+
+/// Writes `status.conditions` and `status.observedGeneration` on every RateLimit whose
+/// stored status differs from what the last compile says.
+async fn write_policy_statuses(
+    client: &Client,
+    stores: &Stores,
+    outcome: &CompileOutcome,
+    leading: &watch::Receiver<bool>,
+    metrics: &Metrics,
+) {
+    let Some(store) = &stores.rate_limits else {
+        return;
+    };
+    let now = k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let writes: Vec<(ObjectRef, PolicyStatus)> = store
+        .state()
+        .iter()
+        .filter_map(|policy| {
+            let name = object_ref(&policy.metadata);
+            let key = ObjectKey::new(ObjectKind::RateLimit, &*name.namespace, &*name.name);
+            let current = policy.status.clone().unwrap_or_default();
+            let wanted = PolicyStatus {
+                conditions: policy_conditions(
+                    outcome.problems.get(&key).map(Vec::as_slice),
+                    outcome.programmed.contains(&key),
+                    &current.conditions,
+                    policy.metadata.generation,
+                    &now,
+                ),
+                observed_generation: policy.metadata.generation,
+            };
+            (wanted != current).then_some((name, wanted))
+        })
+        .collect();
+    futures_util::stream::iter(writes)
+        .map(|(name, wanted)| async move {
+            if !*leading.borrow() {
+                return;
+            }
+            let api: Api<RateLimit> = Api::namespaced(client.clone(), &name.namespace);
+            let patch = json!({
+                "apiVersion": "sluice.dev/v1alpha1",
+                "kind": "RateLimit",
+                "metadata": { "name": name.name, "namespace": name.namespace },
+                "status": wanted,
+            });
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            let result = match api
+                .patch_status(&name.name, &params, &Patch::Apply(&patch))
+                .await
+            {
+                Ok(_) => WriteResult::ok,
+                Err(kube::Error::Api(status)) if status.code == 404 => return,
+                Err(error) => {
+                    tracing::warn!(policy = %name, %error, "cannot write RateLimit status");
                     WriteResult::error
                 }
             };
@@ -376,8 +503,10 @@ fn reference_of(stores: &Stores, key: &ObjectKey) -> Option<ObjectReference> {
         ObjectKind::Service => find(&stores.services, key),
         ObjectKind::EndpointSlice => find(&stores.endpoint_slices, key),
         ObjectKind::Secret => find(&stores.secrets, key),
-        // Policies are read in standalone mode only, so far.
-        ObjectKind::RateLimit => None,
+        ObjectKind::RateLimit => stores
+            .rate_limits
+            .as_ref()
+            .and_then(|store| find(store, key)),
     }
 }
 
@@ -390,6 +519,53 @@ mod tests {
 
     fn ip(address: &str) -> IngressLoadBalancerIngress {
         entry(address)
+    }
+
+    #[test]
+    fn policy_conditions_say_accepted_and_programmed_and_keep_their_transition_times() {
+        let fresh = policy_conditions(Some(&[]), true, &[], Some(3), "T1");
+        assert_eq!(
+            fresh
+                .iter()
+                .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                ("Accepted", "True", "Accepted"),
+                ("Programmed", "True", "Programmed")
+            ]
+        );
+        assert!(fresh.iter().all(|c| c.observed_generation == Some(3)));
+        // Nothing changed: the same conditions, transition times included.
+        assert_eq!(
+            policy_conditions(Some(&[]), true, &fresh, Some(3), "T2"),
+            fresh
+        );
+        // No longer used: Programmed flips and gets a new time; Accepted keeps its own.
+        let unused = policy_conditions(Some(&[]), false, &fresh, Some(3), "T3");
+        assert_eq!(unused[0].last_transition_time, "T1");
+        assert_eq!(
+            (
+                unused[1].status.as_str(),
+                unused[1].reason.as_str(),
+                unused[1].last_transition_time.as_str()
+            ),
+            ("False", "NotUsed", "T3")
+        );
+        let invalid = CompileError::InvalidPolicy {
+            field: "spec.limits".into(),
+            why: "at least one limit is needed".into(),
+        };
+        let refused = policy_conditions(Some(&[invalid]), false, &unused, Some(4), "T4");
+        assert_eq!(
+            (refused[0].status.as_str(), refused[0].reason.as_str()),
+            ("False", "InvalidSpec")
+        );
+        assert!(
+            refused[0]
+                .message
+                .contains("spec.limits: at least one limit is needed")
+        );
+        assert_eq!(refused[1].reason, "Invalid");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use sluice_crds::RateLimit;
 use sluice_dataplane::metrics::{Metrics, WatchLabels};
 use tokio::sync::mpsc;
 
@@ -96,6 +97,15 @@ impl Watched for EndpointSlice {
 
 impl Watched for Secret {
     const KIND: ObjectKind = ObjectKind::Secret;
+}
+
+impl Watched for RateLimit {
+    const KIND: ObjectKind = ObjectKind::RateLimit;
+
+    /// The spec only: the leader's own status writes must not trigger compiles.
+    fn fingerprint(&self) -> u64 {
+        hash_of(&serde_json::to_string(&self.spec).unwrap_or_default())
+    }
 }
 
 /// The fingerprints of the objects last seen, to drop updates that change nothing read.

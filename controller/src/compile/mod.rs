@@ -99,6 +99,8 @@ pub struct Compiled {
     /// it had no object-level rejection, else the last good one that is being served.
     /// Pass it back as `last_good` to the next [`compile`].
     pub last_good: BTreeMap<ObjectRef, Arc<Ingress>>,
+    /// The policies some route in the table enforces.
+    pub programmed_policies: BTreeSet<ObjectKey>,
 }
 
 /// Compiles the objects into route and backend tables.
@@ -156,6 +158,19 @@ pub fn compile(
     }
 
     compiled.snapshot_routes = table.finish();
+    compiled.programmed_policies = compiled
+        .snapshot_routes
+        .targets()
+        .filter_map(|target| target.policies.as_deref())
+        .flat_map(|policies| &policies.rate_limits)
+        .map(|policy| {
+            ObjectKey::new(
+                ObjectKind::RateLimit,
+                policy.name.namespace.as_str(),
+                policy.name.name.as_str(),
+            )
+        })
+        .collect();
     let (backends, endpoint_errors) = compile_backends(objects, &compiled.snapshot_routes);
     compiled.backends = backends;
     for (key, errors) in endpoint_errors {
