@@ -254,13 +254,9 @@ async fn write_load_balancer_status(
             wanted_status(relation, &current_entries(ingress), ours).map(|wanted| (key, wanted))
         })
         .collect();
-    futures_util::stream::iter(writes)
-        .map(|(key, wanted)| async move {
-            // Leadership can end while a batch is under way.
-            if !*leading.borrow() {
-                return;
-            }
-            let api: Api<Ingress> = Api::namespaced(client.clone(), &key.namespace);
+    let patches = writes
+        .into_iter()
+        .map(|(key, wanted)| {
             let mut patch = json!({
                 "apiVersion": "networking.k8s.io/v1",
                 "kind": "Ingress",
@@ -269,6 +265,32 @@ async fn write_load_balancer_status(
             if let StatusWrite::Set(entries) = &wanted {
                 patch["status"] = json!({ "loadBalancer": { "ingress": entries } });
             }
+            (key, patch)
+        })
+        .collect();
+    apply_statuses::<Ingress>(client, patches, leading, metrics).await;
+}
+
+/// Server-side applies each status patch (field manager `sluice`), a few at a time, while
+/// this replica still leads; an object deleted meanwhile is skipped.
+async fn apply_statuses<K>(
+    client: &Client,
+    patches: Vec<(ObjectRef, serde_json::Value)>,
+    leading: &watch::Receiver<bool>,
+    metrics: &Metrics,
+) where
+    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    futures_util::stream::iter(patches)
+        .map(|(key, patch)| async move {
+            // Leadership can end while a batch is under way.
+            if !*leading.borrow() {
+                return;
+            }
+            let api: Api<K> = Api::namespaced(client.clone(), &key.namespace);
             let params = PatchParams::apply(FIELD_MANAGER).force();
             let result = match api
                 .patch_status(&key.name, &params, &Patch::Apply(&patch))
@@ -277,7 +299,7 @@ async fn write_load_balancer_status(
                 Ok(_) => WriteResult::ok,
                 Err(kube::Error::Api(status)) if status.code == 404 => return,
                 Err(error) => {
-                    tracing::warn!(ingress = %key, %error, "cannot write Ingress status");
+                    tracing::warn!(kind = %K::kind(&()), object = %key, %error, "cannot write status");
                     WriteResult::error
                 }
             };
@@ -382,39 +404,19 @@ async fn write_policy_statuses(
             (wanted != current).then_some((name, wanted))
         })
         .collect();
-    futures_util::stream::iter(writes)
-        .map(|(name, wanted)| async move {
-            if !*leading.borrow() {
-                return;
-            }
-            let api: Api<RateLimit> = Api::namespaced(client.clone(), &name.namespace);
+    let patches = writes
+        .into_iter()
+        .map(|(name, wanted)| {
             let patch = json!({
                 "apiVersion": "sluice.dev/v1alpha1",
                 "kind": "RateLimit",
                 "metadata": { "name": name.name, "namespace": name.namespace },
                 "status": wanted,
             });
-            let params = PatchParams::apply(FIELD_MANAGER).force();
-            let result = match api
-                .patch_status(&name.name, &params, &Patch::Apply(&patch))
-                .await
-            {
-                Ok(_) => WriteResult::ok,
-                Err(kube::Error::Api(status)) if status.code == 404 => return,
-                Err(error) => {
-                    tracing::warn!(policy = %name, %error, "cannot write RateLimit status");
-                    WriteResult::error
-                }
-            };
-            metrics
-                .controller
-                .status_updates
-                .get_or_create(&WriteLabels { result })
-                .inc();
+            (name, patch)
         })
-        .buffer_unordered(CONCURRENT_WRITES)
-        .collect::<()>()
-        .await;
+        .collect();
+    apply_statuses::<RateLimit>(client, patches, leading, metrics).await;
 }
 
 /// Posts one Event per problem that was not there at the last look, and forgets problems
