@@ -181,12 +181,31 @@ impl PendingChanges {
     }
 }
 
-/// Whether the API server serves a custom resource kind (its CRD is installed). Any answer
-/// other than "not found", an outage included, counts as served: the watch then retries.
-async fn crd_installed<K: Watched>(client: &Client) -> bool {
+/// Whether this replica can read an optional custom resource kind: its CRD is installed
+/// and RBAC lets it list. Only a successful list counts; "not found" and "forbidden" mean no,
+/// and other errors (the API server still starting) are retried a few times before giving
+/// up, because a watch that never syncs would hold back every snapshot.
+async fn can_watch<K: Watched>(client: &Client) -> bool {
     let api: Api<K> = Api::all(client.clone());
-    let listed = api.list_metadata(&ListParams::default().limit(1)).await;
-    !matches!(listed, Err(kube::Error::Api(status)) if status.code == 404)
+    let kind = K::KIND;
+    for attempt in 1..=5u32 {
+        match api.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(_) => return true,
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                tracing::warn!(%kind, "the CRD is not installed (see manifests/crds); Ingresses that name one answer 503 until it is installed and Sluice restarted");
+                return false;
+            }
+            Err(kube::Error::Api(status)) if status.code == 403 => {
+                tracing::warn!(%kind, "not allowed to list this kind (RBAC); Ingresses that name one answer 503");
+                return false;
+            }
+            Err(error) => {
+                tracing::warn!(%kind, %error, attempt, "cannot tell whether the kind is served; retrying");
+                tokio::time::sleep(Duration::from_millis(500) * attempt).await;
+            }
+        }
+    }
+    false
 }
 
 /// Follows the cluster and publishes snapshots until the process ends. `leading` says
@@ -223,13 +242,8 @@ pub async fn run_cluster(
         endpoint_remap: config.endpoint_remap,
     };
     let mut stores = stores;
-    if crd_installed::<RateLimit>(&client).await {
+    if can_watch::<RateLimit>(&client).await {
         stores.rate_limits = Some(watches.start(plain));
-    } else {
-        tracing::warn!(
-            "the RateLimit CRD is not installed (see manifests/crds); Ingresses that name a \
-             RateLimit answer 503 until it is installed and Sluice restarted"
-        );
     }
     let watched_kinds = 5 + usize::from(stores.rate_limits.is_some());
 

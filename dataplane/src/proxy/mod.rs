@@ -306,7 +306,8 @@ impl Proxy {
         self.prepare_upstream_headers(
             &mut parts,
             host_value.as_ref().filter(|_| host_from_uri),
-            host_value.as_ref(),
+            // A Host that is not text is not repeated in X-Forwarded-Host.
+            host_value.as_ref().filter(|value| value.to_str().is_ok()),
             connection,
             client_ip,
         );

@@ -279,7 +279,8 @@ impl LocalLimiter {
             .map(|rule| Duration::from_nanos(rule.tolerance))
             .max()
             .unwrap_or(Duration::from_secs(1))
-            .clamp(Duration::from_secs(1), Duration::from_secs(24 * 3600));
+            // Periods go up to a week; a burst above the rate stretches that further.
+            .clamp(Duration::from_secs(1), Duration::from_secs(30 * 24 * 3600));
         LocalLimiter {
             policy,
             rules,
@@ -321,10 +322,7 @@ impl LocalLimiter {
                     retry_after: Duration::from_nanos(ahead - rule.tolerance),
                 };
             }
-            let stored = cells.iter().zip(&steps).all(|(cell, step)| {
-                cell.compare_exchange(step.seen, step.next, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-            });
+            let stored = store_all(&cells, &steps);
             if stored {
                 let tightest = steps
                     .iter()
@@ -392,17 +390,47 @@ pub(crate) fn key_parts(
             LimitKeyPart::Path => feed(request.path.as_bytes()),
             LimitKeyPart::Method => feed(request.method.as_str().as_bytes()),
             LimitKeyPart::Header(name) => {
-                let mut values = request.headers.get_all(name.as_str()).iter().peekable();
-                if values.peek().is_none() {
-                    feed(b"");
-                }
+                // The count first: "no header", one empty value and two values that join
+                // to the same text are all different keys.
+                let values = request.headers.get_all(name.as_str());
+                let count = u32::try_from(values.iter().count()).unwrap_or(u32::MAX);
+                feed(&count.to_be_bytes());
                 for value in values {
                     feed(value.as_bytes());
                 }
             }
-            LimitKeyPart::Cookie(name) => feed(cookie_value(request.headers, name).unwrap_or(b"")),
+            LimitKeyPart::Cookie(name) => match cookie_value(request.headers, name) {
+                Some(value) => {
+                    feed(b"\x01");
+                    feed(value);
+                }
+                None => feed(b"\x00"),
+            },
         }
     }
+}
+
+/// Stores every rule's new value, or none: when one swap loses a race, the ones already
+/// made are put back before the caller tries again, so no rule is charged twice.
+fn store_all(cells: &[Arc<AtomicU64>], steps: &[Step]) -> bool {
+    for (index, (cell, step)) in cells.iter().zip(steps).enumerate() {
+        let swapped = cell
+            .compare_exchange(step.seen, step.next, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if !swapped {
+            for (cell, step) in cells.iter().zip(steps).take(index) {
+                // Only undo what is still ours; a later writer's value stands.
+                let _ = cell.compare_exchange(
+                    step.next,
+                    step.seen,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
+            return false;
+        }
+    }
+    true
 }
 
 fn step(rule: &RuleClock, seen: u64, t: u64) -> Step {
@@ -604,6 +632,65 @@ mod tests {
         let mut map = HeaderMap::new();
         report(LimitHeaders::None).write(&mut map);
         assert_eq!(map.len(), 1, "only Retry-After: {map:?}");
+    }
+
+    #[test]
+    fn a_lost_race_puts_back_the_rules_already_stored() {
+        let cells = vec![Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(42))];
+        let steps = [
+            Step {
+                seen: 0,
+                next: 5,
+                allowed: true,
+            },
+            // Another request moved this rule on since it was read.
+            Step {
+                seen: 7,
+                next: 9,
+                allowed: true,
+            },
+        ];
+        assert!(!store_all(&cells, &steps));
+        assert_eq!(
+            cells[0].load(Ordering::Acquire),
+            0,
+            "the first rule is not charged"
+        );
+        assert_eq!(cells[1].load(Ordering::Acquire), 42);
+        let fresh = [
+            Step {
+                seen: 0,
+                next: 5,
+                allowed: true,
+            },
+            Step {
+                seen: 42,
+                next: 50,
+                allowed: true,
+            },
+        ];
+        assert!(store_all(&cells, &fresh));
+        assert_eq!(cells[0].load(Ordering::Acquire), 5);
+    }
+
+    #[test]
+    fn absent_empty_and_split_header_values_are_different_keys() {
+        let limiter = limiter(
+            vec![rule(1, 60, vec![LimitKeyPart::Header("x-k".into())])],
+            10,
+        );
+        let keys: Vec<u64> = [vec![], vec![""], vec!["ab"], vec!["a", "b"]]
+            .iter()
+            .map(|values| {
+                let mut headers = HeaderMap::new();
+                for value in values {
+                    headers.append("x-k", HeaderValue::from_static(value));
+                }
+                limiter.key_hash(0, &view("10.0.0.1", &headers))
+            })
+            .collect();
+        let distinct: std::collections::BTreeSet<u64> = keys.iter().copied().collect();
+        assert_eq!(distinct.len(), keys.len(), "{keys:?}");
     }
 
     #[test]

@@ -74,6 +74,23 @@ impl RedisSettings {
     }
 }
 
+/// What the breaker lets a request do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    Closed,
+    Probe,
+    Refused,
+}
+
+/// Clears the probing flag when the probe ends, however it ends.
+struct ProbeGuard<'a>(&'a AtomicBool);
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// Why a Redis check gave no verdict.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RedisCheckError {
@@ -139,18 +156,22 @@ impl RedisBackend {
     }
 
     /// Whether this request may talk to Redis: always while the breaker is closed, and
-    /// for exactly one request at a time once its cool-down has passed.
-    fn admit(&self) -> bool {
+    /// for exactly one request at a time once its cool-down has passed (the probe).
+    fn admit(&self) -> Admission {
         let open_until = self.open_until_ms.load(Ordering::Acquire);
         if open_until == 0 {
-            return true;
+            return Admission::Closed;
         }
         if self.now_ms() < open_until {
-            return false;
+            return Admission::Refused;
         }
-        self.probing
+        match self
+            .probing
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        {
+            Ok(_) => Admission::Probe,
+            Err(_) => Admission::Refused,
+        }
     }
 
     fn succeeded(&self) {
@@ -181,9 +202,13 @@ impl RedisBackend {
         policy: &RateLimitPolicy,
         request: &RequestView<'_>,
     ) -> Result<Verdict, RedisCheckError> {
-        if !self.admit() {
-            return Err(RedisCheckError::BreakerOpen);
-        }
+        let _probe = match self.admit() {
+            Admission::Refused => return Err(RedisCheckError::BreakerOpen),
+            Admission::Closed => None,
+            // A probe whose request is dropped half-way (the client went away) must not leave
+            // the flag set, or no probe would ever run again.
+            Admission::Probe => Some(ProbeGuard(&self.probing)),
+        };
         let mut invocation = self.script.prepare_invoke();
         for (index, rule) in policy.limits.iter().enumerate() {
             invocation.key(redis_key(policy, index, request));
@@ -261,3 +286,61 @@ fn redis_key(policy: &RateLimitPolicy, rule: usize, request: &RequestView<'_>) -
 
 /// A policy's shared backend, kept by every limiter that counts in Redis.
 pub type SharedRedis = Arc<RedisBackend>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{
+        LimitBackend, LimitFailure, LimitHeaders, LimitKeyPart, LimitRule, ObjectRef,
+    };
+
+    #[tokio::test]
+    async fn a_probe_dropped_half_way_does_not_keep_the_breaker_shut() {
+        // A "Redis" that accepts connections (the kernel's backlog) and never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut settings = RedisSettings::new(format!("redis://{}", silent.local_addr().unwrap()));
+        settings.timeout = Duration::from_millis(30);
+        settings.failures_to_open = 1;
+        settings.cool_down = Duration::from_millis(10);
+        let latency = crate::metrics::Metrics::new()
+            .rate_limit_redis_seconds
+            .clone();
+        let backend = RedisBackend::connect(settings, latency).unwrap();
+        let policy = RateLimitPolicy {
+            name: ObjectRef::new("shop", "api"),
+            limits: vec![LimitRule {
+                requests: 1,
+                period: Duration::from_secs(60),
+                burst: 1,
+                key: vec![LimitKeyPart::ClientIp],
+            }],
+            headers: LimitHeaders::None,
+            backend: LimitBackend::Redis {
+                on_failure: LimitFailure::Allow,
+            },
+        };
+        let headers = http::HeaderMap::new();
+        let request = RequestView {
+            client_ip: "10.0.0.1".parse().unwrap(),
+            host: "a",
+            path: "/",
+            method: &http::Method::GET,
+            headers: &headers,
+        };
+        assert_eq!(
+            backend.check(&policy, &request).await,
+            Err(RedisCheckError::Timeout)
+        );
+        assert_eq!(
+            backend.admit(),
+            Admission::Refused,
+            "one failure opened the breaker"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The probe's request goes away before Redis answers.
+        let dropped =
+            tokio::time::timeout(Duration::from_millis(5), backend.check(&policy, &request)).await;
+        assert!(dropped.is_err(), "the probe was still waiting");
+        assert_eq!(backend.admit(), Admission::Probe, "a new probe may run");
+    }
+}
