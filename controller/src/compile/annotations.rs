@@ -155,7 +155,7 @@ fn parse_hash_key(value: &str) -> Result<HashOn, &'static str> {
 }
 
 /// An RFC 9110 token: what header names and cookie names are made of.
-fn is_token(name: &str) -> bool {
+pub(crate) fn is_token(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()

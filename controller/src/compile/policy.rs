@@ -16,6 +16,7 @@ use sluice_dataplane::snapshot::{
     LimitBackend, LimitFailure, LimitHeaders, LimitKeyPart, LimitRule, ObjectRef, RateLimitPolicy,
 };
 
+use super::annotations::is_token;
 use crate::error::CompileError;
 use crate::object_key::object_ref;
 
@@ -222,10 +223,7 @@ fn parse_period(text: &str) -> Option<Duration> {
 
 fn parse_key_part(part: &KeyPart) -> Option<LimitKeyPart> {
     let text = part.0.as_str();
-    let token = |name: &str| {
-        (!name.is_empty() && name.len() <= 128 && name.bytes().all(is_token_byte))
-            .then(|| name.to_owned())
-    };
+    let token = |name: &str| (name.len() <= 128 && is_token(name)).then(|| name.to_owned());
     match text {
         "clientIP" => Some(LimitKeyPart::ClientIp),
         "host" => Some(LimitKeyPart::Host),
@@ -241,11 +239,6 @@ fn parse_key_part(part: &KeyPart) -> Option<LimitKeyPart> {
             }
         }
     }
-}
-
-/// RFC 9110 `tchar`.
-fn is_token_byte(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 #[cfg(test)]

@@ -102,7 +102,7 @@ impl BalancerClock {
     }
 
     /// Milliseconds since the origin, at least 1 so that 0 can mean "never".
-    fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         u64::try_from(self.origin.elapsed().as_millis())
             .unwrap_or(u64::MAX)
             .max(1)

@@ -14,6 +14,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sha2::{Digest, Sha256};
 
 use super::{LimitState, RequestView, Verdict, key_parts};
+use crate::balance::BalancerClock;
 use crate::snapshot::RateLimitPolicy;
 
 /// GCRA over every rule's key at once, on the server's clock (microseconds), so replicas
@@ -108,10 +109,10 @@ pub struct RedisBackend {
     script: redis::Script,
     settings: RedisSettings,
     consecutive_failures: AtomicU32,
-    /// Milliseconds since `epoch` until which the breaker is open; 0 when closed.
+    /// Milliseconds on `clock` until which the breaker is open; 0 when closed.
     open_until_ms: AtomicU64,
     probing: AtomicBool,
-    epoch: Instant,
+    clock: BalancerClock,
     latency: prometheus_client::metrics::histogram::Histogram,
 }
 
@@ -144,15 +145,9 @@ impl RedisBackend {
             consecutive_failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
             probing: AtomicBool::new(false),
-            epoch: Instant::now(),
+            clock: BalancerClock::new(),
             latency,
         })
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1)
     }
 
     /// Whether this request may talk to Redis: always while the breaker is closed, and
@@ -162,7 +157,7 @@ impl RedisBackend {
         if open_until == 0 {
             return Admission::Closed;
         }
-        if self.now_ms() < open_until {
+        if self.clock.now_ms() < open_until {
             return Admission::Refused;
         }
         match self
@@ -187,9 +182,10 @@ impl RedisBackend {
         let was_probing = self.probing.swap(false, Ordering::AcqRel);
         if failures >= self.settings.failures_to_open || was_probing {
             let cool_down = u64::try_from(self.settings.cool_down.as_millis()).unwrap_or(u64::MAX);
-            let previous = self
-                .open_until_ms
-                .swap(self.now_ms().saturating_add(cool_down), Ordering::AcqRel);
+            let previous = self.open_until_ms.swap(
+                self.clock.now_ms().saturating_add(cool_down),
+                Ordering::AcqRel,
+            );
             if previous == 0 {
                 tracing::warn!(%error, "Redis unavailable; rate limits fall back to each policy's onBackendFailure");
             }
