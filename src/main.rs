@@ -21,8 +21,9 @@ use sluice_dataplane::live::{DataPlane, follow_snapshots};
 use sluice_dataplane::metrics::Metrics;
 use sluice_dataplane::proxy::{ProxyConfig, TrustedProxies};
 use sluice_dataplane::ratelimit::redis::{RedisBackend, RedisSettings};
-use sluice_dataplane::server::{ListenerConfig, TrafficWorkers, bind_shared};
-use sluice_dataplane::snapshot::ObjectRef;
+use sluice_dataplane::server::{ListenerConfig, TrafficWorkers, WorkerSockets, bind_shared};
+use sluice_dataplane::snapshot::{ObjectRef, ServerCertificate};
+use sluice_dataplane::tls::TlsAcceptor;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
@@ -122,13 +123,9 @@ struct ClusterArgs {
 impl ClusterArgs {
     fn publish_target(&self) -> anyhow::Result<PublishTarget> {
         if let Some(service) = &self.publish_service {
-            let Some((namespace, name)) = service.split_once('/') else {
-                bail!("--publish-service {service:?}: expected NAMESPACE/NAME");
-            };
-            if namespace.is_empty() || name.is_empty() || name.contains('/') {
-                bail!("--publish-service {service:?}: expected NAMESPACE/NAME");
-            }
-            return Ok(PublishTarget::Service(ObjectRef::new(namespace, name)));
+            let service = parse_object_ref(service)
+                .map_err(|why| anyhow::anyhow!("--publish-service {service:?}: {why}"))?;
+            return Ok(PublishTarget::Service(service));
         }
         let addresses: Vec<String> = self
             .publish_address
@@ -176,9 +173,26 @@ struct RunArgs {
         default_value = "0.0.0.0:8080"
     )]
     http_addr: SocketAddr,
-    /// Address of the HTTPS listener. TLS termination is not available yet.
+    /// Address of the HTTPS listener (TLS 1.2/1.3, HTTP/1.1 and h2 by ALPN), with the
+    /// certificates of the Ingresses' `spec.tls` chosen by SNI. Off when not given.
     #[arg(long, env = "SLUICE_HTTPS_ADDR", value_name = "ADDR")]
     https_addr: Option<SocketAddr>,
+    /// The certificate for hosts without their own, as NAMESPACE/NAME of a TLS Secret.
+    /// Without it a self-signed certificate is generated at start-up.
+    #[arg(long, env = "SLUICE_DEFAULT_SSL_CERTIFICATE", value_name = "NAMESPACE/NAME", value_parser = parse_object_ref)]
+    default_ssl_certificate: Option<ObjectRef>,
+    /// Time a client gets to complete the TLS handshake.
+    #[arg(long, env = "SLUICE_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    tls_handshake_timeout: Duration,
+    /// The port HTTP→HTTPS redirects point at: the one clients reach the HTTPS listener
+    /// on (443 is left out of the URL).
+    #[arg(
+        long,
+        env = "SLUICE_HTTPS_REDIRECT_PORT",
+        value_name = "PORT",
+        default_value_t = 443
+    )]
+    https_redirect_port: u16,
     /// Address of the admin listener: /metrics, /healthz, /readyz.
     #[arg(
         long,
@@ -306,6 +320,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `NAMESPACE/NAME`, both object names.
+fn parse_object_ref(value: &str) -> Result<ObjectRef, String> {
+    let (namespace, name) = value
+        .split_once('/')
+        .ok_or_else(|| "expected NAMESPACE/NAME".to_owned())?;
+    let valid = |part: &str| {
+        !part.is_empty()
+            && part.len() <= 253
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    if !valid(namespace) || !valid(name) {
+        return Err(format!("{value:?} is not NAMESPACE/NAME of an object"));
+    }
+    Ok(ObjectRef::new(namespace, name))
 }
 
 fn compile_options(class: &ClassArgs) -> CompileOptions {
@@ -449,9 +481,6 @@ async fn source(args: &RunArgs) -> anyhow::Result<Source> {
 }
 
 async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
-    if let Some(addr) = args.https_addr {
-        bail!("--https-addr {addr}: the HTTPS listener (TLS termination) is not available yet");
-    }
     let source = source(&args).await?;
 
     let metrics = Arc::new(Metrics::new());
@@ -480,14 +509,47 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         trusted_proxies: TrustedProxies::new(args.trusted_proxies.clone()),
         via: args.via.clone(),
         access_log: args.access_log,
+        https_redirect_port: args.https_addr.map(|_| args.https_redirect_port),
         ..ProxyConfig::default()
     };
-    let traffic = bind_shared(args.http_addr, traffic_threads(args.worker_threads))
+    let threads = traffic_threads(args.worker_threads);
+    let traffic = bind_shared(args.http_addr, threads)
         .with_context(|| format!("cannot listen on --http-addr {}", args.http_addr))?;
     let traffic_addr = traffic
         .first()
         .and_then(|listener| listener.local_addr().ok())
         .unwrap_or(args.http_addr);
+    let mut https_sockets = match args.https_addr {
+        Some(addr) => bind_shared(addr, threads)
+            .with_context(|| format!("cannot listen on --https-addr {addr}"))?
+            .into_iter()
+            .map(Some)
+            .collect(),
+        None => Vec::new(),
+    };
+    let https_addr = https_sockets
+        .first()
+        .and_then(|socket: &Option<std::net::TcpListener>| socket.as_ref()?.local_addr().ok());
+    let tls = match args.https_addr {
+        Some(_) => {
+            let fallback = ServerCertificate::self_signed_fallback()
+                .context("cannot make the fallback certificate")?;
+            let acceptor = TlsAcceptor::new(
+                Arc::clone(&data_plane),
+                &fallback,
+                args.tls_handshake_timeout,
+            )
+            .context("cannot set up TLS")?;
+            Some(Arc::new(acceptor))
+        }
+        None => None,
+    };
+    https_sockets.resize_with(traffic.len(), || None);
+    let sockets: Vec<WorkerSockets> = traffic
+        .into_iter()
+        .zip(https_sockets)
+        .map(|(http, https)| WorkerSockets { http, https })
+        .collect();
     let admin = TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("cannot listen on --admin-addr {}", args.admin_addr))?;
@@ -497,7 +559,8 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     tracing::info!(
         http = %traffic_addr,
-        traffic_threads = traffic.len(),
+        https = https_addr.map(|addr| addr.to_string()),
+        traffic_threads = sockets.len(),
         admin = %admin.local_addr().unwrap_or(args.admin_addr),
         source = %source_name,
         version = env!("CARGO_PKG_VERSION"),
@@ -506,6 +569,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let mut options = compile_options(&args.class);
     options.redis_configured = args.redis_url.is_some();
+    options.default_certificate = args.default_ssl_certificate.clone();
     let (publisher, updates) = Publisher::new(options);
     let publisher = publisher.record_compile_seconds(metrics.controller.compile_seconds.clone());
     tokio::spawn(follow_snapshots(Arc::clone(&data_plane), updates));
@@ -558,8 +622,14 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         max_headers: args.max_headers,
         drain_timeout: args.drain_timeout,
     };
-    let workers = TrafficWorkers::start(traffic, &data_plane, &proxy_config, &listener_config)
-        .context("cannot start the traffic threads")?;
+    let workers = TrafficWorkers::start(
+        sockets,
+        tls.as_ref(),
+        &data_plane,
+        &proxy_config,
+        &listener_config,
+    )
+    .context("cannot start the traffic threads")?;
     // The admin listener outlives the drain, so probes see /readyz turn 503 while
     // in-flight requests finish; it stops with the process.
     let admin_task = tokio::spawn(serve_admin(

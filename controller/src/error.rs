@@ -118,6 +118,54 @@ pub enum CompileError {
         name: String,
     },
 
+    #[error(
+        "{field}: Secret {secret:?} does not exist in this namespace; its hosts get the default \
+         certificate"
+    )]
+    TlsSecretNotFound { field: String, secret: String },
+
+    #[error(
+        "{field}: Secret {secret:?} cannot be used: {why}; {}",
+        if *.serving_last_good {
+            "its last good certificate keeps serving"
+        } else {
+            "its hosts get the default certificate"
+        }
+    )]
+    InvalidTlsSecret {
+        field: String,
+        secret: String,
+        why: String,
+        serving_last_good: bool,
+    },
+
+    #[error(
+        "{field}: host {host:?} already has its certificate (or client CA) from the older \
+         Ingress {winner}; this one's is not used for it"
+    )]
+    TlsHostConflict {
+        field: String,
+        host: String,
+        winner: ObjectRef,
+    },
+
+    #[error("{field}: the certificate in Secret {secret:?} is not valid for host {host:?}")]
+    CertificateHostMismatch {
+        field: String,
+        host: String,
+        secret: String,
+    },
+
+    #[error(
+        "{field}: client CA Secret {secret:?} cannot be used: {why}; the Ingress's routes \
+         refuse every request (403) until it can"
+    )]
+    ClientCaUnavailable {
+        field: String,
+        secret: String,
+        why: String,
+    },
+
     /// On the policy object itself.
     #[error("{field}: {why}; the policy is not accepted")]
     InvalidPolicy { field: String, why: String },
@@ -144,6 +192,11 @@ impl CompileError {
             CompileError::PolicyNotFound { .. } => "PolicyNotFound",
             CompileError::PolicyNotAccepted { .. } => "PolicyNotAccepted",
             CompileError::InvalidPolicy { .. } => "InvalidSpec",
+            CompileError::TlsSecretNotFound { .. } => "SecretNotFound",
+            CompileError::InvalidTlsSecret { .. } => "InvalidSecret",
+            CompileError::TlsHostConflict { .. } => "TlsHostConflict",
+            CompileError::CertificateHostMismatch { .. } => "CertificateHostMismatch",
+            CompileError::ClientCaUnavailable { .. } => "ClientCaUnavailable",
         }
     }
 
@@ -165,7 +218,12 @@ impl CompileError {
             | CompileError::InvalidEndpointWeight { .. }
             | CompileError::InvalidEndpointAddress { .. }
             | CompileError::PolicyNotFound { .. }
-            | CompileError::PolicyNotAccepted { .. } => Severity::Partial,
+            | CompileError::PolicyNotAccepted { .. }
+            | CompileError::TlsSecretNotFound { .. }
+            | CompileError::InvalidTlsSecret { .. }
+            | CompileError::TlsHostConflict { .. }
+            | CompileError::CertificateHostMismatch { .. }
+            | CompileError::ClientCaUnavailable { .. } => Severity::Partial,
         }
     }
 
@@ -190,7 +248,12 @@ impl CompileError {
             | CompileError::InvalidEndpointAddress { field, .. }
             | CompileError::PolicyNotFound { field, .. }
             | CompileError::PolicyNotAccepted { field, .. }
-            | CompileError::InvalidPolicy { field, .. } => Some(field),
+            | CompileError::InvalidPolicy { field, .. }
+            | CompileError::TlsSecretNotFound { field, .. }
+            | CompileError::InvalidTlsSecret { field, .. }
+            | CompileError::TlsHostConflict { field, .. }
+            | CompileError::CertificateHostMismatch { field, .. }
+            | CompileError::ClientCaUnavailable { field, .. } => Some(field),
             CompileError::PathConflict(conflict) => Some(&conflict.field),
             CompileError::ServingLastGood { .. } => None,
         }

@@ -8,13 +8,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use k8s_openapi::api::networking::v1::Ingress;
 use prometheus_client::metrics::histogram::Histogram;
 use sluice_dataplane::live::{ConfigReport, Publication};
-use sluice_dataplane::snapshot::{ObjectRef, Snapshot};
+use sluice_dataplane::snapshot::{BackendTable, RouteTable, Snapshot, TlsTable};
 use tokio::sync::watch;
 
-use crate::compile::{ClusterObjects, CompileOptions, Compiled, compile, compile_backends};
+use crate::compile::{
+    ClusterObjects, CompileOptions, Compiled, LastGood, compile, compile_backends,
+};
 use crate::error::CompileError;
 use crate::object_key::{ObjectKey, ObjectKind};
 
@@ -38,7 +39,7 @@ pub struct Publisher {
     options: CompileOptions,
     sender: watch::Sender<Option<Publication>>,
     generation: u64,
-    last_good: BTreeMap<ObjectRef, Arc<Ingress>>,
+    last_good: LastGood,
     /// Problems from the full compile (every kind but EndpointSlice) and from sources.
     route_problems: Vec<String>,
     /// Problems from the endpoint fast lane.
@@ -55,7 +56,7 @@ impl Publisher {
             options,
             sender,
             generation: 0,
-            last_good: BTreeMap::new(),
+            last_good: LastGood::default(),
             route_problems: Vec::new(),
             endpoint_problems: Vec::new(),
             logged: BTreeSet::new(),
@@ -108,7 +109,10 @@ impl Publisher {
             .collect();
         // The tables move into the snapshot; the caller reads statuses, not tables.
         let summary = self.send(
-            Some(std::mem::take(&mut compiled.snapshot_routes)),
+            Some((
+                std::mem::take(&mut compiled.snapshot_routes),
+                std::mem::take(&mut compiled.tls),
+            )),
             std::mem::take(&mut compiled.backends),
         );
         (compiled, summary)
@@ -127,10 +131,12 @@ impl Publisher {
         Some((statuses, self.send(None, backends)))
     }
 
+    /// Publishes new tables; `routes` is `None` on the endpoint fast lane (route and TLS
+    /// tables unchanged).
     fn send(
         &mut self,
-        routes: Option<sluice_dataplane::snapshot::RouteTable>,
-        backends: sluice_dataplane::snapshot::BackendTable,
+        routes: Option<(RouteTable, TlsTable)>,
+        backends: BackendTable,
     ) -> PublishSummary {
         let problems: Vec<String> = self
             .route_problems
@@ -141,6 +147,10 @@ impl Publisher {
         self.log_new_problems(&problems);
         let report = ConfigReport { problems };
         let previous = self.sender.borrow().clone();
+        let (routes, tls) = match routes {
+            Some((routes, tls)) => (Some(routes), Some(tls)),
+            None => (None, None),
+        };
         let (snapshot_routes, routes_changed) = match (&previous, routes) {
             (Some(previous), Some(routes)) if *previous.snapshot.routes == routes => {
                 (Arc::clone(&previous.snapshot.routes), false)
@@ -148,6 +158,14 @@ impl Publisher {
             (_, Some(routes)) => (Arc::new(routes), true),
             (Some(previous), None) => (Arc::clone(&previous.snapshot.routes), false),
             (None, None) => (Arc::default(), true),
+        };
+        let snapshot_tls = match (&previous, tls) {
+            (Some(previous), Some(tls)) if *previous.snapshot.tls == tls => {
+                Arc::clone(&previous.snapshot.tls)
+            }
+            (_, Some(tls)) => Arc::new(tls),
+            (Some(previous), None) => Arc::clone(&previous.snapshot.tls),
+            (None, None) => Arc::default(),
         };
         let snapshot_backends = match &previous {
             Some(previous) if *previous.snapshot.backends == backends => {
@@ -157,6 +175,7 @@ impl Publisher {
         };
         let unchanged = previous.as_ref().is_some_and(|previous| {
             Arc::ptr_eq(&previous.snapshot.routes, &snapshot_routes)
+                && Arc::ptr_eq(&previous.snapshot.tls, &snapshot_tls)
                 && Arc::ptr_eq(&previous.snapshot.backends, &snapshot_backends)
                 && *previous.report == report
         });
@@ -174,6 +193,7 @@ impl Publisher {
             generation: self.generation,
             routes: snapshot_routes,
             backends: snapshot_backends,
+            tls: snapshot_tls,
         };
         self.sender.send_replace(Some(Publication {
             snapshot: Arc::new(snapshot),

@@ -13,11 +13,11 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::balance::{BackendBalancer, BalancerClock, HealthConfig};
-use crate::metrics::{BackendLabels, Metrics, RouteLabels, RouteSeries};
+use crate::metrics::{BackendLabels, Metrics, RouteLabels, RouteSeries, TlsCertificateLabels};
 use crate::ratelimit::PolicyLimiter;
 use crate::ratelimit::redis::SharedRedis;
 use crate::router::RouteMatch;
-use crate::snapshot::{BackendKey, ObjectRef, RouteTable, Snapshot};
+use crate::snapshot::{BackendKey, ObjectRef, RouteTable, Snapshot, TlsTable};
 
 /// Keys each rate-limit policy keeps unless told otherwise.
 pub const DEFAULT_RATE_LIMIT_KEYS: u64 = 100_000;
@@ -273,6 +273,9 @@ impl DataPlane {
         {
             metrics.endpoints.remove(&backend_labels(key));
         }
+        if !Arc::ptr_eq(&previous.tls, &snapshot.tls) {
+            record_certificates(metrics, &previous.tls, &snapshot.tls);
+        }
         for (key, backend) in &snapshot.backends.backends {
             metrics
                 .endpoints
@@ -280,6 +283,41 @@ impl DataPlane {
                 .set(i64::try_from(backend.endpoints.len()).unwrap_or(i64::MAX));
         }
     }
+}
+
+/// Keeps one expiry series per served certificate: the old table's series go, the new
+/// one's are set.
+fn record_certificates(metrics: &Metrics, previous: &TlsTable, current: &TlsTable) {
+    for labels in certificate_labels(previous) {
+        metrics.tls_certificate_expiry.remove(&labels.0);
+    }
+    for (labels, not_after) in certificate_labels(current) {
+        metrics
+            .tls_certificate_expiry
+            .get_or_create(&labels)
+            .set(not_after);
+    }
+}
+
+fn certificate_labels(table: &TlsTable) -> Vec<(TlsCertificateLabels, i64)> {
+    let default = table
+        .default
+        .as_ref()
+        .map(|certificate| ("*default*".to_owned(), certificate));
+    table
+        .sites()
+        .map(|(host, site)| (host, &site.certificate))
+        .chain(default)
+        .map(|(host, certificate)| {
+            (
+                TlsCertificateLabels {
+                    host: host.into(),
+                    secret: certificate.source.to_string().into(),
+                },
+                certificate.not_after,
+            )
+        })
+        .collect()
 }
 
 pub fn backend_labels(key: &BackendKey) -> BackendLabels {
@@ -363,6 +401,7 @@ mod tests {
             backend: key(),
             balance: crate::snapshot::BalancePolicy::RoundRobin,
             policies: None,
+            https: std::sync::Arc::default(),
             slot,
         }
     }

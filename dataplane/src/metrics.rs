@@ -61,6 +61,25 @@ pub struct LimitCounters {
     pub backend_errors: Counter,
 }
 
+/// A completed TLS handshake, by protocol version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TlsHandshakeLabels {
+    pub version: &'static str,
+}
+
+/// A failed TLS handshake, by reason (`timeout`, `malformed`, `incompatible`, …).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TlsFailureLabels {
+    pub reason: &'static str,
+}
+
+/// A served certificate: the host it is listed under and the Secret it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TlsCertificateLabels {
+    pub host: Arc<str>,
+    pub secret: Arc<str>,
+}
+
 /// The kind of object a controller watch follows.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct WatchLabels {
@@ -259,6 +278,9 @@ pub struct Metrics {
     pub rate_limit_decisions: Family<RateLimitLabels, Counter>,
     pub rate_limit_redis_seconds: Histogram,
     pub active_connections: Gauge,
+    pub tls_handshakes: Family<TlsHandshakeLabels, Counter>,
+    pub tls_handshake_failures: Family<TlsFailureLabels, Counter>,
+    pub tls_certificate_expiry: Family<TlsCertificateLabels, Gauge>,
     pub snapshot_generation: Gauge,
     pub snapshot_apply_seconds: Histogram,
     pub snapshot_routes: Gauge,
@@ -350,6 +372,24 @@ impl Metrics {
             "Objects with configuration errors in the last compile",
             config_errors.clone(),
         );
+        let tls_handshakes = Family::<TlsHandshakeLabels, Counter>::default();
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes completed on the HTTPS listener, by protocol version",
+            tls_handshakes.clone(),
+        );
+        let tls_handshake_failures = Family::<TlsFailureLabels, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed, by reason",
+            tls_handshake_failures.clone(),
+        );
+        let tls_certificate_expiry = Family::<TlsCertificateLabels, Gauge>::default();
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When each served certificate expires (its notAfter, Unix seconds), by host",
+            tls_certificate_expiry.clone(),
+        );
         let controller = ControllerMetrics::register(&mut registry);
         let unrouted = RouteSeries::new(
             RouteLabels {
@@ -372,6 +412,9 @@ impl Metrics {
             rate_limit_decisions,
             rate_limit_redis_seconds,
             active_connections,
+            tls_handshakes,
+            tls_handshake_failures,
+            tls_certificate_expiry,
             snapshot_generation,
             snapshot_apply_seconds,
             snapshot_routes,

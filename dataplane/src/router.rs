@@ -209,6 +209,7 @@ mod tests {
             },
             balance: BalancePolicy::RoundRobin,
             policies: None,
+            https: std::sync::Arc::default(),
             slot: RouteTarget::UNNUMBERED,
         }
     }

@@ -16,12 +16,14 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::live::DataPlane;
 use crate::proxy::{ClientConnection, Proxy, ProxyConfig};
+use crate::tls::TlsAcceptor;
 
 /// Connection-level limits of a traffic listener.
 #[derive(Debug, Clone)]
@@ -57,11 +59,13 @@ impl Drop for ConnectionMark {
 }
 
 /// Serves `listener` until `shutdown` completes, then stops accepting and gives open
-/// requests up to `drain_timeout` to finish.
+/// requests up to `drain_timeout` to finish. With `tls`, every connection first completes
+/// a TLS handshake (in its own task, so a slow one holds up nobody else).
 pub async fn serve_traffic(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     config: ListenerConfig,
+    tls: Option<Arc<TlsAcceptor>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -76,6 +80,7 @@ pub async fn serve_traffic(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let local = listener.local_addr().ok();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -95,26 +100,36 @@ pub async fn serve_traffic(
         };
         let _ = stream.set_nodelay(true);
         let local_addr = stream.local_addr().ok().or(local).unwrap_or(peer);
-        let connection = Arc::new(ClientConnection::new(peer, local_addr, "http"));
-        let proxy_for_connection = Arc::clone(&proxy);
-        let service = service_fn(move |request| {
-            let proxy = Arc::clone(&proxy_for_connection);
-            let connection = Arc::clone(&connection);
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, &connection).await) }
-        });
         let gauge = proxy.data_plane().metrics().active_connections.clone();
         gauge.inc();
         let mark = ConnectionMark(gauge);
-        let serving = graceful.watch(
-            builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned(),
-        );
+        let Some(tls) = tls.as_ref() else {
+            let connection = ClientConnection::new(peer, local_addr, "http");
+            serve_connection(
+                &builder,
+                graceful.watcher(),
+                stream,
+                connection,
+                &proxy,
+                mark,
+            );
+            continue;
+        };
+        let tls = Arc::clone(tls);
+        let builder = Arc::clone(&builder);
+        let watcher = graceful.watcher();
+        let proxy = Arc::clone(&proxy);
         tokio::spawn(async move {
-            if let Err(error) = serving.await {
-                tracing::debug!(%error, client = %peer, "connection ended with an error");
+            match tls.accept(stream).await {
+                Ok((stream, info)) => {
+                    let connection =
+                        ClientConnection::new(peer, local_addr, "https").with_tls(info);
+                    serve_connection(&builder, watcher, stream, connection, &proxy, mark);
+                }
+                Err(failure) => {
+                    tracing::debug!(client = %peer, reason = failure.label(), "TLS handshake failed");
+                }
             }
-            drop(mark);
         });
     }
     drop(listener);
@@ -123,6 +138,38 @@ pub async fn serve_traffic(
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(config.drain_timeout) => tracing::warn!("drain deadline passed; closing the rest"),
     }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on one accepted (and, for HTTPS, decrypted) connection.
+fn serve_connection<IO>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    io: IO,
+    connection: ClientConnection,
+    proxy: &Arc<Proxy>,
+    mark: ConnectionMark,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = connection.peer;
+    let connection = Arc::new(connection);
+    let proxy = Arc::clone(proxy);
+    let service = service_fn(move |request| {
+        let proxy = Arc::clone(&proxy);
+        let connection = Arc::clone(&connection);
+        async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, &connection).await) }
+    });
+    let serving = watcher.watch(
+        builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned(),
+    );
+    tokio::spawn(async move {
+        if let Err(error) = serving.await {
+            tracing::debug!(%error, client = %peer, "connection ended with an error");
+        }
+        drop(mark);
+    });
 }
 
 /// Opens `count` listening sockets on `addr` that share it through `SO_REUSEPORT`. With
@@ -149,6 +196,13 @@ pub fn bind_shared(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::T
     Ok(listeners)
 }
 
+/// The listening sockets of one traffic worker.
+#[derive(Debug)]
+pub struct WorkerSockets {
+    pub http: std::net::TcpListener,
+    pub https: Option<std::net::TcpListener>,
+}
+
 /// The traffic worker threads; [`TrafficWorkers::shutdown`] stops and drains them.
 #[derive(Debug)]
 pub struct TrafficWorkers {
@@ -157,37 +211,63 @@ pub struct TrafficWorkers {
 }
 
 impl TrafficWorkers {
-    /// Starts one worker thread per listener, each with its own runtime and [`Proxy`].
+    /// Starts one worker thread per entry of `listeners`, each with its own runtime and
+    /// [`Proxy`]. A worker serves its HTTP socket and, with `tls`, its HTTPS socket.
     pub fn start(
-        listeners: Vec<std::net::TcpListener>,
+        listeners: Vec<WorkerSockets>,
+        tls: Option<&Arc<TlsAcceptor>>,
         data_plane: &Arc<DataPlane>,
         proxy_config: &ProxyConfig,
         listener_config: &ListenerConfig,
     ) -> io::Result<Self> {
         let (stop, stopped) = watch::channel(false);
         let mut threads = Vec::with_capacity(listeners.len());
-        for (index, listener) in listeners.into_iter().enumerate() {
+        for (index, sockets) in listeners.into_iter().enumerate() {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let proxy = Arc::new(Proxy::new(Arc::clone(data_plane), proxy_config.clone()));
             let config = listener_config.clone();
-            let mut stopped = stopped.clone();
+            let tls = tls.cloned();
+            let stopped = stopped.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("sluice-traffic-{index}"))
                 .spawn(move || {
                     runtime.block_on(async move {
-                        let listener = match TcpListener::from_std(listener) {
-                            Ok(listener) => listener,
-                            Err(error) => {
-                                tracing::error!(%error, "cannot use the traffic listener");
-                                return;
-                            }
-                        };
-                        let shutdown = async move {
+                        let stop_signal = |mut stopped: watch::Receiver<bool>| async move {
                             let _ = stopped.wait_for(|stop| *stop).await;
                         };
-                        serve_traffic(listener, proxy, config, shutdown).await;
+                        let http = async {
+                            match TcpListener::from_std(sockets.http) {
+                                Ok(listener) => {
+                                    let shutdown = stop_signal(stopped.clone());
+                                    let proxy = Arc::clone(&proxy);
+                                    serve_traffic(listener, proxy, config.clone(), None, shutdown)
+                                        .await;
+                                }
+                                Err(error) => {
+                                    tracing::error!(%error, "cannot use the traffic listener");
+                                }
+                            }
+                        };
+                        let https = async {
+                            let (Some(socket), Some(tls)) = (sockets.https, tls) else {
+                                return;
+                            };
+                            match TcpListener::from_std(socket) {
+                                Ok(listener) => {
+                                    let shutdown = stop_signal(stopped.clone());
+                                    let proxy = Arc::clone(&proxy);
+                                    let config = config.clone();
+                                    serve_traffic(listener, proxy, config, Some(tls), shutdown)
+                                        .await;
+                                }
+                                Err(error) => {
+                                    tracing::error!(%error, "cannot use the HTTPS listener");
+                                }
+                            }
+                        };
+                        tokio::join!(http, https);
                     });
                 })?;
             threads.push(thread);

@@ -19,6 +19,8 @@ pub struct Snapshot {
     pub generation: u64,
     pub routes: Arc<RouteTable>,
     pub backends: Arc<BackendTable>,
+    /// Server certificates by host, for the HTTPS listener.
+    pub tls: Arc<TlsTable>,
 }
 
 impl Snapshot {
@@ -28,6 +30,7 @@ impl Snapshot {
             generation,
             routes: Arc::new(RouteTable::default()),
             backends: Arc::new(BackendTable::default()),
+            tls: Arc::new(TlsTable::default()),
         }
     }
 
@@ -37,6 +40,7 @@ impl Snapshot {
             generation,
             routes: Arc::clone(&self.routes),
             backends,
+            tls: Arc::clone(&self.tls),
         }
     }
 }
@@ -144,6 +148,8 @@ pub struct RouteTarget {
     pub balance: BalancePolicy,
     /// Policies enforced before proxying; `None` for a route without any.
     pub policies: Option<Arc<RoutePolicies>>,
+    /// HTTPS behaviour of the owning Ingress: redirect, HSTS, client certificates.
+    pub https: Arc<HttpsPolicy>,
     /// Index of this target in its table, given by [`RouteTable::number_targets`];
     /// [`RouteTarget::UNNUMBERED`] until then (still served, only without cached state).
     pub slot: u32,
@@ -301,5 +307,141 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn new(addr: SocketAddr) -> Self {
         Endpoint { addr, weight: 1 }
+    }
+}
+
+/// What an Ingress asks of HTTPS for its routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsPolicy {
+    /// Answer plain-HTTP requests with a 308 to `https://` when the host has a certificate.
+    pub redirect: bool,
+    /// `Strict-Transport-Security` for HTTPS answers on hosts with their own certificate.
+    pub hsts: Option<http::HeaderValue>,
+    /// Requests must come over a connection whose client certificate this CA verified.
+    pub client_ca: Option<ClientCaRequirement>,
+}
+
+impl Default for HttpsPolicy {
+    fn default() -> Self {
+        HttpsPolicy {
+            redirect: true,
+            hsts: Some(http::HeaderValue::from_static(DEFAULT_HSTS)),
+            client_ca: None,
+        }
+    }
+}
+
+/// The HSTS value sent unless an Ingress says otherwise: about six months, as ingress-nginx
+/// sent, without `includeSubDomains` (which can lock out sibling hosts nobody meant to).
+pub const DEFAULT_HSTS: &str = "max-age=15724800";
+
+/// The CA a route's clients must present a certificate from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCaRequirement {
+    /// The SHA-256 of the CA bundle that verified the connection's certificate.
+    Verified([u8; 32]),
+    /// The CA Secret is missing or bad: nobody gets in (fail closed).
+    Unavailable,
+}
+
+/// Server certificates by SNI host name.
+///
+/// Lookup: the exact name, then the `*.` wildcard one label up, then `default`; hosts
+/// without a certificate get the listener's fallback.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsTable {
+    /// Lower-case names.
+    pub exact: BTreeMap<String, TlsSite>,
+    /// Keyed by the suffix after `*.`.
+    pub wildcard: BTreeMap<String, TlsSite>,
+    /// `--default-ssl-certificate`, when given and valid.
+    pub default: Option<Arc<ServerCertificate>>,
+}
+
+impl TlsTable {
+    /// The site for an SNI name (lower-case, no trailing dot), if one is configured.
+    pub fn site(&self, host: &str) -> Option<&TlsSite> {
+        if let Some(site) = self.exact.get(host) {
+            return Some(site);
+        }
+        let (_, parent) = host.split_once('.')?;
+        self.wildcard.get(parent)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.wildcard.is_empty() && self.default.is_none()
+    }
+
+    /// Every configured site with the host name it is listed under (`*.` for wildcards).
+    pub fn sites(&self) -> impl Iterator<Item = (String, &TlsSite)> {
+        self.exact
+            .iter()
+            .map(|(host, site)| (host.clone(), site))
+            .chain(
+                self.wildcard
+                    .iter()
+                    .map(|(suffix, site)| (format!("*.{suffix}"), site)),
+            )
+    }
+}
+
+/// One host's certificate and client-certificate rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSite {
+    pub certificate: Arc<ServerCertificate>,
+    pub client_ca: Option<Arc<ClientCa>>,
+}
+
+/// A certificate chain with its private key, ready for handshakes.
+#[derive(Clone)]
+pub struct ServerCertificate {
+    /// The Secret it came from (or the generated fallback).
+    pub source: ObjectRef,
+    /// SHA-256 of the chain and key as stored: equal fingerprints, equal certificates.
+    pub fingerprint: [u8; 32],
+    /// The leaf's `notAfter`, in seconds since the Unix epoch.
+    pub not_after: i64,
+    pub key: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl PartialEq for ServerCertificate {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source && self.fingerprint == other.fingerprint
+    }
+}
+
+impl Eq for ServerCertificate {}
+
+impl fmt::Debug for ServerCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerCertificate")
+            .field("source", &self.source)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The CA bundle that verifies client certificates for some hosts.
+#[derive(Clone)]
+pub struct ClientCa {
+    pub source: ObjectRef,
+    /// SHA-256 of the bundle as stored.
+    pub fingerprint: [u8; 32],
+    pub verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+impl PartialEq for ClientCa {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source && self.fingerprint == other.fingerprint
+    }
+}
+
+impl Eq for ClientCa {}
+
+impl fmt::Debug for ClientCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCa")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
     }
 }

@@ -2,6 +2,8 @@
 //! loopback, driven by a real HTTP client.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -145,6 +147,8 @@ pub fn closed_port(ip: &str) -> SocketAddr {
 pub struct Sluice {
     child: Reaped,
     pub http: SocketAddr,
+    /// Present when started with `--https-addr`.
+    pub https: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub dir: PathBuf,
     pub log: Arc<Mutex<Vec<String>>>,
@@ -200,18 +204,19 @@ impl Sluice {
                             .and_then(|a| a.parse::<SocketAddr>().ok())
                     };
                     if let (Some(http), Some(admin)) = (addr("http"), addr("admin")) {
-                        let _ = found_tx.send((http, admin));
+                        let _ = found_tx.send((http, addr("https"), admin));
                     }
                 }
                 log_for_thread.lock().expect("log").push(line);
             }
         });
-        let (http, admin) = found_rx
+        let (http, https, admin) = found_rx
             .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("sluice did not start: {:?}", log.lock().expect("log")));
         Sluice {
             child: Reaped(child),
             http,
+            https,
             admin,
             dir: dir.to_path_buf(),
             log,

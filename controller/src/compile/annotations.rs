@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use sluice_dataplane::snapshot::{BalancePolicy, HashOn};
+use http::HeaderValue;
+use sluice_dataplane::snapshot::{BalancePolicy, DEFAULT_HSTS, HashOn};
 
 use crate::error::CompileError;
 
@@ -18,6 +19,13 @@ pub const LOAD_BALANCE: &str = "sluice.dev/load-balance";
 pub const HASH_KEY: &str = "sluice.dev/hash-key";
 /// `name[,name2]`: RateLimit policies in the Ingress's namespace, applied in order.
 pub const RATE_LIMIT: &str = "sluice.dev/rate-limit";
+/// `"false"` serves plain HTTP on hosts with a certificate instead of redirecting (308).
+pub const SSL_REDIRECT: &str = "sluice.dev/ssl-redirect";
+/// `Strict-Transport-Security` for HTTPS answers: `max-age=N[; includeSubDomains][; preload]`,
+/// or `"false"` for none.
+pub const HSTS: &str = "sluice.dev/hsts";
+/// A Secret in the Ingress's namespace whose `ca.crt` verifies client certificates.
+pub const CLIENT_CA: &str = "sluice.dev/client-ca";
 /// On an EndpointSlice: `address=weight` entries separated by commas, weights 1 to 1000.
 pub const ENDPOINT_WEIGHTS: &str = "sluice.dev/endpoint-weights";
 
@@ -30,6 +38,10 @@ pub(crate) struct IngressAnnotations {
     pub balance: BalancePolicy,
     /// Names of the RateLimit policies, in order, without duplicates.
     pub rate_limits: Vec<String>,
+    pub ssl_redirect: bool,
+    pub hsts: Option<HeaderValue>,
+    /// The Secret holding the client CA bundle.
+    pub client_ca: Option<String>,
 }
 
 /// The field path of an annotation, for errors.
@@ -99,14 +111,95 @@ pub(crate) fn parse_ingress_annotations(
         }
     };
 
+    let ssl_redirect = match get(SSL_REDIRECT).map(str::trim) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            errors.push(invalid(
+                SSL_REDIRECT,
+                other,
+                "expected \"true\" or \"false\"",
+            ));
+            true
+        }
+    };
+
+    let hsts = match get(HSTS).map(|value| (value, parse_hsts(value))) {
+        None => Some(HeaderValue::from_static(DEFAULT_HSTS)),
+        Some((_, Ok(hsts))) => hsts,
+        Some((value, Err(why))) => {
+            errors.push(invalid(HSTS, value, &why));
+            None
+        }
+    };
+
+    let client_ca = match get(CLIENT_CA).map(|value| (value, parse_policy_names(value))) {
+        None => None,
+        Some((_, Ok(names))) if names.len() == 1 => names.into_iter().next(),
+        Some((value, Ok(_))) => {
+            errors.push(invalid(CLIENT_CA, value, "expected one Secret name"));
+            None
+        }
+        Some((value, Err(why))) => {
+            errors.push(invalid(CLIENT_CA, value, &why));
+            None
+        }
+    };
+
     if errors.is_empty() {
         Ok(IngressAnnotations {
             balance,
             rate_limits,
+            ssl_redirect,
+            hsts,
+            client_ca,
         })
     } else {
         Err(errors)
     }
+}
+
+/// `"false"`, or HSTS directives: `max-age=<seconds>` with optional `includeSubDomains`
+/// and `preload`, separated by `;`. Returned in a canonical spelling.
+fn parse_hsts(value: &str) -> Result<Option<HeaderValue>, String> {
+    if value.trim() == "false" {
+        return Ok(None);
+    }
+    let mut max_age: Option<u64> = None;
+    let mut include_subdomains = false;
+    let mut preload = false;
+    for directive in value.split(';').map(str::trim).filter(|d| !d.is_empty()) {
+        let lower = directive.to_ascii_lowercase();
+        if let Some(seconds) = lower.strip_prefix("max-age=") {
+            let seconds = seconds
+                .parse::<u64>()
+                .map_err(|_| format!("max-age must be a number of seconds, not {seconds:?}"))?;
+            if max_age.replace(seconds).is_some() {
+                return Err("max-age is given twice".to_owned());
+            }
+        } else if lower == "includesubdomains" {
+            include_subdomains = true;
+        } else if lower == "preload" {
+            preload = true;
+        } else {
+            return Err(format!(
+                "unknown directive {directive:?} (expected max-age=N, includeSubDomains, preload, or \"false\")"
+            ));
+        }
+    }
+    let Some(max_age) = max_age else {
+        return Err("max-age=<seconds> is required".to_owned());
+    };
+    let mut canonical = format!("max-age={max_age}");
+    if include_subdomains {
+        canonical.push_str("; includeSubDomains");
+    }
+    if preload {
+        canonical.push_str("; preload");
+    }
+    HeaderValue::from_str(&canonical)
+        .map(Some)
+        .map_err(|error| error.to_string())
 }
 
 /// A comma-separated list of object names (DNS subdomains), at least one.
@@ -234,6 +327,46 @@ mod tests {
                 other => panic!("expected InvalidAnnotation, got {other:?}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn https_annotations_default_to_redirect_and_hsts() {
+        let parsed = parse(&[]).unwrap();
+        assert!(parsed.ssl_redirect);
+        assert_eq!(parsed.hsts.unwrap(), DEFAULT_HSTS);
+        assert_eq!(parsed.client_ca, None);
+    }
+
+    #[test]
+    fn https_annotations_parse_and_reject_bad_values() {
+        let parsed = parse(&[
+            (SSL_REDIRECT, "false"),
+            (HSTS, "Max-Age=600 ;includesubdomains; preload"),
+            (CLIENT_CA, "client-ca"),
+        ])
+        .unwrap();
+        assert!(!parsed.ssl_redirect);
+        assert_eq!(
+            parsed.hsts.unwrap(),
+            "max-age=600; includeSubDomains; preload"
+        );
+        assert_eq!(parsed.client_ca.as_deref(), Some("client-ca"));
+        assert_eq!(parse(&[(HSTS, "false")]).unwrap().hsts, None);
+        for (name, value) in [
+            (SSL_REDIRECT, "yes"),
+            (HSTS, "includeSubDomains"),
+            (HSTS, "max-age=abc"),
+            (HSTS, "max-age=1; max-age=2"),
+            (HSTS, "max-age=1; nosniff"),
+            (CLIENT_CA, "a,b"),
+            (CLIENT_CA, "../x"),
+        ] {
+            assert_eq!(
+                rejected_fields(&[(name, value)]),
+                vec![annotation_field(name)],
+                "{name}: {value}"
+            );
+        }
     }
 
     #[test]

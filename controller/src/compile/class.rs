@@ -186,6 +186,7 @@ mod tests {
             ingress_class: "internal".into(),
             controller_name: "example.com/other".into(),
             redis_configured: false,
+            default_certificate: None,
         };
         let classes = [ingress_class("edge", "example.com/other", false)];
         let filter = ClassFilter::new(&classes, &options);

@@ -6,15 +6,18 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::Ingress;
-use sluice_dataplane::snapshot::{ObjectRef, RoutePolicies, RouteTarget};
+use sluice_dataplane::snapshot::{
+    ClientCa, ClientCaRequirement, HttpsPolicy, ObjectRef, RoutePolicies, RouteTarget,
+};
 
 use super::annotations::{
-    IngressAnnotations, RATE_LIMIT, annotation_field, parse_ingress_annotations,
+    CLIENT_CA, IngressAnnotations, RATE_LIMIT, annotation_field, parse_ingress_annotations,
 };
 use super::backend::{ServiceIndex, resolve_backend};
 use super::host::{HostRule, compile_host};
 use super::path::{PathMatch, compile_path};
 use super::policy::{PolicyIndex, PolicyLookup};
+use super::tls::{IngressTls, SecretIndex, ingress_tls_entries};
 use crate::error::CompileError;
 
 /// The field path of the default backend.
@@ -28,6 +31,8 @@ pub(crate) struct IngressRoutes {
     pub default_backend: Option<RouteTarget>,
     /// Partial errors: each took out one rule, path or backend, or warns about it.
     pub errors: Vec<CompileError>,
+    /// The hosts this Ingress wants certificates for, and its client CA.
+    pub tls: IngressTls,
 }
 
 /// One path of one rule, valid and resolved.
@@ -47,9 +52,13 @@ pub(crate) struct CandidateRoute {
 pub(crate) fn compile_ingress(
     ingress: &Ingress,
     owner: &ObjectRef,
-    services: &ServiceIndex<'_>,
-    policies: &PolicyIndex,
+    indexes: &Indexes<'_>,
 ) -> Result<IngressRoutes, Vec<CompileError>> {
+    let Indexes {
+        services,
+        policies,
+        secrets,
+    } = indexes;
     let annotations = parse_ingress_annotations(ingress.metadata.annotations.as_ref())?;
     let mut compiled = IngressRoutes::default();
     let route_policies = resolve_policies(
@@ -58,11 +67,22 @@ pub(crate) fn compile_ingress(
         policies,
         &mut compiled.errors,
     );
+    let (https, client_ca) = resolve_https(
+        &annotations,
+        &owner.namespace,
+        secrets,
+        &mut compiled.errors,
+    );
+    compiled.tls = IngressTls {
+        entries: ingress_tls_entries(ingress, &mut compiled.errors),
+        client_ca,
+    };
     let target = |backend| RouteTarget {
         owner: owner.clone(),
         backend,
         balance: annotations.balance.clone(),
         policies: route_policies.clone(),
+        https: Arc::clone(&https),
         slot: RouteTarget::UNNUMBERED,
     };
     let namespace = owner.namespace.as_str();
@@ -123,6 +143,47 @@ pub(crate) fn compile_ingress(
     Ok(compiled)
 }
 
+/// The indexes an Ingress is compiled against.
+#[derive(Debug)]
+pub(crate) struct Indexes<'a> {
+    pub services: ServiceIndex<'a>,
+    pub policies: PolicyIndex,
+    pub secrets: SecretIndex<'a>,
+}
+
+/// The HTTPS behaviour of an Ingress's routes, and the client CA its TLS hosts use. A
+/// client CA that cannot be loaded shuts the routes (403), never opens them.
+fn resolve_https(
+    annotations: &IngressAnnotations,
+    namespace: &str,
+    secrets: &SecretIndex<'_>,
+    errors: &mut Vec<CompileError>,
+) -> (Arc<HttpsPolicy>, Option<Arc<ClientCa>>) {
+    let (client_ca, requirement) = match &annotations.client_ca {
+        None => (None, None),
+        Some(name) => match secrets.client_ca(namespace, name) {
+            Ok(ca) => {
+                let requirement = ClientCaRequirement::Verified(ca.fingerprint);
+                (Some(ca), Some(requirement))
+            }
+            Err(why) => {
+                errors.push(CompileError::ClientCaUnavailable {
+                    field: annotation_field(CLIENT_CA),
+                    secret: name.clone(),
+                    why,
+                });
+                (None, Some(ClientCaRequirement::Unavailable))
+            }
+        },
+    };
+    let policy = HttpsPolicy {
+        redirect: annotations.ssl_redirect,
+        hsts: annotations.hsts.clone(),
+        client_ca: requirement,
+    };
+    (Arc::new(policy), client_ca)
+}
+
 /// The policies an Ingress names, shared by all its routes. A policy that is missing or
 /// not accepted makes every route answer 503, and is reported on the Ingress.
 fn resolve_policies(
@@ -181,12 +242,12 @@ mod tests {
     ) -> Result<IngressRoutes, Vec<CompileError>> {
         let services = services();
         let ingress = ingress("shop", "web", metadata, spec);
-        compile_ingress(
-            &ingress,
-            &owner(),
-            &ServiceIndex::new(&services),
-            &PolicyIndex::default(),
-        )
+        let indexes = Indexes {
+            services: ServiceIndex::new(&services),
+            policies: PolicyIndex::default(),
+            secrets: SecretIndex::default(),
+        };
+        compile_ingress(&ingress, &owner(), &indexes)
     }
 
     fn web_key() -> BackendKey {

@@ -13,6 +13,7 @@ mod host;
 mod ingress;
 mod path;
 mod policy;
+mod tls;
 
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -26,17 +27,22 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use sluice_crds::RateLimit;
-use sluice_dataplane::snapshot::{BackendTable, ObjectRef, RouteTable, VirtualHost};
+use sluice_dataplane::snapshot::{
+    BackendTable, ObjectRef, RouteTable, ServerCertificate, TlsTable, VirtualHost,
+};
 
 use crate::error::{CompileError, ConflictingPath};
 use crate::object_key::{ObjectKey, ObjectKind, namespace_of, object_ref};
 use backend::ServiceIndex;
 use class::ClassFilter;
 use host::HostRule;
-use ingress::{CandidateRoute, DEFAULT_BACKEND_FIELD, IngressRoutes, compile_ingress};
+use ingress::{CandidateRoute, DEFAULT_BACKEND_FIELD, Indexes, IngressRoutes, compile_ingress};
 use policy::PolicyIndex;
+use tls::{SecretIndex, TlsTableBuilder};
 
-pub use annotations::{ENDPOINT_WEIGHTS, HASH_KEY, LOAD_BALANCE, MAX_ENDPOINT_WEIGHT};
+pub use annotations::{
+    CLIENT_CA, ENDPOINT_WEIGHTS, HASH_KEY, HSTS, LOAD_BALANCE, MAX_ENDPOINT_WEIGHT, SSL_REDIRECT,
+};
 pub use class::{DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION};
 pub use endpoints::{SERVICE_NAME_LABEL, compile_backends, route_targets};
 pub use path::PathMatch;
@@ -54,7 +60,7 @@ pub struct ClusterObjects {
     pub ingress_classes: Vec<Arc<IngressClass>>,
     pub services: Vec<Arc<Service>>,
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
-    /// Not read yet; TLS will need them.
+    /// TLS certificates and CA bundles named by Ingresses and `--default-ssl-certificate`.
     pub secrets: Vec<Arc<Secret>>,
     pub rate_limits: Vec<Arc<RateLimit>>,
 }
@@ -68,6 +74,8 @@ pub struct CompileOptions {
     pub controller_name: String,
     /// Whether `--redis-url` was given (policies with `backend: redis` need it).
     pub redis_configured: bool,
+    /// `--default-ssl-certificate`: the Secret served to hosts without their own.
+    pub default_certificate: Option<ObjectRef>,
 }
 
 impl Default for CompileOptions {
@@ -76,6 +84,7 @@ impl Default for CompileOptions {
             ingress_class: "sluice".to_owned(),
             controller_name: "sluice.dev/ingress-controller".to_owned(),
             redis_configured: false,
+            default_certificate: None,
         }
     }
 }
@@ -95,12 +104,22 @@ pub struct Compiled {
     /// their last good one: these get `status.loadBalancer`. An Ingress served at its last
     /// good form stays reachable, so its address must not be taken away.
     pub accepted_ingresses: BTreeSet<ObjectRef>,
-    /// The version of each of our Ingresses to fall back on next time: this version when
-    /// it had no object-level rejection, else the last good one that is being served.
-    /// Pass it back as `last_good` to the next [`compile`].
-    pub last_good: BTreeMap<ObjectRef, Arc<Ingress>>,
+    /// What to fall back on next time; pass it back as `last_good` to the next [`compile`].
+    pub last_good: LastGood,
+    /// Server certificates by host.
+    pub tls: TlsTable,
     /// The policies some route in the table enforces.
     pub programmed_policies: BTreeSet<ObjectKey>,
+}
+
+/// What the last compile served, for objects that have since gone bad.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LastGood {
+    /// The version of each of our Ingresses: this version when it had no object-level
+    /// rejection, else the last good one that is being served.
+    pub ingresses: BTreeMap<ObjectRef, Arc<Ingress>>,
+    /// The certificate of each TLS Secret in use, from its last version that parsed.
+    pub certificates: BTreeMap<ObjectRef, Arc<ServerCertificate>>,
 }
 
 /// Compiles the objects into route and backend tables.
@@ -110,11 +129,10 @@ pub struct Compiled {
 /// entry in `last_good`, when there is one.
 pub fn compile(
     objects: &ClusterObjects,
-    last_good: &BTreeMap<ObjectRef, Arc<Ingress>>,
+    last_good: &LastGood,
     options: &CompileOptions,
 ) -> Compiled {
     let classes = ClassFilter::new(objects.ingress_classes.iter().map(Arc::as_ref), options);
-    let services = ServiceIndex::new(objects.services.iter().map(Arc::as_ref));
     let mut ours: Vec<&Arc<Ingress>> = objects
         .ingresses
         .iter()
@@ -133,31 +151,47 @@ pub fn compile(
             );
         },
     );
+    let indexes = Indexes {
+        services: ServiceIndex::new(objects.services.iter().map(Arc::as_ref)),
+        policies,
+        secrets: SecretIndex::new(objects.secrets.iter().map(Arc::as_ref)),
+    };
+    let mut tls = TlsTableBuilder::new(&indexes.secrets, &last_good.certificates);
+    if let Some(secret) = &options.default_certificate {
+        let errors = tls.set_default(secret);
+        if !errors.is_empty() {
+            let key = ObjectKey::new(ObjectKind::Secret, &secret.namespace, &secret.name);
+            compiled.statuses.insert(key, errors);
+        }
+    }
     let mut table = RouteTableBuilder::default();
     for ingress in ours {
         let owner = object_ref(&ingress.metadata);
         let mut errors = Vec::new();
-        let served = match compile_ingress(ingress, &owner, &services, &policies) {
+        let served = match compile_ingress(ingress, &owner, &indexes) {
             Ok(routes) => {
                 compiled
                     .last_good
+                    .ingresses
                     .insert(owner.clone(), Arc::clone(ingress));
                 Some(routes)
             }
             Err(rejections) => {
                 errors.extend(rejections);
-                let indexes = (&services, &policies);
-                serve_last_good(&owner, last_good, indexes, &mut errors, &mut compiled)
+                serve_last_good(&owner, last_good, &indexes, &mut errors, &mut compiled)
             }
         };
-        if let Some(routes) = served {
+        if let Some(mut routes) = served {
             compiled.accepted_ingresses.insert(owner.clone());
+            let ingress_tls = std::mem::take(&mut routes.tls);
             table.add(routes, &mut errors);
+            tls.add(&owner, &ingress_tls, &mut errors);
         }
         compiled.statuses.insert(ObjectKey::ingress(&owner), errors);
     }
 
     compiled.snapshot_routes = table.finish();
+    (compiled.tls, compiled.last_good.certificates) = tls.finish();
     compiled.programmed_policies = compiled
         .snapshot_routes
         .targets()
@@ -184,18 +218,19 @@ pub fn compile(
 /// stricter) is dropped, and nothing of the Ingress is served.
 fn serve_last_good(
     owner: &ObjectRef,
-    last_good: &BTreeMap<ObjectRef, Arc<Ingress>>,
-    (services, policies): (&ServiceIndex<'_>, &PolicyIndex),
+    last_good: &LastGood,
+    indexes: &Indexes<'_>,
     errors: &mut Vec<CompileError>,
     compiled: &mut Compiled,
 ) -> Option<IngressRoutes> {
-    let previous = last_good.get(owner)?;
-    let routes = compile_ingress(previous, owner, services, policies).ok()?;
+    let previous = last_good.ingresses.get(owner)?;
+    let routes = compile_ingress(previous, owner, indexes).ok()?;
     errors.push(CompileError::ServingLastGood {
         resource_version: previous.metadata.resource_version.clone(),
     });
     compiled
         .last_good
+        .ingresses
         .insert(owner.clone(), Arc::clone(previous));
     Some(routes)
 }
@@ -311,6 +346,13 @@ fn virtual_host<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ingresses_only(ingresses: &BTreeMap<ObjectRef, Arc<Ingress>>) -> LastGood {
+        LastGood {
+            ingresses: ingresses.clone(),
+            ..LastGood::default()
+        }
+    }
     use crate::object_key::ObjectKind;
     use fixtures::{backend, endpoint_slice, ingress, ingress_class, path, rule, service};
     use serde_json::{Value, json};
@@ -367,7 +409,7 @@ mod tests {
     }
 
     fn run(objects: &ClusterObjects) -> Compiled {
-        compile(objects, &BTreeMap::new(), &CompileOptions::default())
+        compile(objects, &LastGood::default(), &CompileOptions::default())
     }
 
     fn key(service: &str) -> BackendKey {
@@ -755,7 +797,7 @@ mod tests {
         assert_eq!(compiled.snapshot_routes, RouteTable::default());
         assert!(compiled.statuses.is_empty());
         assert!(compiled.accepted_ingresses.is_empty());
-        assert!(compiled.last_good.is_empty());
+        assert!(compiled.last_good.ingresses.is_empty());
     }
 
     #[test]
@@ -781,7 +823,7 @@ mod tests {
         assert!(status(&compiled, "web").is_empty());
         assert_eq!(compiled.accepted_ingresses, BTreeSet::from([shop("web")]));
         assert_eq!(
-            compiled.last_good,
+            compiled.last_good.ingresses,
             BTreeMap::from([(shop("web"), Arc::new(web))])
         );
     }
@@ -826,7 +868,7 @@ mod tests {
         assert_eq!(reasons(&compiled, "bad"), ["InvalidAnnotation"]);
         assert!(status(&compiled, "bad")[0].is_rejection());
         assert!(compiled.accepted_ingresses.is_empty());
-        assert!(compiled.last_good.is_empty());
+        assert!(compiled.last_good.ingresses.is_empty());
         assert!(compiled.backends.backends.is_empty());
     }
 
@@ -855,7 +897,11 @@ mod tests {
             json!({ "resourceVersion": "8", "annotations": { "sluice.dev/load-balance": "nope" } }),
         );
         let last_good = BTreeMap::from([(shop("web"), Arc::new(good.clone()))]);
-        let compiled = compile(&cluster(vec![bad]), &last_good, &CompileOptions::default());
+        let compiled = compile(
+            &cluster(vec![bad]),
+            &ingresses_only(&last_good),
+            &CompileOptions::default(),
+        );
         let served = &compiled.snapshot_routes.any_host.prefix_paths["/"];
         assert_eq!(served.backend, key("web"));
         assert_eq!(served.owner, shop("web"));
@@ -870,7 +916,7 @@ mod tests {
             }
         );
         assert!(compiled.accepted_ingresses.contains(&shop("web")));
-        assert_eq!(compiled.last_good, last_good);
+        assert_eq!(compiled.last_good.ingresses, last_good);
         assert!(!compiled.backends.backends[&key("web")].endpoints.is_empty());
     }
 
@@ -885,7 +931,7 @@ mod tests {
         let last_good = BTreeMap::from([(shop("older"), Arc::new(good))]);
         let compiled = compile(
             &cluster(vec![newer, bad]),
-            &last_good,
+            &ingresses_only(&last_good),
             &CompileOptions::default(),
         );
         assert_eq!(
@@ -902,7 +948,7 @@ mod tests {
         let last_good = BTreeMap::from([(shop("web"), Arc::new(previous))]);
         let compiled = compile(
             &cluster(vec![current.clone()]),
-            &last_good,
+            &ingresses_only(&last_good),
             &CompileOptions::default(),
         );
         assert_eq!(
@@ -911,7 +957,7 @@ mod tests {
         );
         assert!(status(&compiled, "web").is_empty());
         assert_eq!(
-            compiled.last_good,
+            compiled.last_good.ingresses,
             BTreeMap::from([(shop("web"), Arc::new(current))])
         );
     }
@@ -938,11 +984,11 @@ mod tests {
         ]);
         let compiled = compile(
             &cluster(vec![partial.clone()]),
-            &last_good,
+            &ingresses_only(&last_good),
             &CompileOptions::default(),
         );
         assert_eq!(
-            compiled.last_good,
+            compiled.last_good.ingresses,
             BTreeMap::from([(shop("partial"), Arc::new(partial))])
         );
         assert_eq!(reasons(&compiled, "partial"), ["InvalidPath"]);
@@ -962,10 +1008,10 @@ mod tests {
             BTreeMap::from([(shop("web"), Arc::new(ours("web", None, root_to("web"))))]);
         let compiled = compile(
             &cluster(vec![moved]),
-            &last_good,
+            &ingresses_only(&last_good),
             &CompileOptions::default(),
         );
-        assert!(compiled.last_good.is_empty());
+        assert!(compiled.last_good.ingresses.is_empty());
         assert_eq!(compiled.snapshot_routes, RouteTable::default());
     }
 
@@ -1069,7 +1115,11 @@ mod tests {
             Arc::new(ingress_class("other", "example.com/other", false)),
         ];
         let last_good = BTreeMap::from([(shop("e"), Arc::new(ours("e", None, root_to("api"))))]);
-        let expected = compile(&objects, &last_good, &CompileOptions::default());
+        let expected = compile(
+            &objects,
+            &ingresses_only(&last_good),
+            &CompileOptions::default(),
+        );
         assert!(!expected.statuses.is_empty());
 
         for turn in 1..5 {
@@ -1080,7 +1130,11 @@ mod tests {
             shuffled.endpoint_slices.reverse();
             shuffled.ingress_classes.reverse();
             assert_eq!(
-                compile(&shuffled, &last_good, &CompileOptions::default()),
+                compile(
+                    &shuffled,
+                    &ingresses_only(&last_good),
+                    &CompileOptions::default()
+                ),
                 expected,
                 "rotation {turn}"
             );

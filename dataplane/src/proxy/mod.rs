@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, VIA};
+use http::header::{
+    CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderName, HeaderValue, LOCATION,
+    STRICT_TRANSPORT_SECURITY, VIA,
+};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -27,7 +30,8 @@ use crate::live::{DataPlane, LiveState, backend_labels};
 use crate::metrics::{MethodLabel, RouteSeries, StatusClass};
 use crate::ratelimit::{Decision, LimitReport, RequestView, cookie_value};
 use crate::router::{normalize_host, normalize_path};
-use crate::snapshot::{BalancePolicy, HashOn, RoutePolicies};
+use crate::snapshot::{BalancePolicy, ClientCaRequirement, HashOn, RoutePolicies};
+use crate::tls::TlsConnectionInfo;
 
 /// Limits, timeouts and header settings of the proxy.
 #[derive(Debug, Clone)]
@@ -49,6 +53,9 @@ pub struct ProxyConfig {
     /// Pseudonym for `Via`; `None` sends no `Via`.
     pub via: Option<String>,
     pub access_log: bool,
+    /// The port browsers reach the HTTPS listener on, for redirects; `None` when there is
+    /// no HTTPS listener (then nothing is redirected).
+    pub https_redirect_port: Option<u16>,
 }
 
 impl Default for ProxyConfig {
@@ -64,6 +71,7 @@ impl Default for ProxyConfig {
             trusted_proxies: TrustedProxies::default(),
             via: None,
             access_log: false,
+            https_redirect_port: None,
         }
     }
 }
@@ -75,6 +83,8 @@ pub struct ClientConnection {
     pub scheme: &'static str,
     /// Forwarding header values of this connection, made once for all its requests.
     pub headers: ConnectionHeaders,
+    /// Set on HTTPS connections.
+    pub tls: Option<TlsConnectionInfo>,
 }
 
 impl ClientConnection {
@@ -83,7 +93,13 @@ impl ClientConnection {
             peer,
             scheme,
             headers: ConnectionHeaders::new(peer.ip(), local.port()),
+            tls: None,
         }
+    }
+
+    pub fn with_tls(mut self, info: TlsConnectionInfo) -> Self {
+        self.tls = Some(info);
+        self
     }
 }
 
@@ -109,6 +125,10 @@ enum LocalAnswer {
     PolicyUnavailable,
     TooManyRequests,
     LimitUnavailable,
+    /// Plain HTTP to a host with a certificate: go to `https://` (with `Location`).
+    HttpsRedirect,
+    /// The route needs a client certificate this connection did not present.
+    ClientCertificateRequired,
 }
 
 impl LocalAnswer {
@@ -123,6 +143,8 @@ impl LocalAnswer {
             LocalAnswer::PolicyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             LocalAnswer::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             LocalAnswer::LimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            LocalAnswer::HttpsRedirect => StatusCode::PERMANENT_REDIRECT,
+            LocalAnswer::ClientCertificateRequired => StatusCode::FORBIDDEN,
         }
     }
 
@@ -144,6 +166,10 @@ impl LocalAnswer {
             LocalAnswer::TooManyRequests => "429 too many requests\n",
             LocalAnswer::LimitUnavailable => {
                 "503 service unavailable: the rate limit could not be checked\n"
+            }
+            LocalAnswer::HttpsRedirect => "308 permanent redirect: use https\n",
+            LocalAnswer::ClientCertificateRequired => {
+                "403 forbidden: this route needs a verified client certificate\n"
             }
         }
     }
@@ -268,6 +294,40 @@ impl Proxy {
             Response::from_parts(parts, body.with_finish(finish))
         };
 
+        let https = &*target.https;
+        let has_certificate = || live.snapshot.tls.site(&host).is_some();
+        if connection.tls.is_none()
+            && https.redirect
+            && let Some(port) = self.config.https_redirect_port
+            && !path_and_query.path().starts_with(ACME_CHALLENGE_PREFIX)
+            && has_certificate()
+        {
+            let mut response = local(LocalAnswer::HttpsRedirect, finish);
+            if let Some(location) = https_location(&host, port, &path_and_query) {
+                response.headers_mut().insert(LOCATION, location);
+            }
+            return (response, Some(series));
+        }
+        if let Some(requirement) = https.client_ca {
+            let verified_by = connection
+                .tls
+                .as_ref()
+                .and_then(|tls| tls.client.as_ref())
+                .map(|client| client.ca);
+            let allowed =
+                matches!(requirement, ClientCaRequirement::Verified(ca) if verified_by == Some(ca));
+            if !allowed {
+                return (
+                    local(LocalAnswer::ClientCertificateRequired, finish),
+                    Some(series),
+                );
+            }
+        }
+        let hsts = https
+            .hsts
+            .as_ref()
+            .filter(|_| connection.tls.is_some() && has_certificate());
+
         let client_ip = self
             .config
             .trusted_proxies
@@ -325,6 +385,15 @@ impl Proxy {
                 if let Some(report) = &limit_report {
                     report.write(&mut response_parts.headers);
                 }
+                if let Some(hsts) = hsts
+                    && !response_parts
+                        .headers
+                        .contains_key(STRICT_TRANSPORT_SECURITY)
+                {
+                    response_parts
+                        .headers
+                        .insert(STRICT_TRANSPORT_SECURITY, hsts.clone());
+                }
                 let mut finish = finish;
                 finish.in_flight = Some(in_flight);
                 Response::from_parts(
@@ -373,6 +442,13 @@ impl Proxy {
         );
         if let Some(via) = &self.via_request[via_index] {
             headers.append(VIA, via.clone());
+        }
+        // Only Sluice says who the client certificate belongs to.
+        headers.remove(CLIENT_SUBJECT_HEADER);
+        headers.remove(CLIENT_VERIFY_HEADER);
+        if let Some(client) = connection.tls.as_ref().and_then(|tls| tls.client.as_ref()) {
+            headers.insert(CLIENT_SUBJECT_HEADER, client.subject.clone());
+            headers.insert(CLIENT_VERIFY_HEADER, HeaderValue::from_static("SUCCESS"));
         }
     }
 
@@ -495,6 +571,24 @@ impl Proxy {
             }
         }
     }
+}
+
+/// ACME http-01 challenges must be answered over plain HTTP (cert-manager relies on it).
+const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// The verified client certificate's subject DN, under the name ingress-nginx used.
+pub const CLIENT_SUBJECT_HEADER: HeaderName = HeaderName::from_static("ssl-client-subject-dn");
+/// `SUCCESS` when a client certificate was verified.
+pub const CLIENT_VERIFY_HEADER: HeaderName = HeaderName::from_static("ssl-client-verify");
+
+/// `https://host[:port]/path?query` for a redirect.
+fn https_location(host: &str, port: u16, path_and_query: &PathAndQuery) -> Option<HeaderValue> {
+    let location = if port == 443 {
+        format!("https://{host}{path_and_query}")
+    } else {
+        format!("https://{host}:{port}{path_and_query}")
+    };
+    HeaderValue::from_str(&location).ok()
 }
 
 /// Why policies refused a request, with the limit to describe in its headers.
