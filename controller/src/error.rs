@@ -121,6 +121,22 @@ pub enum CompileError {
     /// On the policy object itself.
     #[error("{field}: {why}; the policy is not accepted")]
     InvalidPolicy { field: String, why: String },
+
+    #[error(
+        "{field}: Secret {secret:?} does not exist in this namespace; the Ingress's routes \
+         answer 503 until it does"
+    )]
+    BackendCaNotFound { field: String, secret: String },
+
+    #[error(
+        "{field}: Secret {secret:?} has no usable CA bundle: {why}; the Ingress's routes \
+         answer 503 until it has"
+    )]
+    InvalidBackendCa {
+        field: String,
+        secret: String,
+        why: String,
+    },
 }
 
 impl CompileError {
@@ -144,6 +160,8 @@ impl CompileError {
             CompileError::PolicyNotFound { .. } => "PolicyNotFound",
             CompileError::PolicyNotAccepted { .. } => "PolicyNotAccepted",
             CompileError::InvalidPolicy { .. } => "InvalidSpec",
+            CompileError::BackendCaNotFound { .. } => "BackendCANotFound",
+            CompileError::InvalidBackendCa { .. } => "InvalidBackendCA",
         }
     }
 
@@ -165,7 +183,9 @@ impl CompileError {
             | CompileError::InvalidEndpointWeight { .. }
             | CompileError::InvalidEndpointAddress { .. }
             | CompileError::PolicyNotFound { .. }
-            | CompileError::PolicyNotAccepted { .. } => Severity::Partial,
+            | CompileError::PolicyNotAccepted { .. }
+            | CompileError::BackendCaNotFound { .. }
+            | CompileError::InvalidBackendCa { .. } => Severity::Partial,
         }
     }
 
@@ -190,7 +210,9 @@ impl CompileError {
             | CompileError::InvalidEndpointAddress { field, .. }
             | CompileError::PolicyNotFound { field, .. }
             | CompileError::PolicyNotAccepted { field, .. }
-            | CompileError::InvalidPolicy { field, .. } => Some(field),
+            | CompileError::InvalidPolicy { field, .. }
+            | CompileError::BackendCaNotFound { field, .. }
+            | CompileError::InvalidBackendCa { field, .. } => Some(field),
             CompileError::PathConflict(conflict) => Some(&conflict.field),
             CompileError::ServingLastGood { .. } => None,
         }

@@ -11,3 +11,4 @@ pub mod ratelimit;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod upstream;

@@ -209,6 +209,7 @@ mod tests {
             },
             balance: BalancePolicy::RoundRobin,
             policies: None,
+            upstream: None,
             slot: RouteTarget::UNNUMBERED,
         }
     }

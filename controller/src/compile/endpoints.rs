@@ -236,6 +236,7 @@ mod tests {
             backend: key(service, port),
             balance,
             policies: None,
+            upstream: None,
             slot: RouteTarget::UNNUMBERED,
         }
     }

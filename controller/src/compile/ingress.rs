@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::Ingress;
-use sluice_dataplane::snapshot::{ObjectRef, RoutePolicies, RouteTarget};
+use sluice_dataplane::snapshot::{BackendKey, ObjectRef, RoutePolicies, RouteTarget};
 
 use super::annotations::{
     IngressAnnotations, RATE_LIMIT, annotation_field, parse_ingress_annotations,
@@ -15,6 +15,7 @@ use super::backend::{ServiceIndex, resolve_backend};
 use super::host::{HostRule, compile_host};
 use super::path::{PathMatch, compile_path};
 use super::policy::{PolicyIndex, PolicyLookup};
+use super::upstream::{CaSecrets, IngressUpstream};
 use crate::error::CompileError;
 
 /// The field path of the default backend.
@@ -49,6 +50,7 @@ pub(crate) fn compile_ingress(
     owner: &ObjectRef,
     services: &ServiceIndex<'_>,
     policies: &PolicyIndex,
+    secrets: &CaSecrets<'_>,
 ) -> Result<IngressRoutes, Vec<CompileError>> {
     let annotations = parse_ingress_annotations(ingress.metadata.annotations.as_ref())?;
     let mut compiled = IngressRoutes::default();
@@ -58,8 +60,15 @@ pub(crate) fn compile_ingress(
         policies,
         &mut compiled.errors,
     );
-    let target = |backend| RouteTarget {
+    let mut upstream = IngressUpstream::new(
+        &annotations.upstream,
+        &owner.namespace,
+        secrets,
+        &mut compiled.errors,
+    );
+    let mut target = |backend: BackendKey| RouteTarget {
         owner: owner.clone(),
+        upstream: upstream.for_service(&backend.service),
         backend,
         balance: annotations.balance.clone(),
         policies: route_policies.clone(),
@@ -165,7 +174,7 @@ mod tests {
     use crate::compile::fixtures::{backend, ingress, path, rule, service};
     use k8s_openapi::api::core::v1::Service;
     use serde_json::json;
-    use sluice_dataplane::snapshot::{BackendKey, BalancePolicy, HashOn};
+    use sluice_dataplane::snapshot::{BalancePolicy, HashOn};
 
     fn owner() -> ObjectRef {
         ObjectRef::new("shop", "web")
@@ -186,6 +195,7 @@ mod tests {
             &owner(),
             &ServiceIndex::new(&services),
             &PolicyIndex::default(),
+            &CaSecrets::default(),
         )
     }
 

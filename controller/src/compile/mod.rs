@@ -13,6 +13,7 @@ mod host;
 mod ingress;
 mod path;
 mod policy;
+mod upstream;
 
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -35,8 +36,12 @@ use class::ClassFilter;
 use host::HostRule;
 use ingress::{CandidateRoute, DEFAULT_BACKEND_FIELD, IngressRoutes, compile_ingress};
 use policy::PolicyIndex;
+use upstream::CaSecrets;
 
-pub use annotations::{ENDPOINT_WEIGHTS, HASH_KEY, LOAD_BALANCE, MAX_ENDPOINT_WEIGHT};
+pub use annotations::{
+    BACKEND_CA, BACKEND_PROTOCOL, BACKEND_SNI, BACKEND_TLS_VERIFY, ENDPOINT_WEIGHTS, HASH_KEY,
+    LOAD_BALANCE, MAX_ENDPOINT_WEIGHT, WEBSOCKET_IDLE_TIMEOUT,
+};
 pub use class::{DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION};
 pub use endpoints::{SERVICE_NAME_LABEL, compile_backends, route_targets};
 pub use path::PathMatch;
@@ -54,7 +59,7 @@ pub struct ClusterObjects {
     pub ingress_classes: Vec<Arc<IngressClass>>,
     pub services: Vec<Arc<Service>>,
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
-    /// Not read yet; TLS will need them.
+    /// Read for the CA bundles of `sluice.dev/backend-ca`.
     pub secrets: Vec<Arc<Secret>>,
     pub rate_limits: Vec<Arc<RateLimit>>,
 }
@@ -115,6 +120,7 @@ pub fn compile(
 ) -> Compiled {
     let classes = ClassFilter::new(objects.ingress_classes.iter().map(Arc::as_ref), options);
     let services = ServiceIndex::new(objects.services.iter().map(Arc::as_ref));
+    let secrets = CaSecrets::new(objects.secrets.iter().map(Arc::as_ref));
     let mut ours: Vec<&Arc<Ingress>> = objects
         .ingresses
         .iter()
@@ -137,7 +143,7 @@ pub fn compile(
     for ingress in ours {
         let owner = object_ref(&ingress.metadata);
         let mut errors = Vec::new();
-        let served = match compile_ingress(ingress, &owner, &services, &policies) {
+        let served = match compile_ingress(ingress, &owner, &services, &policies, &secrets) {
             Ok(routes) => {
                 compiled
                     .last_good
@@ -146,7 +152,7 @@ pub fn compile(
             }
             Err(rejections) => {
                 errors.extend(rejections);
-                let indexes = (&services, &policies);
+                let indexes = (&services, &policies, &secrets);
                 serve_last_good(&owner, last_good, indexes, &mut errors, &mut compiled)
             }
         };
@@ -185,12 +191,12 @@ pub fn compile(
 fn serve_last_good(
     owner: &ObjectRef,
     last_good: &BTreeMap<ObjectRef, Arc<Ingress>>,
-    (services, policies): (&ServiceIndex<'_>, &PolicyIndex),
+    (services, policies, secrets): (&ServiceIndex<'_>, &PolicyIndex, &CaSecrets<'_>),
     errors: &mut Vec<CompileError>,
     compiled: &mut Compiled,
 ) -> Option<IngressRoutes> {
     let previous = last_good.get(owner)?;
-    let routes = compile_ingress(previous, owner, services, policies).ok()?;
+    let routes = compile_ingress(previous, owner, services, policies, secrets).ok()?;
     errors.push(CompileError::ServingLastGood {
         resource_version: previous.metadata.resource_version.clone(),
     });
@@ -1160,6 +1166,41 @@ mod tests {
             |name: &str| &compiled.statuses[&ObjectKey::new(ObjectKind::RateLimit, "shop", name)];
         assert!(policy_status("api").is_empty());
         assert_eq!(policy_status("bad")[0].reason(), "InvalidSpec");
+    }
+
+    #[test]
+    fn a_missing_ca_secret_keeps_the_routes_and_makes_them_answer_503() {
+        let secure = with_metadata(
+            ours("secure", None, root_to("web")),
+            json!({"annotations": {
+                "sluice.dev/backend-protocol": "GRPCS",
+                "sluice.dev/backend-ca": "backend-ca",
+            }}),
+        );
+        let compiled = run(&cluster(vec![secure]));
+        assert_eq!(reasons(&compiled, "secure"), ["BackendCANotFound"]);
+        let target = &compiled.snapshot_routes.any_host.prefix_paths["/"];
+        let upstream = target.upstream.as_ref().unwrap();
+        assert!(upstream.unavailable);
+        assert_eq!(
+            upstream.protocol,
+            sluice_dataplane::snapshot::BackendProtocol::Grpcs
+        );
+        assert!(compiled.accepted_ingresses.contains(&shop("secure")));
+    }
+
+    #[test]
+    fn a_cross_namespace_ca_secret_rejects_the_ingress() {
+        let web = with_metadata(
+            ours("web", None, root_to("web")),
+            json!({"annotations": {
+                "sluice.dev/backend-protocol": "HTTPS",
+                "sluice.dev/backend-ca": "security/ca",
+            }}),
+        );
+        let compiled = run(&cluster(vec![web]));
+        assert_eq!(reasons(&compiled, "web"), ["InvalidAnnotation"]);
+        assert!(compiled.snapshot_routes.any_host.prefix_paths.is_empty());
     }
 
     #[test]
