@@ -259,6 +259,8 @@ pub struct Metrics {
     pub rate_limit_decisions: Family<RateLimitLabels, Counter>,
     pub rate_limit_redis_seconds: Histogram,
     pub active_connections: Gauge,
+    /// WebSocket (and other upgraded) tunnels open.
+    pub upgraded_tunnels: Gauge,
     pub snapshot_generation: Gauge,
     pub snapshot_apply_seconds: Histogram,
     pub snapshot_routes: Gauge,
@@ -326,6 +328,12 @@ impl Metrics {
             "Client connections open on the traffic listeners",
             active_connections.clone(),
         );
+        let upgraded_tunnels = Gauge::default();
+        registry.register(
+            "upgraded_tunnels",
+            "WebSocket and other upgraded connections being relayed",
+            upgraded_tunnels.clone(),
+        );
         let snapshot_generation = Gauge::default();
         registry.register(
             "snapshot_generation",
@@ -372,6 +380,7 @@ impl Metrics {
             rate_limit_decisions,
             rate_limit_redis_seconds,
             active_connections,
+            upgraded_tunnels,
             snapshot_generation,
             snapshot_apply_seconds,
             snapshot_routes,

@@ -105,9 +105,10 @@ pub async fn serve_traffic(
         let gauge = proxy.data_plane().metrics().active_connections.clone();
         gauge.inc();
         let mark = ConnectionMark(gauge);
+        // With upgrades: a WebSocket handshake hands the connection to the proxy's tunnel.
         let serving = graceful.watch(
             builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned(),
         );
         tokio::spawn(async move {

@@ -1,0 +1,190 @@
+//! The upstream clients of one traffic thread: one per kind of connection, each with its
+//! own keep-alive pool.
+//!
+//! Clear-text HTTP/1.1 and h2c clients exist from the start. TLS clients are made on first
+//! use for each prepared upstream (see [`crate::upstream`]) and keyed by its id, which
+//! equal settings keep across snapshots; so a snapshot change leaves pools alone, and
+//! clients whose settings no route uses any more are dropped.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use http::uri::Scheme;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::body::UpstreamBody;
+use super::{LocalAnswer, ProxyConfig};
+use crate::live::LiveState;
+use crate::snapshot::{BackendProtocol, UpstreamSettings};
+use crate::upstream::PreparedTls;
+
+type PlainClient = Client<HttpConnector, UpstreamBody>;
+type TlsClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+
+/// A client chosen for one request.
+pub(super) enum UpstreamClient<'a> {
+    Plain(&'a PlainClient),
+    Tls(Arc<TlsClient>),
+}
+
+impl UpstreamClient<'_> {
+    pub fn request(&self, request: http::Request<UpstreamBody>) -> ResponseFuture {
+        match self {
+            UpstreamClient::Plain(client) => client.request(request),
+            UpstreamClient::Tls(client) => client.request(request),
+        }
+    }
+
+    /// The scheme of upstream URIs; the TLS connector refuses anything but `https`.
+    pub fn scheme(&self) -> Scheme {
+        match self {
+            UpstreamClient::Plain(_) => Scheme::HTTP,
+            UpstreamClient::Tls(_) => Scheme::HTTPS,
+        }
+    }
+}
+
+/// The clients of one traffic thread.
+pub(super) struct UpstreamClients {
+    http1: PlainClient,
+    h2c: PlainClient,
+    tls: Mutex<TlsClients>,
+    config: ProxyConfig,
+}
+
+impl std::fmt::Debug for UpstreamClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamClients").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct TlsClients {
+    /// The newest snapshot generation seen; unused clients are dropped when it moves.
+    generation: u64,
+    by_id: HashMap<u64, TlsPair>,
+}
+
+/// The clients of one TLS upstream: the protocol's own, and an HTTP/1.1-only one for
+/// upgrade requests, which HTTP/2 cannot carry.
+#[derive(Clone)]
+struct TlsPair {
+    main: Arc<TlsClient>,
+    http1: Arc<TlsClient>,
+}
+
+impl UpstreamClients {
+    pub fn new(config: &ProxyConfig) -> Self {
+        let http1 = client_builder(config).build(http_connector(config, true));
+        let h2c = client_builder(config)
+            .http2_only(true)
+            .build(http_connector(config, true));
+        UpstreamClients {
+            http1,
+            h2c,
+            tls: Mutex::new(TlsClients::default()),
+            config: config.clone(),
+        }
+    }
+
+    /// The client for a route's settings. Upgrade requests always go over HTTP/1.1.
+    pub fn select(
+        &self,
+        live: &LiveState,
+        settings: Option<&Arc<UpstreamSettings>>,
+        upgrade: bool,
+    ) -> Result<UpstreamClient<'_>, LocalAnswer> {
+        let Some(settings) = settings else {
+            return Ok(UpstreamClient::Plain(&self.http1));
+        };
+        if settings.unavailable {
+            return Err(LocalAnswer::UpstreamUnavailable);
+        }
+        match settings.protocol {
+            BackendProtocol::Http => return Ok(UpstreamClient::Plain(&self.http1)),
+            BackendProtocol::H2c | BackendProtocol::Grpc if upgrade => {
+                return Ok(UpstreamClient::Plain(&self.http1));
+            }
+            BackendProtocol::H2c | BackendProtocol::Grpc => {
+                return Ok(UpstreamClient::Plain(&self.h2c));
+            }
+            BackendProtocol::Https | BackendProtocol::Grpcs => {}
+        }
+        let prepared = live
+            .upstreams
+            .get(settings)
+            .ok_or(LocalAnswer::UpstreamUnavailable)?;
+        let tls = match &prepared.tls {
+            Ok(Some(tls)) => tls,
+            Ok(None) | Err(_) => return Err(LocalAnswer::UpstreamUnavailable),
+        };
+        // Only this thread takes the lock, so it is never contended.
+        let mut clients = self
+            .tls
+            .lock()
+            .map_err(|_| LocalAnswer::UpstreamUnavailable)?;
+        let generation = live.snapshot.generation;
+        if generation > clients.generation {
+            clients.generation = generation;
+            clients
+                .by_id
+                .retain(|id, _| live.upstreams.contains_id(*id));
+        }
+        let pair = clients
+            .by_id
+            .entry(prepared.id)
+            .or_insert_with(|| self.tls_pair(tls, settings.protocol));
+        Ok(UpstreamClient::Tls(Arc::clone(if upgrade {
+            &pair.http1
+        } else {
+            &pair.main
+        })))
+    }
+
+    fn tls_pair(&self, tls: &PreparedTls, protocol: BackendProtocol) -> TlsPair {
+        let connector = |alpn_h2: bool, alpn_http1: bool| {
+            let builder = HttpsConnectorBuilder::new()
+                .with_tls_config(tls.config.clone())
+                .https_only()
+                .with_server_name_resolver(FixedServerNameResolver::new(tls.server_name.clone()));
+            let http = http_connector(&self.config, false);
+            match (alpn_h2, alpn_http1) {
+                (true, true) => builder.enable_all_versions().wrap_connector(http),
+                (true, false) => builder.enable_http2().wrap_connector(http),
+                // No ALPN at all: a server then speaks HTTP/1.1.
+                _ => builder.enable_http1().wrap_connector(http),
+            }
+        };
+        let main = match protocol {
+            BackendProtocol::Grpcs => client_builder(&self.config)
+                .http2_only(true)
+                .build(connector(true, false)),
+            _ => client_builder(&self.config).build(connector(true, true)),
+        };
+        TlsPair {
+            main: Arc::new(main),
+            http1: Arc::new(client_builder(&self.config).build(connector(false, true))),
+        }
+    }
+}
+
+fn http_connector(config: &ProxyConfig, enforce_http: bool) -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.set_nodelay(true);
+    connector.enforce_http(enforce_http);
+    connector
+}
+
+fn client_builder(config: &ProxyConfig) -> hyper_util::client::legacy::Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_idle_timeout(config.upstream_idle_timeout)
+        .pool_max_idle_per_host(config.max_idle_per_endpoint)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new());
+    builder
+}
