@@ -188,3 +188,95 @@ fn client_builder(config: &ProxyConfig) -> hyper_util::client::legacy::Builder {
         .timer(TokioTimer::new());
     builder
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::HealthConfig;
+    use crate::live::DataPlane;
+    use crate::metrics::Metrics;
+    use crate::snapshot::{
+        BackendKey, BackendTable, BalancePolicy, ObjectRef, RouteTable, RouteTarget, Snapshot,
+        UpstreamTls, UpstreamVerify,
+    };
+
+    fn https(server_name: &str) -> Arc<UpstreamSettings> {
+        Arc::new(UpstreamSettings {
+            protocol: BackendProtocol::Https,
+            tls: Some(UpstreamTls {
+                server_name: server_name.into(),
+                verify: UpstreamVerify::PublicRoots,
+            }),
+            websocket_idle_timeout: None,
+            unavailable: false,
+        })
+    }
+
+    fn snapshot(generation: u64, upstream: Option<Arc<UpstreamSettings>>) -> Arc<Snapshot> {
+        let mut routes = RouteTable::default();
+        routes.any_host.prefix_paths.insert(
+            "/".into(),
+            RouteTarget {
+                owner: ObjectRef::new("shop", "web"),
+                backend: BackendKey {
+                    namespace: "shop".into(),
+                    service: "web".into(),
+                    port: 443,
+                },
+                balance: BalancePolicy::RoundRobin,
+                policies: None,
+                upstream,
+                slot: RouteTarget::UNNUMBERED,
+            },
+        );
+        Arc::new(Snapshot {
+            generation,
+            routes: Arc::new(routes),
+            backends: Arc::new(BackendTable::default()),
+        })
+    }
+
+    fn tls_client(clients: &UpstreamClients, plane: &DataPlane) -> Arc<TlsClient> {
+        let live = plane.load();
+        let settings = live.snapshot.routes.any_host.prefix_paths["/"]
+            .upstream
+            .clone();
+        match clients.select(&live, settings.as_ref(), false) {
+            Ok(UpstreamClient::Tls(client)) => client,
+            _ => panic!("expected a TLS client"),
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_clients_outlive_snapshots_with_equal_settings_and_go_with_them() {
+        let plane = DataPlane::new(HealthConfig::default(), Arc::new(Metrics::new()));
+        let clients = UpstreamClients::new(&ProxyConfig::default());
+        plane.apply(snapshot(1, Some(https("web.shop.svc"))));
+        let first = tls_client(&clients, &plane);
+
+        // A recompiled, equal snapshot: new Arcs, the same client and pool.
+        plane.apply(snapshot(2, Some(https("web.shop.svc"))));
+        assert!(Arc::ptr_eq(&first, &tls_client(&clients, &plane)));
+
+        // Other settings: another client; the unused one is dropped.
+        plane.apply(snapshot(3, Some(https("api.shop.svc"))));
+        assert!(!Arc::ptr_eq(&first, &tls_client(&clients, &plane)));
+        assert_eq!(clients.tls.lock().unwrap().by_id.len(), 1);
+
+        // Plain routes need no TLS client; the next TLS request prunes the rest.
+        plane.apply(snapshot(4, None));
+        let live = plane.load();
+        assert!(matches!(
+            clients.select(&live, None, false),
+            Ok(UpstreamClient::Plain(_))
+        ));
+        let unusable = Arc::new(UpstreamSettings {
+            unavailable: true,
+            ..UpstreamSettings::clone(&https("x"))
+        });
+        assert!(matches!(
+            clients.select(&live, Some(&unusable), false),
+            Err(LocalAnswer::UpstreamUnavailable)
+        ));
+    }
+}
