@@ -169,6 +169,22 @@ pub enum CompileError {
     /// On the policy object itself.
     #[error("{field}: {why}; the policy is not accepted")]
     InvalidPolicy { field: String, why: String },
+
+    #[error(
+        "{field}: Secret {secret:?} does not exist in this namespace; the Ingress's routes \
+         answer 503 until it does"
+    )]
+    BackendCaNotFound { field: String, secret: String },
+
+    #[error(
+        "{field}: Secret {secret:?} has no usable CA bundle: {why}; the Ingress's routes \
+         answer 503 until it has"
+    )]
+    InvalidBackendCa {
+        field: String,
+        secret: String,
+        why: String,
+    },
 }
 
 impl CompileError {
@@ -197,6 +213,8 @@ impl CompileError {
             CompileError::TlsHostConflict { .. } => "TlsHostConflict",
             CompileError::CertificateHostMismatch { .. } => "CertificateHostMismatch",
             CompileError::ClientCaUnavailable { .. } => "ClientCaUnavailable",
+            CompileError::BackendCaNotFound { .. } => "BackendCANotFound",
+            CompileError::InvalidBackendCa { .. } => "InvalidBackendCA",
         }
     }
 
@@ -224,6 +242,9 @@ impl CompileError {
             | CompileError::TlsHostConflict { .. }
             | CompileError::CertificateHostMismatch { .. }
             | CompileError::ClientCaUnavailable { .. } => Severity::Partial,
+            CompileError::BackendCaNotFound { .. } | CompileError::InvalidBackendCa { .. } => {
+                Severity::Partial
+            }
         }
     }
 
@@ -254,6 +275,8 @@ impl CompileError {
             | CompileError::TlsHostConflict { field, .. }
             | CompileError::CertificateHostMismatch { field, .. }
             | CompileError::ClientCaUnavailable { field, .. } => Some(field),
+            CompileError::BackendCaNotFound { field, .. }
+            | CompileError::InvalidBackendCa { field, .. } => Some(field),
             CompileError::PathConflict(conflict) => Some(&conflict.field),
             CompileError::ServingLastGood { .. } => None,
         }

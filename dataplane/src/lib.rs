@@ -12,3 +12,4 @@ pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod tls;
+pub mod upstream;

@@ -5,7 +5,7 @@
 //! flight, and keep-alive connections simply see the new routes on their next request.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -18,6 +18,7 @@ use crate::ratelimit::PolicyLimiter;
 use crate::ratelimit::redis::SharedRedis;
 use crate::router::RouteMatch;
 use crate::snapshot::{BackendKey, ObjectRef, RouteTable, Snapshot, TlsTable};
+use crate::upstream::UpstreamTable;
 
 /// Keys each rate-limit policy keeps unless told otherwise.
 pub const DEFAULT_RATE_LIMIT_KEYS: u64 = 100_000;
@@ -33,6 +34,8 @@ pub struct LiveState {
     route_series: Arc<[OnceLock<Arc<RouteSeries>>]>,
     /// The counters of every rate-limit policy some route uses.
     limiters: HashMap<ObjectRef, Arc<PolicyLimiter>>,
+    /// The upstream TLS configurations the routes need, built off the request path.
+    pub upstreams: Arc<UpstreamTable>,
 }
 
 /// What building a [`LiveState`] needs besides the snapshot.
@@ -43,6 +46,8 @@ struct LiveSettings {
     rate_limit_keys: u64,
     metrics: Arc<Metrics>,
     redis: Option<SharedRedis>,
+    /// Numbers prepared upstreams, so traffic threads can key their pools by them.
+    upstream_ids: Arc<AtomicU64>,
 }
 
 impl LiveState {
@@ -86,11 +91,22 @@ impl LiveState {
             }
             _ => build_limiters(&snapshot.routes, previous, settings),
         };
+        let upstreams = match previous {
+            Some(previous) if Arc::ptr_eq(&previous.snapshot.routes, &snapshot.routes) => {
+                Arc::clone(&previous.upstreams)
+            }
+            _ => Arc::new(UpstreamTable::build(
+                &snapshot.routes,
+                previous.map(|previous| previous.upstreams.as_ref()),
+                &settings.upstream_ids,
+            )),
+        };
         LiveState {
             snapshot,
             balancers,
             route_series,
             limiters,
+            upstreams,
         }
     }
 
@@ -179,6 +195,7 @@ impl DataPlane {
             rate_limit_keys: DEFAULT_RATE_LIMIT_KEYS,
             metrics,
             redis: None,
+            upstream_ids: Arc::new(AtomicU64::new(0)),
         };
         let empty = LiveState::build(Arc::new(Snapshot::empty(0)), None, &settings);
         DataPlane {
@@ -392,6 +409,7 @@ mod tests {
             generation,
             routes: Arc::new(RouteTable::default()),
             backends: Arc::new(backends),
+            tls: Arc::default(),
         }
     }
 
@@ -402,6 +420,7 @@ mod tests {
             balance: crate::snapshot::BalancePolicy::RoundRobin,
             policies: None,
             https: std::sync::Arc::default(),
+            upstream: None,
             slot,
         }
     }
@@ -424,6 +443,7 @@ mod tests {
             generation: 1,
             routes: Arc::new(routes),
             backends: Arc::new(BackendTable::default()),
+            tls: Arc::default(),
         });
         plane.apply(Arc::clone(&first));
         let live = plane.load();
@@ -473,6 +493,7 @@ mod tests {
                 generation: 1,
                 routes: Arc::new(routes),
                 backends: Arc::new(BackendTable::default()),
+                tls: Arc::default(),
             }),
             None,
             &LiveSettings {
@@ -481,6 +502,7 @@ mod tests {
                 rate_limit_keys: 10,
                 metrics: Arc::new(Metrics::new()),
                 redis: None,
+                upstream_ids: Arc::new(AtomicU64::new(0)),
             },
         );
         let matched = live.snapshot.routes.lookup("x", "/a").unwrap();

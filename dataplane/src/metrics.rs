@@ -281,6 +281,8 @@ pub struct Metrics {
     pub tls_handshakes: Family<TlsHandshakeLabels, Counter>,
     pub tls_handshake_failures: Family<TlsFailureLabels, Counter>,
     pub tls_certificate_expiry: Family<TlsCertificateLabels, Gauge>,
+    /// WebSocket (and other upgraded) tunnels open.
+    pub upgraded_tunnels: Gauge,
     pub snapshot_generation: Gauge,
     pub snapshot_apply_seconds: Histogram,
     pub snapshot_routes: Gauge,
@@ -347,6 +349,12 @@ impl Metrics {
             "active_connections",
             "Client connections open on the traffic listeners",
             active_connections.clone(),
+        );
+        let upgraded_tunnels = Gauge::default();
+        registry.register(
+            "upgraded_tunnels",
+            "WebSocket and other upgraded connections being relayed",
+            upgraded_tunnels.clone(),
         );
         let snapshot_generation = Gauge::default();
         registry.register(
@@ -415,6 +423,7 @@ impl Metrics {
             tls_handshakes,
             tls_handshake_failures,
             tls_certificate_expiry,
+            upgraded_tunnels,
             snapshot_generation,
             snapshot_apply_seconds,
             snapshot_routes,

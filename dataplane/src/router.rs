@@ -210,6 +210,7 @@ mod tests {
             balance: BalancePolicy::RoundRobin,
             policies: None,
             https: std::sync::Arc::default(),
+            upstream: None,
             slot: RouteTarget::UNNUMBERED,
         }
     }

@@ -159,9 +159,10 @@ fn serve_connection<IO>(
         let connection = Arc::clone(&connection);
         async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, &connection).await) }
     });
+    // With upgrades: a WebSocket handshake hands the connection to the proxy's tunnel.
     let serving = watcher.watch(
         builder
-            .serve_connection(TokioIo::new(io), service)
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned(),
     );
     tokio::spawn(async move {

@@ -150,6 +150,9 @@ pub struct RouteTarget {
     pub policies: Option<Arc<RoutePolicies>>,
     /// HTTPS behaviour of the owning Ingress: redirect, HSTS, client certificates.
     pub https: Arc<HttpsPolicy>,
+    /// How to talk to the upstream, shared by the routes of one Ingress; `None` is plain
+    /// HTTP/1.1 with the default WebSocket idle timeout.
+    pub upstream: Option<Arc<UpstreamSettings>>,
     /// Index of this target in its table, given by [`RouteTable::number_targets`];
     /// [`RouteTarget::UNNUMBERED`] until then (still served, only without cached state).
     pub slot: u32,
@@ -233,6 +236,74 @@ pub enum LimitHeaders {
     /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`.
     Legacy,
     None,
+}
+
+/// How a route talks to its upstream (`sluice.dev/backend-protocol` and friends).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamSettings {
+    pub protocol: BackendProtocol,
+    /// Set for the TLS protocols (`HTTPS`, `GRPCS`).
+    pub tls: Option<UpstreamTls>,
+    /// How long a WebSocket (or other upgraded) tunnel may carry nothing either way before
+    /// it is closed; `None` takes the data plane's default.
+    pub websocket_idle_timeout: Option<std::time::Duration>,
+    /// The TLS settings could not be made (say, the CA Secret is missing): the routes
+    /// answer 503 rather than connect without the verification they ask for.
+    pub unavailable: bool,
+}
+
+/// The protocol spoken to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum BackendProtocol {
+    /// HTTP/1.1 in clear text.
+    #[default]
+    Http,
+    /// TLS, offering ALPN `h2` and `http/1.1`; the upstream picks.
+    Https,
+    /// HTTP/2 in clear text with prior knowledge.
+    H2c,
+    /// gRPC: HTTP/2 in clear text with prior knowledge, and gRPC-shaped local errors.
+    Grpc,
+    /// gRPC over TLS: HTTP/2 (ALPN `h2` only), and gRPC-shaped local errors.
+    Grpcs,
+}
+
+impl BackendProtocol {
+    /// Whether connections are TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, BackendProtocol::Https | BackendProtocol::Grpcs)
+    }
+
+    /// Whether requests go over HTTP/2 without negotiation (or with ALPN `h2` only).
+    pub fn is_http2_only(self) -> bool {
+        matches!(
+            self,
+            BackendProtocol::H2c | BackendProtocol::Grpc | BackendProtocol::Grpcs
+        )
+    }
+
+    pub fn is_grpc(self) -> bool {
+        matches!(self, BackendProtocol::Grpc | BackendProtocol::Grpcs)
+    }
+}
+
+/// TLS to an upstream: the name it is verified against and sent as SNI.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// A DNS name (or IP address) the certificate must be valid for; also the SNI.
+    pub server_name: String,
+    pub verify: UpstreamVerify,
+}
+
+/// How an upstream's certificate is checked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum UpstreamVerify {
+    /// Against the public web PKI roots (webpki-roots).
+    PublicRoots,
+    /// Against these CA certificates (DER), and only them.
+    Ca(Arc<[Vec<u8>]>),
+    /// Not at all: asked for explicitly with `sluice.dev/backend-tls-verify: "false"`.
+    Disabled,
 }
 
 /// A Service port, resolved to its number.

@@ -2,7 +2,10 @@
 //! loopback, driven by a real HTTP client.
 #![allow(dead_code)]
 
+pub mod grpc;
 pub mod tls;
+pub mod upstream_tls;
+pub mod websocket;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

@@ -7,9 +7,10 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use http::HeaderValue;
-use sluice_dataplane::snapshot::{BalancePolicy, DEFAULT_HSTS, HashOn};
+use sluice_dataplane::snapshot::{BackendProtocol, BalancePolicy, DEFAULT_HSTS, HashOn};
 
 use crate::error::CompileError;
 
@@ -26,11 +27,25 @@ pub const SSL_REDIRECT: &str = "sluice.dev/ssl-redirect";
 pub const HSTS: &str = "sluice.dev/hsts";
 /// A Secret in the Ingress's namespace whose `ca.crt` verifies client certificates.
 pub const CLIENT_CA: &str = "sluice.dev/client-ca";
+/// `HTTP`, `HTTPS`, `H2C`, `GRPC` or `GRPCS`: how Sluice talks to the backends.
+pub const BACKEND_PROTOCOL: &str = "sluice.dev/backend-protocol";
+/// A Secret in the Ingress's namespace whose `ca.crt` (PEM) verifies TLS backends.
+pub const BACKEND_CA: &str = "sluice.dev/backend-ca";
+/// The name TLS backends are verified against and sent as SNI.
+pub const BACKEND_SNI: &str = "sluice.dev/backend-sni";
+/// `"false"` turns off the verification of TLS backends.
+pub const BACKEND_TLS_VERIFY: &str = "sluice.dev/backend-tls-verify";
+/// How long a WebSocket may stay silent both ways before Sluice closes it (`3600s`, `1h`).
+pub const WEBSOCKET_IDLE_TIMEOUT: &str = "sluice.dev/websocket-idle-timeout";
 /// On an EndpointSlice: `address=weight` entries separated by commas, weights 1 to 1000.
 pub const ENDPOINT_WEIGHTS: &str = "sluice.dev/endpoint-weights";
 
 /// The largest weight an endpoint may have; bounds the hash ring's size.
 pub const MAX_ENDPOINT_WEIGHT: u32 = 1000;
+
+/// The shortest and longest WebSocket idle timeouts.
+const MIN_WEBSOCKET_IDLE: Duration = Duration::from_secs(1);
+const MAX_WEBSOCKET_IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What the `sluice.dev/*` annotations of an Ingress ask for.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -42,6 +57,20 @@ pub(crate) struct IngressAnnotations {
     pub hsts: Option<HeaderValue>,
     /// The Secret holding the client CA bundle.
     pub client_ca: Option<String>,
+    pub upstream: UpstreamAnnotations,
+}
+
+/// What the backend annotations ask for; all default means plain HTTP/1.1.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct UpstreamAnnotations {
+    pub protocol: BackendProtocol,
+    /// The CA Secret's name, in the Ingress's namespace.
+    pub ca_secret: Option<String>,
+    /// Lower case; a DNS name or an IP address.
+    pub sni: Option<String>,
+    /// `backend-tls-verify: "false"`.
+    pub verify_disabled: bool,
+    pub websocket_idle_timeout: Option<Duration>,
 }
 
 /// The field path of an annotation, for errors.
@@ -145,6 +174,7 @@ pub(crate) fn parse_ingress_annotations(
             None
         }
     };
+    let upstream = parse_upstream(&get, &mut errors);
 
     if errors.is_empty() {
         Ok(IngressAnnotations {
@@ -153,6 +183,7 @@ pub(crate) fn parse_ingress_annotations(
             ssl_redirect,
             hsts,
             client_ca,
+            upstream,
         })
     } else {
         Err(errors)
@@ -202,18 +233,171 @@ fn parse_hsts(value: &str) -> Result<Option<HeaderValue>, String> {
         .map_err(|error| error.to_string())
 }
 
+/// The backend annotations. TLS settings without a TLS protocol, or a CA together with
+/// verification turned off, are refused: each says the user expects something that would
+/// silently not happen.
+fn parse_upstream<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+    errors: &mut Vec<CompileError>,
+) -> UpstreamAnnotations {
+    let mut invalid = |name: &str, value: &str, why: &str| {
+        errors.push(CompileError::InvalidAnnotation {
+            field: annotation_field(name),
+            value: value.to_owned(),
+            why: why.to_owned(),
+        });
+    };
+    let mut upstream = UpstreamAnnotations::default();
+    if let Some(value) = get(BACKEND_PROTOCOL) {
+        match parse_backend_protocol(value) {
+            Some(protocol) => upstream.protocol = protocol,
+            None => invalid(
+                BACKEND_PROTOCOL,
+                value,
+                "expected HTTP, HTTPS, H2C, GRPC or GRPCS",
+            ),
+        }
+    }
+    let tls = upstream.protocol.is_tls();
+    let needs_tls = "applies only with sluice.dev/backend-protocol HTTPS or GRPCS";
+    if let Some(value) = get(BACKEND_CA) {
+        let name = value.trim();
+        if name.contains('/') {
+            invalid(
+                BACKEND_CA,
+                value,
+                "a Secret of another namespace cannot be used; name one in the Ingress's namespace",
+            );
+        } else if !is_object_name(name) {
+            invalid(
+                BACKEND_CA,
+                value,
+                "not a Secret name (lower-case letters, digits, '-' and '.')",
+            );
+        } else if !tls {
+            invalid(BACKEND_CA, value, needs_tls);
+        } else {
+            upstream.ca_secret = Some(name.to_owned());
+        }
+    }
+    if let Some(value) = get(BACKEND_SNI) {
+        let name = value.trim().to_ascii_lowercase();
+        if !(is_dns_name(&name) || name.parse::<IpAddr>().is_ok()) {
+            invalid(BACKEND_SNI, value, "not a DNS name or IP address");
+        } else if !tls {
+            invalid(BACKEND_SNI, value, needs_tls);
+        } else {
+            upstream.sni = Some(name);
+        }
+    }
+    if let Some(value) = get(BACKEND_TLS_VERIFY) {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "true" => {}
+            "false" if !tls => invalid(BACKEND_TLS_VERIFY, value, needs_tls),
+            "false" if upstream.ca_secret.is_some() => invalid(
+                BACKEND_TLS_VERIFY,
+                value,
+                "contradicts sluice.dev/backend-ca; remove one of them",
+            ),
+            "false" => upstream.verify_disabled = true,
+            _ => invalid(BACKEND_TLS_VERIFY, value, "expected \"true\" or \"false\""),
+        }
+    }
+    if let Some(value) = get(WEBSOCKET_IDLE_TIMEOUT) {
+        match parse_duration(value.trim())
+            .filter(|timeout| (MIN_WEBSOCKET_IDLE..=MAX_WEBSOCKET_IDLE).contains(timeout))
+        {
+            Some(timeout) => upstream.websocket_idle_timeout = Some(timeout),
+            None => invalid(
+                WEBSOCKET_IDLE_TIMEOUT,
+                value,
+                "expected a duration from 1s to 168h, such as 3600s, 90m or 1h30m",
+            ),
+        }
+    }
+    upstream
+}
+
+fn parse_backend_protocol(value: &str) -> Option<BackendProtocol> {
+    match value.trim().to_ascii_uppercase().as_str() {
+        "HTTP" => Some(BackendProtocol::Http),
+        "HTTPS" => Some(BackendProtocol::Https),
+        "H2C" => Some(BackendProtocol::H2c),
+        "GRPC" => Some(BackendProtocol::Grpc),
+        "GRPCS" => Some(BackendProtocol::Grpcs),
+        _ => None,
+    }
+}
+
+/// `90s`, `15m`, `1h30m`, `500ms`: whole numbers with units, largest first; a bare number
+/// is seconds (as ingress-nginx's timeouts are written).
+pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().ok().map(Duration::from_secs);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    let mut last_unit = u128::MAX;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let (number, tail) = rest.split_at(digits);
+        let number: u64 = number.parse().ok()?;
+        let unit_length = tail.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let (unit, tail) = tail.split_at(unit_length);
+        let part = match unit {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number.checked_mul(60)?),
+            "h" => Duration::from_secs(number.checked_mul(3600)?),
+            _ => return None,
+        };
+        let unit_nanos = match unit {
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            _ => 3_600_000_000_000,
+        };
+        if unit_nanos >= last_unit {
+            return None;
+        }
+        last_unit = unit_nanos;
+        total = total.checked_add(part)?;
+        rest = tail;
+    }
+    (!text.is_empty()).then_some(total)
+}
+
+/// A Kubernetes object name (DNS subdomain).
+fn is_object_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// A lower-case DNS host name: dot-separated labels of letters, digits and inner hyphens.
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 /// A comma-separated list of object names (DNS subdomains), at least one.
 fn parse_policy_names(value: &str) -> Result<Vec<String>, String> {
     let mut names: Vec<String> = Vec::new();
     for name in value.split(',').map(str::trim) {
-        let valid = !name.is_empty()
-            && name.len() <= 253
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-        if !valid {
+        if !is_object_name(name) {
             return Err(format!(
                 "{name:?} is not an object name (lower-case letters, digits, '-' and '.')"
             ));
@@ -464,6 +648,123 @@ mod tests {
                 "metadata.annotations[sluice.dev/load-balance]"
             ]
         );
+    }
+
+    fn upstream(pairs: &[(&str, &str)]) -> UpstreamAnnotations {
+        parse(pairs).unwrap().upstream
+    }
+
+    #[test]
+    fn backend_protocol_defaults_to_http_and_takes_every_value() {
+        assert_eq!(upstream(&[]), UpstreamAnnotations::default());
+        assert_eq!(upstream(&[]).protocol, BackendProtocol::Http);
+        for (value, protocol) in [
+            ("HTTP", BackendProtocol::Http),
+            ("HTTPS", BackendProtocol::Https),
+            ("h2c", BackendProtocol::H2c),
+            (" GRPC ", BackendProtocol::Grpc),
+            ("grpcs", BackendProtocol::Grpcs),
+        ] {
+            assert_eq!(
+                upstream(&[(BACKEND_PROTOCOL, value)]).protocol,
+                protocol,
+                "{value}"
+            );
+        }
+        for bad in ["HTTP2", "", "ws", "AJP"] {
+            assert_eq!(
+                rejected_fields(&[(BACKEND_PROTOCOL, bad)]),
+                ["metadata.annotations[sluice.dev/backend-protocol]"],
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn tls_annotations_are_read_with_a_tls_protocol() {
+        let settings = upstream(&[
+            (BACKEND_PROTOCOL, "GRPCS"),
+            (BACKEND_CA, "backend-ca"),
+            (BACKEND_SNI, "API.Internal.Example"),
+            (BACKEND_TLS_VERIFY, "true"),
+        ]);
+        assert_eq!(settings.ca_secret.as_deref(), Some("backend-ca"));
+        assert_eq!(settings.sni.as_deref(), Some("api.internal.example"));
+        assert!(!settings.verify_disabled);
+        let insecure = upstream(&[
+            (BACKEND_PROTOCOL, "HTTPS"),
+            (BACKEND_TLS_VERIFY, "False"),
+            (BACKEND_SNI, "10.0.0.7"),
+        ]);
+        assert!(insecure.verify_disabled);
+        assert_eq!(insecure.sni.as_deref(), Some("10.0.0.7"));
+    }
+
+    #[test]
+    fn bad_or_misplaced_tls_annotations_are_rejected() {
+        let field = |name: &str| format!("metadata.annotations[{name}]");
+        let cases: [(&[(&str, &str)], &str); 8] = [
+            (
+                &[(BACKEND_PROTOCOL, "HTTPS"), (BACKEND_CA, "other/ca")],
+                BACKEND_CA,
+            ),
+            (
+                &[(BACKEND_PROTOCOL, "HTTPS"), (BACKEND_CA, "Bad_Name")],
+                BACKEND_CA,
+            ),
+            (&[(BACKEND_CA, "ca")], BACKEND_CA),
+            (
+                &[(BACKEND_PROTOCOL, "GRPC"), (BACKEND_SNI, "a.example")],
+                BACKEND_SNI,
+            ),
+            (
+                &[(BACKEND_PROTOCOL, "HTTPS"), (BACKEND_SNI, "*.example")],
+                BACKEND_SNI,
+            ),
+            (
+                &[(BACKEND_PROTOCOL, "HTTPS"), (BACKEND_TLS_VERIFY, "no")],
+                BACKEND_TLS_VERIFY,
+            ),
+            (&[(BACKEND_TLS_VERIFY, "false")], BACKEND_TLS_VERIFY),
+            (
+                &[
+                    (BACKEND_PROTOCOL, "HTTPS"),
+                    (BACKEND_CA, "ca"),
+                    (BACKEND_TLS_VERIFY, "false"),
+                ],
+                BACKEND_TLS_VERIFY,
+            ),
+        ];
+        for (pairs, name) in cases {
+            assert_eq!(rejected_fields(pairs), [field(name)], "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn websocket_idle_timeouts_take_durations_within_bounds() {
+        for (value, seconds) in [
+            ("3600s", 3600),
+            ("1h", 3600),
+            ("90m", 5400),
+            ("1h30m", 5400),
+            ("45", 45),
+            ("168h", 168 * 3600),
+        ] {
+            assert_eq!(
+                upstream(&[(WEBSOCKET_IDLE_TIMEOUT, value)]).websocket_idle_timeout,
+                Some(Duration::from_secs(seconds)),
+                "{value}"
+            );
+        }
+        for bad in [
+            "0s", "500ms", "169h", "1d", "30m1h", "1h1h", "h", "", "-5s", "1.5h",
+        ] {
+            assert_eq!(
+                rejected_fields(&[(WEBSOCKET_IDLE_TIMEOUT, bad)]),
+                ["metadata.annotations[sluice.dev/websocket-idle-timeout]"],
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -237,6 +237,7 @@ mod tests {
             balance,
             policies: None,
             https: Arc::default(),
+            upstream: None,
             slot: RouteTarget::UNNUMBERED,
         }
     }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::Ingress;
+use sluice_dataplane::snapshot::BackendKey;
 use sluice_dataplane::snapshot::{
     ClientCa, ClientCaRequirement, HttpsPolicy, ObjectRef, RoutePolicies, RouteTarget,
 };
@@ -18,6 +19,7 @@ use super::host::{HostRule, compile_host};
 use super::path::{PathMatch, compile_path};
 use super::policy::{PolicyIndex, PolicyLookup};
 use super::tls::{IngressTls, SecretIndex, ingress_tls_entries};
+use super::upstream::IngressUpstream;
 use crate::error::CompileError;
 
 /// The field path of the default backend.
@@ -73,12 +75,19 @@ pub(crate) fn compile_ingress(
         secrets,
         &mut compiled.errors,
     );
+    let mut upstream = IngressUpstream::new(
+        &annotations.upstream,
+        &owner.namespace,
+        secrets,
+        &mut compiled.errors,
+    );
     compiled.tls = IngressTls {
         entries: ingress_tls_entries(ingress, &mut compiled.errors),
         client_ca,
     };
-    let target = |backend| RouteTarget {
+    let mut target = |backend: BackendKey| RouteTarget {
         owner: owner.clone(),
+        upstream: upstream.for_service(&backend.service),
         backend,
         balance: annotations.balance.clone(),
         policies: route_policies.clone(),
@@ -226,7 +235,7 @@ mod tests {
     use crate::compile::fixtures::{backend, ingress, path, rule, service};
     use k8s_openapi::api::core::v1::Service;
     use serde_json::json;
-    use sluice_dataplane::snapshot::{BackendKey, BalancePolicy, HashOn};
+    use sluice_dataplane::snapshot::{BalancePolicy, HashOn};
 
     fn owner() -> ObjectRef {
         ObjectRef::new("shop", "web")

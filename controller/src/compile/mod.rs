@@ -14,6 +14,7 @@ mod ingress;
 mod path;
 mod policy;
 mod tls;
+mod upstream;
 
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -41,7 +42,8 @@ use policy::PolicyIndex;
 use tls::{SecretIndex, TlsTableBuilder};
 
 pub use annotations::{
-    CLIENT_CA, ENDPOINT_WEIGHTS, HASH_KEY, HSTS, LOAD_BALANCE, MAX_ENDPOINT_WEIGHT, SSL_REDIRECT,
+    BACKEND_CA, BACKEND_PROTOCOL, BACKEND_SNI, BACKEND_TLS_VERIFY, CLIENT_CA, ENDPOINT_WEIGHTS,
+    HASH_KEY, HSTS, LOAD_BALANCE, MAX_ENDPOINT_WEIGHT, SSL_REDIRECT, WEBSOCKET_IDLE_TIMEOUT,
 };
 pub use class::{DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION};
 pub use endpoints::{SERVICE_NAME_LABEL, compile_backends, route_targets};
@@ -61,6 +63,7 @@ pub struct ClusterObjects {
     pub services: Vec<Arc<Service>>,
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     /// TLS certificates and CA bundles named by Ingresses and `--default-ssl-certificate`.
+    /// Read for the CA bundles of `sluice.dev/backend-ca`.
     pub secrets: Vec<Arc<Secret>>,
     pub rate_limits: Vec<Arc<RateLimit>>,
 }
@@ -1214,6 +1217,41 @@ mod tests {
             |name: &str| &compiled.statuses[&ObjectKey::new(ObjectKind::RateLimit, "shop", name)];
         assert!(policy_status("api").is_empty());
         assert_eq!(policy_status("bad")[0].reason(), "InvalidSpec");
+    }
+
+    #[test]
+    fn a_missing_ca_secret_keeps_the_routes_and_makes_them_answer_503() {
+        let secure = with_metadata(
+            ours("secure", None, root_to("web")),
+            json!({"annotations": {
+                "sluice.dev/backend-protocol": "GRPCS",
+                "sluice.dev/backend-ca": "backend-ca",
+            }}),
+        );
+        let compiled = run(&cluster(vec![secure]));
+        assert_eq!(reasons(&compiled, "secure"), ["BackendCANotFound"]);
+        let target = &compiled.snapshot_routes.any_host.prefix_paths["/"];
+        let upstream = target.upstream.as_ref().unwrap();
+        assert!(upstream.unavailable);
+        assert_eq!(
+            upstream.protocol,
+            sluice_dataplane::snapshot::BackendProtocol::Grpcs
+        );
+        assert!(compiled.accepted_ingresses.contains(&shop("secure")));
+    }
+
+    #[test]
+    fn a_cross_namespace_ca_secret_rejects_the_ingress() {
+        let web = with_metadata(
+            ours("web", None, root_to("web")),
+            json!({"annotations": {
+                "sluice.dev/backend-protocol": "HTTPS",
+                "sluice.dev/backend-ca": "security/ca",
+            }}),
+        );
+        let compiled = run(&cluster(vec![web]));
+        assert_eq!(reasons(&compiled, "web"), ["InvalidAnnotation"]);
+        assert!(compiled.snapshot_routes.any_host.prefix_paths.is_empty());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::object_key::namespace_of;
 /// The Secret keys of a `kubernetes.io/tls` Secret, and of a CA bundle.
 const CERT_KEY: &str = "tls.crt";
 const PRIVATE_KEY_KEY: &str = "tls.key";
-const CA_KEY: &str = "ca.crt";
+pub(crate) const CA_KEY: &str = "ca.crt";
 
 /// Secrets by namespace and name.
 #[derive(Debug, Default)]
@@ -58,7 +58,7 @@ impl<'a> SecretIndex<'a> {
 
 /// One key of a Secret: `data` as the API server keeps it, or `stringData` as a file may
 /// give it.
-fn secret_bytes<'s>(secret: &'s Secret, key: &str) -> Option<&'s [u8]> {
+pub(crate) fn secret_bytes<'s>(secret: &'s Secret, key: &str) -> Option<&'s [u8]> {
     if let Some(bytes) = secret.data.as_ref().and_then(|data| data.get(key)) {
         return Some(bytes.0.as_slice());
     }

@@ -56,6 +56,14 @@ impl ResponseBody {
         }
     }
 
+    /// The same response finish with no body at all (a trailers-only gRPC answer).
+    pub fn emptied(self) -> Self {
+        ResponseBody {
+            inner: Either::Right(Full::new(Bytes::new())),
+            finish: self.finish,
+        }
+    }
+
     pub fn with_finish(mut self, finish: RequestFinish) -> Self {
         self.finish = Some(finish);
         self

@@ -1,7 +1,10 @@
 //! The request path: normalise, route, pick an endpoint, forward, answer.
 
 mod body;
+mod clients;
+mod grpc;
 mod headers;
+mod tunnel;
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
@@ -18,9 +21,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Empty, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::upgrade::OnUpgrade;
 
 pub use body::{RequestFinish, ResponseBody, UpstreamBody};
 pub use headers::{ConnectionHeaders, TrustedProxies};
@@ -30,8 +31,10 @@ use crate::live::{DataPlane, LiveState, backend_labels};
 use crate::metrics::{MethodLabel, RouteSeries, StatusClass};
 use crate::ratelimit::{Decision, LimitReport, RequestView, cookie_value};
 use crate::router::{normalize_host, normalize_path};
-use crate::snapshot::{BalancePolicy, ClientCaRequirement, HashOn, RoutePolicies};
+use crate::snapshot::{BalancePolicy, ClientCaRequirement, HashOn, RoutePolicies, RouteTarget};
 use crate::tls::TlsConnectionInfo;
+use clients::{UpstreamClient, UpstreamClients};
+use tunnel::Tunnel;
 
 /// Limits, timeouts and header settings of the proxy.
 #[derive(Debug, Clone)]
@@ -56,6 +59,9 @@ pub struct ProxyConfig {
     /// The port browsers reach the HTTPS listener on, for redirects; `None` when there is
     /// no HTTPS listener (then nothing is redirected).
     pub https_redirect_port: Option<u16>,
+    /// How long an upgraded tunnel (WebSocket) may stay silent both ways before it is
+    /// closed, unless its route says otherwise.
+    pub websocket_idle_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -72,6 +78,7 @@ impl Default for ProxyConfig {
             via: None,
             access_log: false,
             https_redirect_port: None,
+            websocket_idle_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -103,11 +110,11 @@ impl ClientConnection {
     }
 }
 
-/// The reverse proxy: one per process, shared by every connection.
+/// The reverse proxy: one per traffic thread, shared by that thread's connections.
 #[derive(Debug)]
 pub struct Proxy {
     data_plane: Arc<DataPlane>,
-    client: Client<HttpConnector, UpstreamBody>,
+    clients: UpstreamClients,
     config: ProxyConfig,
     via_request: [Option<HeaderValue>; 3],
     via_response: Option<HeaderValue>,
@@ -129,6 +136,8 @@ enum LocalAnswer {
     HttpsRedirect,
     /// The route needs a client certificate this connection did not present.
     ClientCertificateRequired,
+    /// The route's upstream TLS settings cannot be used (say, its CA Secret is missing).
+    UpstreamUnavailable,
 }
 
 impl LocalAnswer {
@@ -145,6 +154,7 @@ impl LocalAnswer {
             LocalAnswer::LimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             LocalAnswer::HttpsRedirect => StatusCode::PERMANENT_REDIRECT,
             LocalAnswer::ClientCertificateRequired => StatusCode::FORBIDDEN,
+            LocalAnswer::UpstreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -171,6 +181,9 @@ impl LocalAnswer {
             LocalAnswer::ClientCertificateRequired => {
                 "403 forbidden: this route needs a verified client certificate\n"
             }
+            LocalAnswer::UpstreamUnavailable => {
+                "503 service unavailable: the route's upstream TLS settings are not usable\n"
+            }
         }
     }
 
@@ -183,22 +196,15 @@ impl LocalAnswer {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         headers.insert(CONTENT_LENGTH, HeaderValue::from(self.text().len()));
+        // Marks the response as Sluice's own, so a gRPC caller can get it gRPC-shaped.
+        response.extensions_mut().insert(self);
         response
     }
 }
 
 impl Proxy {
     pub fn new(data_plane: Arc<DataPlane>, config: ProxyConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.upstream_idle_timeout)
-            .pool_max_idle_per_host(config.max_idle_per_endpoint)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+        let clients = UpstreamClients::new(&config);
         let via = |version: &str| {
             config
                 .via
@@ -209,7 +215,7 @@ impl Proxy {
             via_request: [via("1.0"), via("1.1"), via("2")],
             via_response: via("1.1"),
             data_plane,
-            client,
+            clients,
             config,
         }
     }
@@ -226,8 +232,14 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let method = request.method().clone();
-        let (response, series) = self.route_and_forward(request, connection, started).await;
+        let grpc_call = grpc::is_grpc(request.headers());
+        let (mut response, series) = self.route_and_forward(request, connection, started).await;
+        // Counted and logged with the HTTP status Sluice means, also when a gRPC caller
+        // gets it as a grpc-status.
         let status = response.status();
+        if grpc_call && let Some(answer) = response.extensions().get::<LocalAnswer>().copied() {
+            response = grpc::reshape(response, answer);
+        }
         let metrics = self.data_plane.metrics();
         let series = series.as_deref().unwrap_or(&metrics.unrouted);
         metrics.count_request(
@@ -362,6 +374,18 @@ impl Proxy {
             return (local(LocalAnswer::PayloadTooLarge, finish), Some(series));
         }
 
+        let upgrade = tunnel::requested_upgrade(&parts);
+        let client = match self
+            .clients
+            .select(&live, target.upstream.as_ref(), upgrade.is_some())
+        {
+            Ok(client) => client,
+            Err(answer) => return (local(answer, finish), Some(series)),
+        };
+        let timeout = self.response_header_timeout(target, &parts.headers);
+        let client_side = upgrade
+            .as_ref()
+            .and_then(|_| parts.extensions.remove::<OnUpgrade>());
         let hash = hash_input(&target.balance, &parts.headers, client_ip);
         self.prepare_upstream_headers(
             &mut parts,
@@ -371,13 +395,23 @@ impl Proxy {
             connection,
             client_ip,
         );
+        if let Some(upgrade) = &upgrade {
+            tunnel::restore_upgrade_headers(&mut parts.headers, upgrade.clone());
+        }
 
-        let result = self
-            .forward(parts, body, path_and_query, balancer, &target.balance, hash)
-            .await;
+        let sent = Sent {
+            client: &client,
+            timeout,
+            balancer,
+            policy: &target.balance,
+            hash,
+        };
+        let result = self.forward(parts, body, path_and_query, sent).await;
         let response = match result {
             Ok((response, in_flight)) => {
                 let (mut response_parts, upstream_body) = response.into_parts();
+                let switched = (response_parts.status == StatusCode::SWITCHING_PROTOCOLS)
+                    .then(|| tunnel::accepted_upgrade(&response_parts.headers));
                 headers::strip_hop_by_hop(&mut response_parts.headers);
                 if let Some(via) = &self.via_response {
                     response_parts.headers.append(VIA, via.clone());
@@ -395,7 +429,31 @@ impl Proxy {
                         .insert(STRICT_TRANSPORT_SECURITY, hsts.clone());
                 }
                 let mut finish = finish;
-                finish.in_flight = Some(in_flight);
+                match switched {
+                    None => finish.in_flight = Some(in_flight),
+                    Some(accepted) => {
+                        let upstream_side = response_parts.extensions.remove::<OnUpgrade>();
+                        let (Some(accepted), Some(client), Some(upstream)) =
+                            (accepted, client_side, upstream_side)
+                        else {
+                            // A 101 nobody asked for, or one that names no protocol.
+                            return (local(LocalAnswer::UpstreamFailed, finish), Some(series));
+                        };
+                        tunnel::restore_upgrade_headers(&mut response_parts.headers, accepted);
+                        Tunnel {
+                            client,
+                            upstream,
+                            idle_timeout: target
+                                .upstream
+                                .as_ref()
+                                .and_then(|settings| settings.websocket_idle_timeout)
+                                .unwrap_or(self.config.websocket_idle_timeout),
+                            open_tunnels: self.data_plane.metrics().upgraded_tunnels.clone(),
+                            in_flight,
+                        }
+                        .spawn();
+                    }
+                }
                 Response::from_parts(
                     response_parts,
                     ResponseBody::upstream(upstream_body, finish),
@@ -404,6 +462,20 @@ impl Proxy {
             Err(answer) => local(answer, finish),
         };
         (response, Some(series))
+    }
+
+    /// How long to wait for response headers. gRPC routes take the call's own deadline
+    /// (`grpc-timeout`) when it has one, longer or shorter than `--request-timeout`: a
+    /// long call must not be cut short, and an expired one need not be waited for.
+    fn response_header_timeout(&self, target: &RouteTarget, headers: &http::HeaderMap) -> Duration {
+        let grpc_route = target
+            .upstream
+            .as_ref()
+            .is_some_and(|settings| settings.protocol.is_grpc());
+        match grpc::timeout(headers).filter(|_| grpc_route) {
+            Some(deadline) => deadline.min(MAX_GRPC_DEADLINE),
+            None => self.config.request_timeout,
+        }
     }
 
     /// `new_host` replaces `Host` (HTTP/2 clients send `:authority` instead);
@@ -459,10 +531,15 @@ impl Proxy {
         parts: http::request::Parts,
         body: Incoming,
         path_and_query: PathAndQuery,
-        balancer: &BackendBalancer,
-        policy: &BalancePolicy,
-        hash: Option<u64>,
+        sent: Sent<'_>,
     ) -> Result<(Response<Incoming>, crate::balance::InFlight), LocalAnswer> {
+        let Sent {
+            client,
+            timeout,
+            balancer,
+            policy,
+            hash,
+        } = sent;
         let replayable = is_idempotent(&parts.method) && body.is_end_stream();
         let mut body = Some(body);
         // Never more attempts than endpoints: each retry goes to one not tried yet.
@@ -484,7 +561,8 @@ impl Proxy {
             else {
                 break;
             };
-            let Some(uri) = upstream_uri(&endpoint.authority, &path_and_query) else {
+            let Some(uri) = upstream_uri(client.scheme(), &endpoint.authority, &path_and_query)
+            else {
                 return Err(LocalAnswer::UpstreamFailed);
             };
             // Only a request that may be sent again keeps a copy of its headers.
@@ -505,9 +583,7 @@ impl Proxy {
             *request.uri_mut() = uri;
             *request.headers_mut() = attempt_headers.unwrap_or_default();
             let sent_at = Instant::now();
-            let result =
-                tokio::time::timeout(self.config.request_timeout, self.client.request(request))
-                    .await;
+            let result = tokio::time::timeout(timeout, client.request(request)).await;
             let labels = || backend_labels(&balancer.key);
             match result {
                 Ok(Ok(response)) => {
@@ -591,6 +667,19 @@ fn https_location(host: &str, port: u16, path_and_query: &PathAndQuery) -> Optio
     HeaderValue::from_str(&location).ok()
 }
 
+/// The longest gRPC deadline waited for.
+const MAX_GRPC_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+
+/// Where and how one request is sent upstream.
+struct Sent<'a> {
+    client: &'a UpstreamClient<'a>,
+    /// For the response headers.
+    timeout: Duration,
+    balancer: &'a BackendBalancer,
+    policy: &'a BalancePolicy,
+    hash: Option<u64>,
+}
+
 /// Why policies refused a request, with the limit to describe in its headers.
 struct Refusal {
     answer: LocalAnswer,
@@ -672,9 +761,13 @@ fn normalized_path_and_query(uri: &Uri) -> Option<PathAndQuery> {
     }
 }
 
-fn upstream_uri(authority: &Option<Authority>, path_and_query: &PathAndQuery) -> Option<Uri> {
+fn upstream_uri(
+    scheme: Scheme,
+    authority: &Option<Authority>,
+    path_and_query: &PathAndQuery,
+) -> Option<Uri> {
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
+    parts.scheme = Some(scheme);
     parts.authority = Some(authority.clone()?);
     parts.path_and_query = Some(path_and_query.clone());
     Uri::from_parts(parts).ok()
