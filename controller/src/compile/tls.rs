@@ -338,3 +338,328 @@ fn failure_error(
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{backend, ingress, path, rule, service};
+    use super::super::{ClusterObjects, CompileOptions, Compiled, LastGood, compile};
+    use super::*;
+    use crate::object_key::{ObjectKey, ObjectKind};
+    use serde_json::{Value, json};
+    use sluice_dataplane::snapshot::{ClientCaRequirement, RouteTarget};
+
+    struct Pair {
+        cert: String,
+        key: String,
+    }
+
+    fn issue(names: &[&str]) -> Pair {
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let generated = rcgen::generate_simple_self_signed(names).unwrap();
+        Pair {
+            cert: generated.cert.pem(),
+            key: generated.signing_key.serialize_pem(),
+        }
+    }
+
+    fn secret(name: &str, data: &[(&str, &str)]) -> Arc<Secret> {
+        let string_data: serde_json::Map<String, Value> = data
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), json!(value)))
+            .collect();
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "shop"},
+                "type": "kubernetes.io/tls",
+                "stringData": string_data,
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn tls_secret(name: &str, pair: &Pair) -> Arc<Secret> {
+        secret(name, &[("tls.crt", &pair.cert), ("tls.key", &pair.key)])
+    }
+
+    /// An Ingress of ours routing `hosts` to `web`, with `tls` items and annotations.
+    fn tls_ingress(
+        name: &str,
+        created: &str,
+        hosts: &[&str],
+        tls: Value,
+        annotations: Value,
+    ) -> Arc<Ingress> {
+        let rules: Vec<Value> = hosts
+            .iter()
+            .map(|host| {
+                rule(
+                    Some(host),
+                    vec![path(&format!("/{name}"), "Prefix", backend("web", 80))],
+                )
+            })
+            .collect();
+        Arc::new(ingress(
+            "shop",
+            name,
+            json!({"creationTimestamp": created, "annotations": annotations}),
+            json!({"ingressClassName": "sluice", "rules": rules, "tls": tls}),
+        ))
+    }
+
+    fn objects(ingresses: Vec<Arc<Ingress>>, secrets: Vec<Arc<Secret>>) -> ClusterObjects {
+        ClusterObjects {
+            ingresses,
+            secrets,
+            services: vec![Arc::new(service("shop", "web", &[(Some("http"), 80)]))],
+            ..ClusterObjects::default()
+        }
+    }
+
+    fn run(objects: &ClusterObjects, last_good: &LastGood) -> Compiled {
+        compile(objects, last_good, &CompileOptions::default())
+    }
+
+    fn reasons(compiled: &Compiled, name: &str) -> Vec<&'static str> {
+        compiled.statuses[&ObjectKey::ingress(&ObjectRef::new("shop", name))]
+            .iter()
+            .map(CompileError::reason)
+            .collect()
+    }
+
+    fn served_secret(compiled: &Compiled, host: &str) -> Option<String> {
+        compiled
+            .tls
+            .site(host)
+            .map(|site| site.certificate.source.name.clone())
+    }
+
+    /// The route of Ingress `name` (each routes `/<name>`).
+    fn target_of(compiled: &Compiled, host: &str, name: &str) -> RouteTarget {
+        compiled.snapshot_routes.exact_hosts[host].prefix_paths[&format!("/{name}")].clone()
+    }
+
+    #[test]
+    fn hosts_get_the_oldest_ingresses_certificate_and_conflicts_are_reported() {
+        let a = issue(&["a.example", "*.wild.example"]);
+        let b = issue(&["a.example"]);
+        let objects = objects(
+            vec![
+                tls_ingress(
+                    "newer",
+                    "2024-02-01T00:00:00Z",
+                    &["a.example"],
+                    json!([{"secretName": "b", "hosts": ["a.example"]}]),
+                    json!({}),
+                ),
+                tls_ingress(
+                    "older",
+                    "2024-01-01T00:00:00Z",
+                    &["a.example", "x.wild.example"],
+                    // No hosts: the rule hosts; plus an explicit wildcard.
+                    json!([{"secretName": "a"}, {"secretName": "a", "hosts": ["*.Wild.example"]}]),
+                    json!({}),
+                ),
+                tls_ingress(
+                    "same",
+                    "2024-03-01T00:00:00Z",
+                    &["a.example"],
+                    json!([{"secretName": "a"}]),
+                    json!({}),
+                ),
+            ],
+            vec![tls_secret("a", &a), tls_secret("b", &b)],
+        );
+        let compiled = run(&objects, &LastGood::default());
+        assert_eq!(served_secret(&compiled, "a.example").as_deref(), Some("a"));
+        assert_eq!(
+            served_secret(&compiled, "y.wild.example").as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            served_secret(&compiled, "x.wild.example").as_deref(),
+            Some("a")
+        );
+        assert_eq!(served_secret(&compiled, "b.example"), None);
+        assert!(
+            reasons(&compiled, "older").is_empty(),
+            "{:?}",
+            reasons(&compiled, "older")
+        );
+        assert_eq!(reasons(&compiled, "newer"), vec!["TlsHostConflict"]);
+        // Naming the same Secret for the same host is agreement, not a conflict.
+        assert!(reasons(&compiled, "same").is_empty());
+        assert_eq!(compiled.last_good.certificates.len(), 2);
+        // Equal inputs, equal tables: the snapshot can be reused.
+        assert_eq!(run(&objects, &compiled.last_good).tls, compiled.tls);
+    }
+
+    #[test]
+    fn a_bad_secret_keeps_its_last_good_certificate_and_a_deleted_one_does_not() {
+        let good = issue(&["r.example"]);
+        let other = issue(&["r.example"]);
+        let ingresses = vec![tls_ingress(
+            "r",
+            "2024-01-01T00:00:00Z",
+            &["r.example"],
+            json!([{"secretName": "r"}]),
+            json!({}),
+        )];
+        let first = run(
+            &objects(ingresses.clone(), vec![tls_secret("r", &good)]),
+            &LastGood::default(),
+        );
+        let served = Arc::clone(&first.tls.site("r.example").unwrap().certificate);
+
+        // Unchanged bytes: the very same parsed certificate, not a new parse.
+        let again = run(
+            &objects(ingresses.clone(), vec![tls_secret("r", &good)]),
+            &first.last_good,
+        );
+        assert!(Arc::ptr_eq(
+            &again.tls.site("r.example").unwrap().certificate,
+            &served
+        ));
+
+        for (bad, why) in [
+            (
+                secret("r", &[("tls.crt", &good.cert), ("tls.key", &other.key)]),
+                "does not belong",
+            ),
+            (
+                secret("r", &[("tls.crt", "junk"), ("tls.key", &good.key)]),
+                "holds no PEM",
+            ),
+            (secret("r", &[("tls.crt", &good.cert)]), "needs both"),
+        ] {
+            let compiled = run(&objects(ingresses.clone(), vec![bad]), &first.last_good);
+            let errors = &compiled.statuses[&ObjectKey::ingress(&ObjectRef::new("shop", "r"))];
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            let message = errors[0].to_string();
+            assert!(message.contains(why), "{message}");
+            assert!(
+                message.contains("last good certificate keeps serving"),
+                "{message}"
+            );
+            assert!(Arc::ptr_eq(
+                &compiled.tls.site("r.example").unwrap().certificate,
+                &served
+            ));
+            // And it stays the last good one for the compile after.
+            assert!(Arc::ptr_eq(
+                &compiled.last_good.certificates[&ObjectRef::new("shop", "r")],
+                &served
+            ));
+            // Routes are never taken out by a certificate problem.
+            assert!(
+                compiled
+                    .snapshot_routes
+                    .exact_hosts
+                    .contains_key("r.example")
+            );
+        }
+
+        let deleted = run(&objects(ingresses.clone(), vec![]), &first.last_good);
+        assert_eq!(reasons(&deleted, "r"), vec!["SecretNotFound"]);
+        assert!(deleted.tls.site("r.example").is_none());
+        assert!(deleted.last_good.certificates.is_empty());
+
+        // Bad from the start: nothing to fall back on.
+        let never_good = run(
+            &objects(
+                ingresses,
+                vec![secret("r", &[("tls.crt", "junk"), ("tls.key", "junk")])],
+            ),
+            &LastGood::default(),
+        );
+        let message =
+            never_good.statuses[&ObjectKey::ingress(&ObjectRef::new("shop", "r"))][0].to_string();
+        assert!(
+            message.contains("its hosts get the default certificate"),
+            "{message}"
+        );
+        assert!(never_good.tls.site("r.example").is_none());
+    }
+
+    #[test]
+    fn a_certificate_for_other_names_is_served_with_a_warning() {
+        let pair = issue(&["other.example"]);
+        let compiled = run(
+            &objects(
+                vec![tls_ingress(
+                    "m",
+                    "2024-01-01T00:00:00Z",
+                    &["m.example"],
+                    json!([{"secretName": "m"}]),
+                    json!({}),
+                )],
+                vec![tls_secret("m", &pair)],
+            ),
+            &LastGood::default(),
+        );
+        assert_eq!(reasons(&compiled, "m"), vec!["CertificateHostMismatch"]);
+        assert_eq!(served_secret(&compiled, "m.example").as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn the_default_certificate_reports_on_its_secret() {
+        let pair = issue(&["default.example"]);
+        let options = |name: &str| CompileOptions {
+            default_certificate: Some(ObjectRef::new("shop", name)),
+            ..CompileOptions::default()
+        };
+        let objects = objects(vec![], vec![tls_secret("fallback", &pair)]);
+        let good = compile(&objects, &LastGood::default(), &options("fallback"));
+        assert_eq!(good.tls.default.as_ref().unwrap().source.name, "fallback");
+        let missing = compile(&objects, &LastGood::default(), &options("nope"));
+        assert!(missing.tls.default.is_none());
+        let key = ObjectKey::new(ObjectKind::Secret, "shop", "nope");
+        assert_eq!(missing.statuses[&key][0].reason(), "SecretNotFound");
+    }
+
+    #[test]
+    fn a_client_ca_goes_to_the_handshake_and_to_the_routes_and_a_missing_one_shuts_them() {
+        let server = issue(&["m.example", "n.example"]);
+        let ca = issue(&["clients.example"]);
+        let annotations = |secret: &str| json!({"sluice.dev/client-ca": secret});
+        let compiled = run(
+            &objects(
+                vec![
+                    tls_ingress(
+                        "m",
+                        "2024-01-01T00:00:00Z",
+                        &["m.example"],
+                        json!([{"secretName": "srv"}]),
+                        annotations("clients"),
+                    ),
+                    tls_ingress(
+                        "n",
+                        "2024-01-02T00:00:00Z",
+                        &["n.example"],
+                        json!([{"secretName": "srv"}]),
+                        annotations("missing"),
+                    ),
+                ],
+                vec![
+                    tls_secret("srv", &server),
+                    secret("clients", &[("ca.crt", &ca.cert)]),
+                ],
+            ),
+            &LastGood::default(),
+        );
+        let site = compiled.tls.site("m.example").unwrap();
+        let client_ca = site
+            .client_ca
+            .as_ref()
+            .expect("the handshake asks for a certificate");
+        assert_eq!(
+            target_of(&compiled, "m.example", "m").https.client_ca,
+            Some(ClientCaRequirement::Verified(client_ca.fingerprint))
+        );
+        assert_eq!(reasons(&compiled, "n"), vec!["ClientCaUnavailable"]);
+        assert_eq!(
+            target_of(&compiled, "n.example", "n").https.client_ca,
+            Some(ClientCaRequirement::Unavailable)
+        );
+        assert!(compiled.tls.site("n.example").unwrap().client_ca.is_none());
+    }
+}
