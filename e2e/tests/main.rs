@@ -975,3 +975,117 @@ async fn e2e_8_rate_limit_crd_status_and_missing_policies() {
     let message = &global.status.unwrap().conditions[0].message;
     assert!(message.contains("--redis-url"), "{message}");
 }
+
+fn tls_secret_json(namespace: &str, name: &str, cert_pem: &str, key_pem: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": cert_pem, "tls.key": key_pem},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes API server: run e2e/run"]
+async fn e2e_9_tls_secrets_rotate_without_a_restart_and_a_bad_one_keeps_the_last_good() {
+    use support::tls::{ClientOptions, HttpsConnection, TestCa, connect, presented};
+
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("tls").await;
+    let class = "e2e-tls";
+    let host = "tls.e2e.test";
+    let echo = Echo::start(&["127.0.0.141"]);
+    cluster.service(&ns, "web").await;
+    cluster
+        .endpoints(&ns, "web", &[Endpoint::ready(echo.addrs[0])])
+        .await;
+    let ca = TestCa::new("Sluice e2e CA");
+    let first = ca.server(&[host]);
+    let second = ca.server(&[host]);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(cluster.client.clone(), &ns);
+    apply(
+        &secrets,
+        "site-tls",
+        tls_secret_json(&ns, "site-tls", &first.cert_pem, &first.key_pem),
+    )
+    .await;
+    let mut ingress = ingress_json(&ns, "site", class, host, &[("/", "web")], "http");
+    ingress["spec"]["tls"] = serde_json::json!([{"secretName": "site-tls", "hosts": [host]}]);
+    apply(&cluster.ingresses(&ns), "site", ingress).await;
+
+    let sluice = cluster
+        .sluice(
+            class,
+            &["--leader-elect=false", "--https-addr", "127.0.0.1:0"],
+        )
+        .await;
+    let https = sluice.https.expect("an HTTPS listener");
+    let trusted = ClientOptions {
+        trust: Some(&ca),
+        ..ClientOptions::default()
+    };
+    eventually(5 * SECOND, "the Secret's certificate is served", async || {
+        match connect(https, Some(host), &trusted).await {
+            Ok(stream) => presented(&stream) == first.der,
+            Err(_) => false,
+        }
+    })
+    .await;
+    let stream = connect(https, Some(host), &trusted).await.unwrap();
+    let mut kept = HttpsConnection::new(stream).await.unwrap();
+    let reply = kept.get(host, "/", &[]).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // Plain HTTP to a host with a certificate is sent to HTTPS.
+    assert_eq!(status_of(&sluice, host, "/").await, 308);
+
+    // Rotation through the API server: new handshakes get the new certificate within a
+    // second, the connection made before keeps working.
+    let rotated = Instant::now();
+    apply(
+        &secrets,
+        "site-tls",
+        tls_secret_json(&ns, "site-tls", &second.cert_pem, &second.key_pem),
+    )
+    .await;
+    eventually(SECOND, "the rotated certificate is served", async || {
+        match connect(https, Some(host), &trusted).await {
+            Ok(stream) => presented(&stream) == second.der,
+            Err(_) => false,
+        }
+    })
+    .await;
+    println!("rotation served {:?} after the apply", rotated.elapsed());
+    for _ in 0..3 {
+        assert_eq!(kept.get(host, "/", &[]).await.unwrap().status, 200);
+    }
+
+    // A key that does not match the certificate: an Event on the Ingress, and the last
+    // good certificate keeps serving.
+    let stranger = ca.server(&[host]);
+    apply(
+        &secrets,
+        "site-tls",
+        tls_secret_json(&ns, "site-tls", &second.cert_pem, &stranger.key_pem),
+    )
+    .await;
+    eventually(10 * SECOND, "an InvalidSecret Event on the Ingress", async || {
+        cluster
+            .events_about(&ns, "site")
+            .await
+            .iter()
+            .any(|event| {
+                event.reason.as_deref() == Some("InvalidSecret")
+                    && event.note.as_deref().is_some_and(|note| {
+                        note.contains("site-tls") && note.contains("last good certificate")
+                    })
+            })
+    })
+    .await;
+    for _ in 0..3 {
+        let stream = connect(https, Some(host), &trusted).await.unwrap();
+        assert_eq!(presented(&stream), second.der);
+    }
+    assert_eq!(kept.get(host, "/", &[]).await.unwrap().status, 200);
+}
