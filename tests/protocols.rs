@@ -14,7 +14,8 @@ use hyper::body::Frame;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::grpc::{EchoClient, EchoMessage};
-use support::upstream_tls::{TestCa, start_tls_upstream};
+use support::tls::{TestCa, ca_secret_yaml};
+use support::upstream_tls::start_tls_upstream;
 use support::websocket::{connect, round_trip, start_echo_server};
 use support::{INGRESS_CLASS, ManifestDir, Sluice, service_yaml};
 use tokio::sync::mpsc;
@@ -50,14 +51,6 @@ fn rule(host: Option<&str>, paths: &[(&str, &str)]) -> String {
         ));
     }
     yaml
-}
-
-/// A Secret whose `ca.crt` is `pem`, written as `stringData` as a person would by hand.
-fn ca_secret(name: &str, pem: &str) -> String {
-    let indented: String = pem.lines().map(|line| format!("    {line}\n")).collect();
-    format!(
-        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\nstringData:\n  ca.crt: |\n{indented}"
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,11 +188,8 @@ async fn websocket_tunnels_survive_snapshot_changes_and_close_when_idle() {
     let start_generation = sluice.generation().await;
     for change in 1..=100 {
         dir.write("routes.yaml", &routes(change));
-        let wanted = start_generation + change as u64;
         sluice
-            .eventually(Duration::from_secs(5), "change applied", || async {
-                sluice.generation().await >= wanted
-            })
+            .wait_for_generation(start_generation + change as u64)
             .await;
         round_trip(&mut socket, &format!("after change {change}")).await;
     }
@@ -240,8 +230,8 @@ async fn tls_upstreams_are_verified_against_the_configured_ca_and_name() {
     let dir = ManifestDir::new("upstream-tls");
     dir.write("class.yaml", INGRESS_CLASS);
     let mut objects = service_yaml("default", "tls-web", 80, &[upstream.addr], &[]);
-    objects += &ca_secret("good-ca", &ca.pem());
-    objects += &ca_secret("wrong-ca", &other_ca.pem());
+    objects += &ca_secret_yaml("default", "good-ca", &ca.pem);
+    objects += &ca_secret_yaml("default", "wrong-ca", &other_ca.pem);
     let https = ("sluice.dev/backend-protocol", "HTTPS");
     let sni = ("sluice.dev/backend-sni", "backend.internal");
     objects += &ingress(

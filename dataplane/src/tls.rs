@@ -26,6 +26,7 @@ use tokio_rustls::server::TlsStream;
 use crate::live::DataPlane;
 use crate::metrics::{Metrics, TlsFailureLabels, TlsHandshakeLabels};
 use crate::snapshot::{ClientCa, ObjectRef, ServerCertificate, TlsSite};
+use crate::upstream::{CaBundleError, parse_ca_bundle};
 
 /// What is wrong with a certificate, key or CA bundle.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -184,15 +185,15 @@ impl ClientCa {
     /// Parses a CA bundle (`ca.crt`) into a verifier that requires a client certificate
     /// chaining to one of its certificates.
     pub fn from_pem(source: ObjectRef, bundle_pem: &[u8]) -> Result<Self, CertificateError> {
+        let certificates = parse_ca_bundle(bundle_pem).map_err(|error| match error {
+            CaBundleError::Empty => CertificateError::NoCertificate("ca.crt"),
+            other => CertificateError::BadCertificate {
+                key: "ca.crt",
+                why: other.to_string(),
+            },
+        })?;
         let mut roots = RootCertStore::empty();
-        for certificate in pem_certificates(bundle_pem, "ca.crt")? {
-            roots
-                .add(certificate)
-                .map_err(|error| CertificateError::BadCertificate {
-                    key: "ca.crt",
-                    why: error.to_string(),
-                })?;
-        }
+        roots.add_parsable_certificates(certificates.into_iter().map(CertificateDer::from));
         let verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crypto_provider())
                 .build()

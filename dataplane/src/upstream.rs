@@ -165,7 +165,7 @@ fn client_config(tls: &UpstreamTls) -> Result<PreparedTls, String> {
         }
         UpstreamVerify::Disabled => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoCertificateCheck(provider)))
+            .with_custom_certificate_verifier(Arc::new(NoCertificateCheck::new(provider)))
             .with_no_client_auth(),
     };
     Ok(PreparedTls {
@@ -177,8 +177,16 @@ fn client_config(tls: &UpstreamTls) -> Result<PreparedTls, String> {
 /// Accepts any certificate, for `sluice.dev/backend-tls-verify: "false"` only. Handshake
 /// signatures are still checked, so the connection is at least encrypted to whoever holds
 /// the key of the certificate shown.
+///
+/// Public so tests can look at certificates a server presents; nothing else should.
 #[derive(Debug)]
-struct NoCertificateCheck(Arc<CryptoProvider>);
+pub struct NoCertificateCheck(Arc<CryptoProvider>);
+
+impl NoCertificateCheck {
+    pub fn new(provider: Arc<CryptoProvider>) -> Self {
+        NoCertificateCheck(provider)
+    }
+}
 
 impl ServerCertVerifier for NoCertificateCheck {
     fn verify_server_cert(

@@ -976,7 +976,12 @@ async fn e2e_8_rate_limit_crd_status_and_missing_policies() {
     assert!(message.contains("--redis-url"), "{message}");
 }
 
-fn tls_secret_json(namespace: &str, name: &str, cert_pem: &str, key_pem: &str) -> serde_json::Value {
+fn tls_secret_json(
+    namespace: &str,
+    name: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> serde_json::Value {
     serde_json::json!({
         "apiVersion": "v1",
         "kind": "Secret",
@@ -1026,12 +1031,14 @@ async fn e2e_9_tls_secrets_rotate_without_a_restart_and_a_bad_one_keeps_the_last
         trust: Some(&ca),
         ..ClientOptions::default()
     };
-    eventually(5 * SECOND, "the Secret's certificate is served", async || {
-        match connect(https, Some(host), &trusted).await {
+    eventually(
+        5 * SECOND,
+        "the Secret's certificate is served",
+        async || match connect(https, Some(host), &trusted).await {
             Ok(stream) => presented(&stream) == first.der,
             Err(_) => false,
-        }
-    })
+        },
+    )
     .await;
     let stream = connect(https, Some(host), &trusted).await.unwrap();
     let mut kept = HttpsConnection::new(stream).await.unwrap();
@@ -1049,12 +1056,14 @@ async fn e2e_9_tls_secrets_rotate_without_a_restart_and_a_bad_one_keeps_the_last
         tls_secret_json(&ns, "site-tls", &second.cert_pem, &second.key_pem),
     )
     .await;
-    eventually(SECOND, "the rotated certificate is served", async || {
-        match connect(https, Some(host), &trusted).await {
+    eventually(
+        SECOND,
+        "the rotated certificate is served",
+        async || match connect(https, Some(host), &trusted).await {
             Ok(stream) => presented(&stream) == second.der,
             Err(_) => false,
-        }
-    })
+        },
+    )
     .await;
     println!("rotation served {:?} after the apply", rotated.elapsed());
     for _ in 0..3 {
@@ -1070,18 +1079,18 @@ async fn e2e_9_tls_secrets_rotate_without_a_restart_and_a_bad_one_keeps_the_last
         tls_secret_json(&ns, "site-tls", &second.cert_pem, &stranger.key_pem),
     )
     .await;
-    eventually(10 * SECOND, "an InvalidSecret Event on the Ingress", async || {
-        cluster
-            .events_about(&ns, "site")
-            .await
-            .iter()
-            .any(|event| {
+    eventually(
+        10 * SECOND,
+        "an InvalidSecret Event on the Ingress",
+        async || {
+            cluster.events_about(&ns, "site").await.iter().any(|event| {
                 event.reason.as_deref() == Some("InvalidSecret")
                     && event.note.as_deref().is_some_and(|note| {
                         note.contains("site-tls") && note.contains("last good certificate")
                     })
             })
-    })
+        },
+    )
     .await;
     for _ in 0..3 {
         let stream = connect(https, Some(host), &trusted).await.unwrap();

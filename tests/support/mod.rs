@@ -264,6 +264,14 @@ impl Sluice {
             .expect("generation line")
     }
 
+    /// Waits (up to 5 s) until the served generation is at least `wanted`.
+    pub async fn wait_for_generation(&self, wanted: u64) {
+        self.eventually(Duration::from_secs(5), "change applied", || async {
+            self.generation().await >= wanted
+        })
+        .await;
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.0.id()
     }
@@ -343,6 +351,23 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Reads a whole response.
+    pub async fn read(response: hyper::Response<hyper::body::Incoming>) -> Result<Reply, String> {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
     /// The echo server's JSON summary.
     pub fn echo(&self) -> serde_json::Value {
         serde_json::from_str(&self.body)
@@ -395,19 +420,7 @@ pub async fn send_with(
         .await
         .map_err(|_| "timed out".to_string())?
         .map_err(|e| format!("{e:?}"))?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok(Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
+    Reply::read(response).await
 }
 
 pub fn shared_client() -> Client<HttpConnector, Full<Bytes>> {

@@ -1,5 +1,5 @@
 //! A real TLS upstream (tokio-rustls, HTTP/1.1 and h2 by ALPN) with certificates from a
-//! test CA made by rcgen. It records the SNI each client sent.
+//! test CA ([`TestCa`]). It records the SNI each client sent.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -10,56 +10,13 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::grpc;
-
-/// A certificate authority for one test.
-pub struct TestCa {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl TestCa {
-    pub fn new(name: &str) -> TestCa {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().expect("key");
-        TestCa {
-            issuer: CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
-        }
-    }
-
-    /// The CA certificate, PEM.
-    pub fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// A server certificate for `names`, signed by this CA, and its key.
-    pub fn server_certificate(
-        &self,
-        names: &[&str],
-    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
-        let params = CertificateParams::new(names).expect("params");
-        let key = KeyPair::generate().expect("key");
-        let certificate = params.signed_by(&key, &self.issuer).expect("sign");
-        (
-            vec![certificate.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-    }
-}
+use super::tls::TestCa;
 
 /// A running TLS upstream.
 pub struct TlsUpstream {
@@ -78,7 +35,9 @@ impl TlsUpstream {
 /// and `http/1.1`. `/test.Echo/*` is the gRPC echo service; anything else answers
 /// `tls ok <protocol>`.
 pub async fn start_tls_upstream(ca: &TestCa, names: &[&str]) -> TlsUpstream {
-    let (chain, key) = ca.server_certificate(names);
+    let issued = ca.server(names);
+    let chain = vec![issued.der.clone()];
+    let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).expect("key PEM");
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
