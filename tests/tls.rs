@@ -499,7 +499,7 @@ async fn client_certificates_are_required_and_their_subject_goes_upstream() {
     let stream = connect(addr, Some("open.example"), &plain).await.unwrap();
     let mut fronted = HttpsConnection::new(stream).await.unwrap();
     let reply = fronted.get("m.example", "/", &[]).await.unwrap();
-    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(reply.status, 421, "{}", reply.body);
     let reply = fronted
         .get(
             "open.example",

@@ -209,6 +209,8 @@ impl ClientCa {
 /// What a finished handshake tells the request path about its connection.
 #[derive(Debug, Clone)]
 pub struct TlsConnectionInfo {
+    /// The SNI name the handshake was made for (lower-case), if the client sent one.
+    pub server_name: Option<String>,
     /// Present when the host required a client certificate and it was verified.
     pub client: Option<VerifiedClient>,
 }
@@ -365,8 +367,10 @@ impl TlsAcceptor {
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io)
             .await
             .map_err(|error| HandshakeFailure::of(&error))?;
-        let site = server_name(&start.client_hello())
-            .and_then(|name| self.data_plane.load().snapshot.tls.site(&name).cloned());
+        let name = server_name(&start.client_hello());
+        let site = name
+            .as_deref()
+            .and_then(|name| self.data_plane.load().snapshot.tls.site(name).cloned());
         let (config, client_ca) = match site {
             Some(TlsSite {
                 certificate,
@@ -388,7 +392,11 @@ impl TlsAcceptor {
                 subject: subject_header(leaf)?,
             })
         });
-        Ok((stream, TlsConnectionInfo { client }))
+        let info = TlsConnectionInfo {
+            server_name: name,
+            client,
+        };
+        Ok((stream, info))
     }
 
     /// A config that requires a client certificate from `client_ca`. Made per handshake

@@ -69,6 +69,7 @@ impl LocalAnswer {
             }
             LocalAnswer::UpstreamTimeout => GrpcCode::DeadlineExceeded,
             LocalAnswer::ClientCertificateRequired => GrpcCode::PermissionDenied,
+            LocalAnswer::MisdirectedRequest => GrpcCode::Unavailable,
             // gRPC clients do not follow redirects; the spec maps other statuses to UNKNOWN.
             LocalAnswer::HttpsRedirect => GrpcCode::Unknown,
             LocalAnswer::NoEndpoints

@@ -136,6 +136,9 @@ enum LocalAnswer {
     HttpsRedirect,
     /// The route needs a client certificate this connection did not present.
     ClientCertificateRequired,
+    /// The connection was made for another host (HTTP/2 coalescing, say) and cannot serve
+    /// this one: the client should open a new connection for it.
+    MisdirectedRequest,
     /// The route's upstream TLS settings cannot be used (say, its CA Secret is missing).
     UpstreamUnavailable,
 }
@@ -154,6 +157,7 @@ impl LocalAnswer {
             LocalAnswer::LimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             LocalAnswer::HttpsRedirect => StatusCode::PERMANENT_REDIRECT,
             LocalAnswer::ClientCertificateRequired => StatusCode::FORBIDDEN,
+            LocalAnswer::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
             LocalAnswer::UpstreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -178,6 +182,9 @@ impl LocalAnswer {
                 "503 service unavailable: the rate limit could not be checked\n"
             }
             LocalAnswer::HttpsRedirect => "308 permanent redirect: use https\n",
+            LocalAnswer::MisdirectedRequest => {
+                "421 misdirected request: open a new connection for this host\n"
+            }
             LocalAnswer::ClientCertificateRequired => {
                 "403 forbidden: this route needs a verified client certificate\n"
             }
@@ -329,10 +336,19 @@ impl Proxy {
             let allowed =
                 matches!(requirement, ClientCaRequirement::Verified(ca) if verified_by == Some(ca));
             if !allowed {
-                return (
-                    local(LocalAnswer::ClientCertificateRequired, finish),
-                    Some(series),
-                );
+                // A TLS connection made for another name may simply be reused (HTTP/2
+                // coalescing): 421 makes browsers retry on a connection for this host,
+                // whose handshake asks for the certificate.
+                let other_host = connection
+                    .tls
+                    .as_ref()
+                    .is_some_and(|tls| tls.server_name.as_deref() != Some(&*host));
+                let answer = if other_host {
+                    LocalAnswer::MisdirectedRequest
+                } else {
+                    LocalAnswer::ClientCertificateRequired
+                };
+                return (local(answer, finish), Some(series));
             }
         }
         let hsts = https
