@@ -181,6 +181,15 @@ struct RunArgs {
     /// Without it a self-signed certificate is generated at start-up.
     #[arg(long, env = "SLUICE_DEFAULT_SSL_CERTIFICATE", value_name = "NAMESPACE/NAME", value_parser = parse_object_ref)]
     default_ssl_certificate: Option<ObjectRef>,
+    /// TLS handshakes in progress at once per traffic thread; more connections are closed
+    /// at once (counted as `overloaded`).
+    #[arg(
+        long,
+        env = "SLUICE_MAX_TLS_HANDSHAKES",
+        value_name = "COUNT",
+        default_value_t = 1024
+    )]
+    max_tls_handshakes: usize,
     /// Time a client gets to complete the TLS handshake.
     #[arg(long, env = "SLUICE_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     tls_handshake_timeout: Duration,
@@ -621,6 +630,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         max_header_bytes: args.max_header_bytes,
         max_headers: args.max_headers,
         drain_timeout: args.drain_timeout,
+        max_handshakes: args.max_tls_handshakes,
     };
     let workers = TrafficWorkers::start(
         sockets,

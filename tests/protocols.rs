@@ -249,6 +249,16 @@ async fn tls_upstreams_are_verified_against_the_configured_ca_and_name() {
         &[https, ("sluice.dev/backend-ca", "wrong-ca"), sni],
         &rule(Some("wrong.test"), &[("/", "tls-web")]),
     );
+    // The right CA, but a name the certificate does not have.
+    objects += &ingress(
+        "wrong-name",
+        &[
+            https,
+            ("sluice.dev/backend-ca", "good-ca"),
+            ("sluice.dev/backend-sni", "not-in-the-cert.example"),
+        ],
+        &rule(Some("wrong-name.test"), &[("/", "tls-web")]),
+    );
     objects += &ingress(
         "insecure",
         &[
@@ -285,6 +295,8 @@ async fn tls_upstreams_are_verified_against_the_configured_ca_and_name() {
     assert_eq!(default_sni.status, 200, "{}", default_sni.body);
     let wrong = sluice.get("wrong.test", "/").await;
     assert_eq!(wrong.status, 502, "{}", wrong.body);
+    let wrong_name = sluice.get("wrong-name.test", "/").await;
+    assert_eq!(wrong_name.status, 502, "{}", wrong_name.body);
     let insecure = sluice.get("insecure.test", "/").await;
     assert_eq!(insecure.status, 200, "{}", insecure.body);
     let missing = sluice.get("missing.test", "/").await;

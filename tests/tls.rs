@@ -359,7 +359,16 @@ async fn plain_http_is_redirected_and_https_answers_carry_hsts() {
         ]
         .concat(),
     );
-    let sluice = start_https(&dir, &["--https-redirect-port", "8443"]).await;
+    let sluice = start_https(
+        &dir,
+        &[
+            "--https-redirect-port",
+            "8443",
+            "--trusted-proxies",
+            "127.0.0.1/32",
+        ],
+    )
+    .await;
 
     let redirected = sluice.get("s.example", "/shop/cart?item=1").await;
     assert_eq!(redirected.status, 308, "{}", redirected.body);
@@ -399,6 +408,20 @@ async fn plain_http_is_redirected_and_https_answers_carry_hsts() {
     );
     // Never over plain HTTP.
     assert_eq!(hsts(&sluice.get("k.example", "/").await), None);
+    // A trusted load balancer that terminated TLS itself is not redirected (that would
+    // loop), and its clients get HSTS.
+    let behind = send(
+        sluice.http,
+        "GET",
+        "s.example",
+        "/",
+        &[("x-forwarded-proto", "https")],
+        bytes::Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(behind.status, 200, "{}", behind.body);
+    assert_eq!(hsts(&behind).as_deref(), Some("max-age=15724800"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,6 +458,19 @@ async fn client_certificates_are_required_and_their_subject_goes_upstream() {
                 &[("m-tls", &["open.example"])],
                 &[],
             ),
+            // Another Ingress's path on the protected host, without the annotation and
+            // without the redirect: the host's client CA still applies.
+            tls_ingress(
+                "m-extra",
+                "2024-01-04T00:00:00Z",
+                &[],
+                &[],
+                &[("sluice.dev/ssl-redirect", "false")],
+            )
+            .replace(
+                "  rules:\n",
+                "  rules:\n  - host: m.example\n    http:\n      paths:\n      - {path: /extra, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}\n",
+            ),
             tls_ingress(
                 "broken",
                 "2024-01-03T00:00:00Z",
@@ -465,6 +501,20 @@ async fn client_certificates_are_required_and_their_subject_goes_upstream() {
     assert!(subject.contains("CN=alice"), "{subject}");
     assert!(subject.contains("O=Sluice tests"), "{subject}");
     assert_eq!(headers["ssl-client-verify"], "SUCCESS");
+
+    // Alice's verified connection reused for a host that asks for no certificate: served,
+    // but her identity is not vouched for there.
+    let stream = connect(addr, Some("m.example"), &with_alice).await.unwrap();
+    let mut alice_conn = HttpsConnection::new(stream).await.unwrap();
+    let reply = alice_conn.get("open.example", "/", &[]).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let headers = &reply.echo()["headers"];
+    assert!(headers.get("ssl-client-subject-dn").is_none(), "{headers}");
+    assert!(headers.get("ssl-client-verify").is_none(), "{headers}");
+    // And on the protected host, the other Ingress's path gets her identity too.
+    let reply = alice_conn.get("m.example", "/extra", &[]).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(reply.echo()["headers"]["ssl-client-subject-dn"].is_string());
 
     // Without one, or with one from another CA: no request gets through.
     for (who, identity) in [("nobody", None), ("mallory", Some(&mallory))] {
@@ -500,6 +550,8 @@ async fn client_certificates_are_required_and_their_subject_goes_upstream() {
     let mut fronted = HttpsConnection::new(stream).await.unwrap();
     let reply = fronted.get("m.example", "/", &[]).await.unwrap();
     assert_eq!(reply.status, 421, "{}", reply.body);
+    let reply = fronted.get("m.example", "/extra", &[]).await.unwrap();
+    assert_eq!(reply.status, 421, "{}", reply.body);
     let reply = fronted
         .get(
             "open.example",
@@ -527,6 +579,8 @@ async fn client_certificates_are_required_and_their_subject_goes_upstream() {
     .await
     .unwrap();
     assert_eq!(plain_http.status, 308);
+    // Without the redirect, plain HTTP to the protected host is refused, on any path.
+    assert_eq!(sluice.get("m.example", "/extra").await.status, 403);
 
     // A client CA that does not exist shuts the Ingress's routes rather than opening them.
     assert_eq!(sluice.get("broken.example", "/").await.status, 403);
@@ -678,5 +732,71 @@ async fn old_versions_garbage_and_slow_handshakes_do_not_hurt_other_connections(
     assert!(failures("malformed").await >= 1.0);
     // And the listener still works.
     let reply = https_get(addr, "g.example", "/", &trusted).await.unwrap();
+    assert_eq!(reply.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_beyond_the_limit_are_refused_at_once_and_slots_come_back() {
+    let echo = Echo::start(&["127.0.0.1"]);
+    let ca = TestCa::new("Sluice overload CA");
+    let good = ca.server(&["o.example"]);
+    let dir = ManifestDir::new("tls-overload");
+    dir.write("backend.yaml", &backend(&echo));
+    dir.write(
+        "secret.yaml",
+        &tls_secret_yaml("default", "o-tls", &good.cert_pem, &good.key_pem),
+    );
+    dir.write(
+        "ingress.yaml",
+        &tls_ingress(
+            "o",
+            "2024-01-01T00:00:00Z",
+            &["o.example"],
+            &[("o-tls", &[])],
+            &[],
+        ),
+    );
+    let sluice = start_https(
+        &dir,
+        &[
+            "--worker-threads",
+            "1",
+            "--max-tls-handshakes",
+            "2",
+            "--tls-handshake-timeout",
+            "1s",
+        ],
+    )
+    .await;
+    let addr = https_addr(&sluice);
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(&[0x16, 0x03]).await.unwrap();
+        slow.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Both slots are held: the next connection is closed without a handshake.
+    let mut refused = TcpStream::connect(addr).await.unwrap();
+    let _ = refused.write_all(&tls11_client_hello()).await;
+    let (answer, closed) = read_until_closed(&mut refused, Duration::from_millis(500)).await;
+    assert!(closed && answer.is_empty(), "not refused: {answer:?}");
+    assert!(
+        sluice
+            .metric("sluice_tls_handshake_failures_total{reason=\"overloaded\"}")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    // The slow ones time out and give their slots back.
+    for stream in &mut slow {
+        let (_, closed) = read_until_closed(stream, Duration::from_secs(3)).await;
+        assert!(closed);
+    }
+    let trusted = ClientOptions {
+        trust: Some(&ca),
+        ..ANY_CERT
+    };
+    let reply = https_get(addr, "o.example", "/", &trusted).await.unwrap();
     assert_eq!(reply.status, 200);
 }

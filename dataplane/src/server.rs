@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::live::DataPlane;
 use crate::proxy::{ClientConnection, Proxy, ProxyConfig};
-use crate::tls::TlsAcceptor;
+use crate::tls::{HandshakeFailure, TlsAcceptor};
 
 /// Connection-level limits of a traffic listener.
 #[derive(Debug, Clone)]
@@ -36,6 +36,9 @@ pub struct ListenerConfig {
     pub max_headers: usize,
     /// How long in-flight requests get to finish after shutdown begins.
     pub drain_timeout: Duration,
+    /// TLS handshakes in progress at once per traffic thread; connections beyond it are
+    /// closed at once rather than queued (each handshake holds buffers and CPU).
+    pub max_handshakes: usize,
 }
 
 impl Default for ListenerConfig {
@@ -45,6 +48,7 @@ impl Default for ListenerConfig {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             drain_timeout: Duration::from_secs(30),
+            max_handshakes: 1024,
         }
     }
 }
@@ -82,6 +86,7 @@ pub async fn serve_traffic(
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(config.max_handshakes.max(1)));
     let local = listener.local_addr().ok();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -115,12 +120,18 @@ pub async fn serve_traffic(
             );
             continue;
         };
+        let Ok(handshake_slot) = Arc::clone(&handshakes).try_acquire_owned() else {
+            tls.count_failure(HandshakeFailure::Overloaded);
+            continue;
+        };
         let tls = Arc::clone(tls);
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
         let proxy = Arc::clone(&proxy);
         tokio::spawn(async move {
-            match tls.accept(stream).await {
+            let accepted = tls.accept(stream).await;
+            drop(handshake_slot);
+            match accepted {
                 Ok((stream, info)) => {
                     let connection =
                         ClientConnection::new(peer, local_addr, "https").with_tls(info);

@@ -24,7 +24,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::live::DataPlane;
-use crate::metrics::{Metrics, TlsFailureLabels, TlsHandshakeLabels};
+use crate::metrics::{TlsFailureLabels, TlsHandshakeLabels};
 use crate::snapshot::{ClientCa, ObjectRef, ServerCertificate, TlsSite};
 use crate::upstream::{CaBundleError, parse_ca_bundle};
 
@@ -253,6 +253,8 @@ pub enum HandshakeFailure {
     AlertReceived,
     /// The client went away mid-handshake.
     Closed,
+    /// Too many handshakes in progress: the connection was closed unread.
+    Overloaded,
     Other,
 }
 
@@ -265,6 +267,7 @@ impl HandshakeFailure {
             HandshakeFailure::ClientCertificate => "client_certificate",
             HandshakeFailure::AlertReceived => "alert_received",
             HandshakeFailure::Closed => "closed",
+            HandshakeFailure::Overloaded => "overloaded",
             HandshakeFailure::Other => "other",
         }
     }
@@ -352,9 +355,20 @@ impl TlsAcceptor {
                     .get_or_create(&TlsHandshakeLabels { version })
                     .inc();
             }
-            Err(failure) => count_failure(metrics, *failure),
+            Err(failure) => self.count_failure(*failure),
         }
         outcome
+    }
+
+    /// Counts a failed (or refused) handshake by reason.
+    pub fn count_failure(&self, failure: HandshakeFailure) {
+        self.data_plane
+            .metrics()
+            .tls_handshake_failures
+            .get_or_create(&TlsFailureLabels {
+                reason: failure.label(),
+            })
+            .inc();
     }
 
     async fn handshake<IO>(
@@ -422,15 +436,6 @@ impl TlsAcceptor {
     }
 }
 
-fn count_failure(metrics: &Metrics, failure: HandshakeFailure) {
-    metrics
-        .tls_handshake_failures
-        .get_or_create(&TlsFailureLabels {
-            reason: failure.label(),
-        })
-        .inc();
-}
-
 fn base_config()
 -> Result<rustls::ConfigBuilder<ServerConfig, rustls::WantsVerifier>, CertificateError> {
     ServerConfig::builder_with_provider(crypto_provider())
@@ -489,11 +494,63 @@ impl ResolvesServerCert for FixedCertificate {
     }
 }
 
-/// The subject DN of a DER certificate as a header value, or `None` when it cannot be
-/// parsed or has bytes a header cannot carry.
+/// The subject DN of a DER certificate as a header value (RFC 4514), or `None` when it
+/// cannot be parsed or holds an attribute that is not text.
 fn subject_header(leaf: &CertificateDer<'_>) -> Option<HeaderValue> {
     let (_, parsed) = x509_parser::parse_x509_certificate(leaf).ok()?;
-    HeaderValue::from_str(&parsed.subject().to_string()).ok()
+    HeaderValue::from_str(&rfc4514(parsed.subject())?).ok()
+}
+
+/// RFC 4514: the last RDN first, `,` between RDNs, `+` within one, known attribute types
+/// by short name and others as dotted OIDs, special characters escaped.
+fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> Option<String> {
+    let mut rdns = Vec::new();
+    for rdn in name.iter_rdn() {
+        let mut attributes = Vec::new();
+        for attribute in rdn.iter() {
+            let oid = attribute.attr_type().to_id_string();
+            let key = match oid.as_str() {
+                "2.5.4.3" => "CN",
+                "2.5.4.6" => "C",
+                "2.5.4.7" => "L",
+                "2.5.4.8" => "ST",
+                "2.5.4.9" => "STREET",
+                "2.5.4.10" => "O",
+                "2.5.4.11" => "OU",
+                "0.9.2342.19200300.100.1.1" => "UID",
+                "0.9.2342.19200300.100.1.25" => "DC",
+                other => other,
+            };
+            let value = attribute.as_str().ok()?;
+            attributes.push(format!("{key}={}", escape_dn_value(value)));
+        }
+        rdns.push(attributes.join("+"));
+    }
+    rdns.reverse();
+    Some(rdns.join(","))
+}
+
+fn escape_dn_value(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (index, character) in value.chars().enumerate() {
+        match character {
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' => {
+                escaped.push('\\');
+                escaped.push(character);
+            }
+            ' ' | '#' if index == 0 => {
+                escaped.push('\\');
+                escaped.push(character);
+            }
+            ' ' if index == last => escaped.push_str("\\ "),
+            control if control.is_ascii_control() => {
+                escaped.push_str(&format!("\\{:02X}", u32::from(control)));
+            }
+            other => escaped.push(other),
+        }
+    }
+    escaped
 }
 
 #[cfg(test)]
@@ -558,6 +615,43 @@ mod tests {
             ClientCa::from_pem(source(), b"nothing here"),
             Err(CertificateError::NoCertificate("ca.crt"))
         ));
+    }
+
+    fn subject_of(attributes: &[(rcgen::DnType, &str)]) -> (HeaderValue, Vec<String>) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        for (kind, value) in attributes {
+            params.distinguished_name.push(kind.clone(), *value);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let certificate = params.self_signed(&key).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(certificate.der()).unwrap();
+        let der_order = parsed
+            .subject()
+            .iter_rdn()
+            .flat_map(|rdn| rdn.iter())
+            .map(|attribute| attribute.attr_type().to_id_string())
+            .collect();
+        (subject_header(certificate.der()).unwrap(), der_order)
+    }
+
+    #[test]
+    fn subjects_are_written_as_rfc_4514() {
+        let (header, _) = subject_of(&[(rcgen::DnType::CommonName, "#alice+admin, \"x\" ")]);
+        assert_eq!(header, r#"CN=\#alice\+admin\, \"x\"\ "#);
+        assert_eq!(escape_dn_value("a\u{1}b;c<d>"), r"a\01b\;c\<d\>");
+        // The last RDN of the certificate comes first.
+        let (header, der_order) = subject_of(&[
+            (rcgen::DnType::CountryName, "NL"),
+            (rcgen::DnType::OrganizationName, "Shop"),
+            (rcgen::DnType::CommonName, "alice"),
+        ]);
+        let short = |oid: &str| match oid {
+            "2.5.4.6" => "C=NL",
+            "2.5.4.10" => "O=Shop",
+            _ => "CN=alice",
+        };
+        let expected: Vec<&str> = der_order.iter().rev().map(|oid| short(oid)).collect();
+        assert_eq!(header, expected.join(",").as_str());
     }
 
     #[test]

@@ -55,8 +55,10 @@ pub(crate) struct IngressAnnotations {
     pub rate_limits: Vec<String>,
     pub ssl_redirect: bool,
     pub hsts: Option<HeaderValue>,
-    /// The Secret holding the client CA bundle.
-    pub client_ca: Option<String>,
+    /// The Secret holding the client CA bundle, or why the value is not a Secret name. A
+    /// bad value does not reject the Ingress (its last good version may be unprotected):
+    /// the routes refuse everyone instead.
+    pub client_ca: Option<Result<String, (String, String)>>,
     pub upstream: UpstreamAnnotations,
 }
 
@@ -162,18 +164,11 @@ pub(crate) fn parse_ingress_annotations(
         }
     };
 
-    let client_ca = match get(CLIENT_CA).map(|value| (value, parse_policy_names(value))) {
-        None => None,
-        Some((_, Ok(names))) if names.len() == 1 => names.into_iter().next(),
-        Some((value, Ok(_))) => {
-            errors.push(invalid(CLIENT_CA, value, "expected one Secret name"));
-            None
-        }
-        Some((value, Err(why))) => {
-            errors.push(invalid(CLIENT_CA, value, &why));
-            None
-        }
-    };
+    let client_ca = get(CLIENT_CA).map(|value| match parse_policy_names(value) {
+        Ok(names) if names.len() == 1 => Ok(names.into_iter().next().unwrap_or_default()),
+        Ok(_) => Err((value.to_owned(), "expected one Secret name".to_owned())),
+        Err(why) => Err((value.to_owned(), why)),
+    });
     let upstream = parse_upstream(&get, &mut errors);
 
     if errors.is_empty() {
@@ -534,7 +529,7 @@ mod tests {
             parsed.hsts.unwrap(),
             "max-age=600; includeSubDomains; preload"
         );
-        assert_eq!(parsed.client_ca.as_deref(), Some("client-ca"));
+        assert_eq!(parsed.client_ca, Some(Ok("client-ca".to_owned())));
         assert_eq!(parse(&[(HSTS, "false")]).unwrap().hsts, None);
         for (name, value) in [
             (SSL_REDIRECT, "yes"),
@@ -542,14 +537,20 @@ mod tests {
             (HSTS, "max-age=abc"),
             (HSTS, "max-age=1; max-age=2"),
             (HSTS, "max-age=1; nosniff"),
-            (CLIENT_CA, "a,b"),
-            (CLIENT_CA, "../x"),
         ] {
             assert_eq!(
                 rejected_fields(&[(name, value)]),
                 vec![annotation_field(name)],
                 "{name}: {value}"
             );
+        }
+    }
+
+    #[test]
+    fn a_bad_client_ca_does_not_reject_the_ingress() {
+        for value in ["a,b", "../x", "other/ca"] {
+            let parsed = parse(&[(CLIENT_CA, value)]).unwrap();
+            assert!(matches!(parsed.client_ca, Some(Err(_))), "{value}");
         }
     }
 

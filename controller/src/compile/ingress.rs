@@ -170,7 +170,15 @@ fn resolve_https(
 ) -> (Arc<HttpsPolicy>, Option<Arc<ClientCa>>) {
     let (client_ca, requirement) = match &annotations.client_ca {
         None => (None, None),
-        Some(name) => match secrets.client_ca(namespace, name) {
+        Some(Err((value, why))) => {
+            errors.push(CompileError::ClientCaUnavailable {
+                field: annotation_field(CLIENT_CA),
+                secret: value.clone(),
+                why: why.clone(),
+            });
+            (None, Some(ClientCaRequirement::Unavailable))
+        }
+        Some(Ok(name)) => match secrets.client_ca(namespace, name) {
             Ok(ca) => {
                 let requirement = ClientCaRequirement::Verified(ca.fingerprint);
                 (Some(ca), Some(requirement))

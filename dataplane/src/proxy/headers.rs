@@ -48,10 +48,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     if headers.contains_key(TE) {
+        // `TE: trailers, deflate` still says the client takes trailers.
         let keep_te = headers
             .get_all(TE)
             .iter()
-            .any(|value| value.as_bytes().eq_ignore_ascii_case(b"trailers"));
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| {
+                let name = token.split(';').next().unwrap_or_default();
+                name.trim().eq_ignore_ascii_case("trailers")
+            });
         headers.remove(TE);
         if keep_te {
             headers.insert(TE, HeaderValue::from_static("trailers"));

@@ -32,7 +32,7 @@ use crate::metrics::{MethodLabel, RouteSeries, StatusClass};
 use crate::ratelimit::{Decision, LimitReport, RequestView, cookie_value};
 use crate::router::{normalize_host, normalize_path};
 use crate::snapshot::{BalancePolicy, ClientCaRequirement, HashOn, RoutePolicies, RouteTarget};
-use crate::tls::TlsConnectionInfo;
+use crate::tls::{TlsConnectionInfo, VerifiedClient};
 use clients::{UpstreamClient, UpstreamClients};
 use tunnel::Tunnel;
 
@@ -315,7 +315,9 @@ impl Proxy {
 
         let https = &*target.https;
         let has_certificate = || live.snapshot.tls.site(&host).is_some();
-        if connection.tls.is_none()
+        // A trusted load balancer that terminated TLS says so; redirecting it would loop.
+        let secure = connection.tls.is_some() || self.forwarded_https(connection, &parts.headers);
+        if !secure
             && https.redirect
             && let Some(port) = self.config.https_redirect_port
             && !path_and_query.path().starts_with(ACME_CHALLENGE_PREFIX)
@@ -327,14 +329,19 @@ impl Proxy {
             }
             return (response, Some(series));
         }
-        if let Some(requirement) = https.client_ca {
-            let verified_by = connection
+        // The route's own requirement, or the host's when another Ingress's TLS item gave
+        // the host a client CA: a host that asks for certificates asks on every path.
+        let requirement = https.client_ca.or_else(|| {
+            live.snapshot
                 .tls
-                .as_ref()
-                .and_then(|tls| tls.client.as_ref())
-                .map(|client| client.ca);
-            let allowed =
-                matches!(requirement, ClientCaRequirement::Verified(ca) if verified_by == Some(ca));
+                .site(&host)
+                .and_then(|site| site.client_ca.as_ref())
+                .map(|ca| ClientCaRequirement::Verified(ca.fingerprint))
+        });
+        let mut verified_client = None;
+        if let Some(requirement) = requirement {
+            let client = connection.tls.as_ref().and_then(|tls| tls.client.as_ref());
+            let allowed = matches!(requirement, ClientCaRequirement::Verified(ca) if client.is_some_and(|c| c.ca == ca));
             if !allowed {
                 // A TLS connection made for another name may simply be reused (HTTP/2
                 // coalescing): 421 makes browsers retry on a connection for this host,
@@ -350,11 +357,9 @@ impl Proxy {
                 };
                 return (local(answer, finish), Some(series));
             }
+            verified_client = client;
         }
-        let hsts = https
-            .hsts
-            .as_ref()
-            .filter(|_| connection.tls.is_some() && has_certificate());
+        let hsts = https.hsts.as_ref().filter(|_| secure && has_certificate());
 
         let client_ip = self
             .config
@@ -410,6 +415,7 @@ impl Proxy {
             host_value.as_ref().filter(|value| value.to_str().is_ok()),
             connection,
             client_ip,
+            verified_client,
         );
         if let Some(upgrade) = &upgrade {
             tunnel::restore_upgrade_headers(&mut parts.headers, upgrade.clone());
@@ -426,8 +432,12 @@ impl Proxy {
         let response = match result {
             Ok((response, in_flight)) => {
                 let (mut response_parts, upstream_body) = response.into_parts();
-                let switched = (response_parts.status == StatusCode::SWITCHING_PROTOCOLS)
-                    .then(|| tunnel::accepted_upgrade(&response_parts.headers));
+                let switched =
+                    (response_parts.status == StatusCode::SWITCHING_PROTOCOLS).then(|| {
+                        upgrade.as_ref().and_then(|asked| {
+                            tunnel::accepted_upgrade(&response_parts.headers, asked)
+                        })
+                    });
                 headers::strip_hop_by_hop(&mut response_parts.headers);
                 if let Some(via) = &self.via_response {
                     response_parts.headers.append(VIA, via.clone());
@@ -494,6 +504,16 @@ impl Proxy {
         }
     }
 
+    /// Whether a trusted proxy in front says the client came over HTTPS.
+    fn forwarded_https(&self, connection: &ClientConnection, headers: &http::HeaderMap) -> bool {
+        self.config
+            .trusted_proxies
+            .contains(connection.headers.peer_ip)
+            && headers
+                .get("x-forwarded-proto")
+                .is_some_and(|proto| proto.as_bytes().eq_ignore_ascii_case(b"https"))
+    }
+
     /// `new_host` replaces `Host` (HTTP/2 clients send `:authority` instead);
     /// `client_host` is the host the client asked for, for `X-Forwarded-Host`.
     fn prepare_upstream_headers(
@@ -503,6 +523,7 @@ impl Proxy {
         client_host: Option<&HeaderValue>,
         connection: &ClientConnection,
         client_ip: IpAddr,
+        verified_client: Option<&VerifiedClient>,
     ) {
         let via_index = match parts.version {
             Version::HTTP_10 | Version::HTTP_09 => 0,
@@ -531,10 +552,11 @@ impl Proxy {
         if let Some(via) = &self.via_request[via_index] {
             headers.append(VIA, via.clone());
         }
-        // Only Sluice says who the client certificate belongs to.
+        // Only Sluice says who the client certificate belongs to, and only to a route that
+        // asked for that very CA: a certificate from another Ingress's CA proves nothing here.
         headers.remove(CLIENT_SUBJECT_HEADER);
         headers.remove(CLIENT_VERIFY_HEADER);
-        if let Some(client) = connection.tls.as_ref().and_then(|tls| tls.client.as_ref()) {
+        if let Some(client) = verified_client {
             headers.insert(CLIENT_SUBJECT_HEADER, client.subject.clone());
             headers.insert(CLIENT_VERIFY_HEADER, HeaderValue::from_static("SUCCESS"));
         }

@@ -22,20 +22,32 @@ use crate::balance::InFlight;
 /// Bytes read at a time in each direction.
 const BUFFER: usize = 16 * 1024;
 
-/// The `Upgrade` value of an HTTP/1.1 request that asks to switch protocols (its
-/// `Connection` names `upgrade`), or `None` for an ordinary request.
+/// The `Upgrade` value of an HTTP/1.1 request that asks to switch to WebSocket (its
+/// `Connection` names `upgrade`), or `None` for an ordinary request. Only WebSocket is
+/// tunnelled: `h2c` (or anything else) would hand the client a raw connection to the
+/// backend, past routing and every per-request check.
 pub(super) fn requested_upgrade(parts: &request::Parts) -> Option<HeaderValue> {
     if parts.version != Version::HTTP_11 {
         return None;
     }
     let upgrade = parts.headers.get(UPGRADE)?;
-    connection_names_upgrade(&parts.headers).then(|| upgrade.clone())
+    (is_websocket(upgrade) && connection_names_upgrade(&parts.headers)).then(|| upgrade.clone())
 }
 
-/// Whether a response switches protocols as asked: it names the same upgrade.
-pub(super) fn accepted_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+/// Whether a response switches protocols as asked: it names the protocol requested.
+pub(super) fn accepted_upgrade(
+    headers: &HeaderMap,
+    requested: &HeaderValue,
+) -> Option<HeaderValue> {
     let upgrade = headers.get(UPGRADE)?;
-    connection_names_upgrade(headers).then(|| upgrade.clone())
+    let same = upgrade
+        .as_bytes()
+        .eq_ignore_ascii_case(requested.as_bytes());
+    (same && connection_names_upgrade(headers)).then(|| upgrade.clone())
+}
+
+fn is_websocket(upgrade: &HeaderValue) -> bool {
+    upgrade.as_bytes().eq_ignore_ascii_case(b"websocket")
 }
 
 fn connection_names_upgrade(headers: &HeaderMap) -> bool {
@@ -203,6 +215,32 @@ mod tests {
         assert!(
             requested_upgrade(&parts(Version::HTTP_11, &[("connection", "upgrade")])).is_none()
         );
+    }
+
+    #[test]
+    fn only_websocket_is_tunnelled_and_only_when_the_backend_agrees() {
+        // h2c would give the client a raw HTTP/2 connection to the backend.
+        let h2c = [
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+        ];
+        assert!(requested_upgrade(&parts(Version::HTTP_11, &h2c)).is_none());
+        let tls = [("connection", "upgrade"), ("upgrade", "TLS/1.2")];
+        assert!(requested_upgrade(&parts(Version::HTTP_11, &tls)).is_none());
+
+        let asked = HeaderValue::from_static("websocket");
+        let answer = |upgrade: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+            headers.insert(UPGRADE, HeaderValue::from_static(upgrade));
+            headers
+        };
+        assert_eq!(
+            accepted_upgrade(&answer("WebSocket"), &asked).unwrap(),
+            "WebSocket"
+        );
+        assert!(accepted_upgrade(&answer("h2c"), &asked).is_none());
     }
 
     #[tokio::test(start_paused = true)]
