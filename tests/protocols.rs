@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::grpc::{EchoClient, EchoMessage};
 use support::tls::{TestCa, ca_secret_yaml};
 use support::upstream_tls::start_tls_upstream;
-use support::websocket::{connect, round_trip, start_echo_server};
+use support::websocket::{connect, connect_h2, round_trip, start_echo_server};
 use support::{INGRESS_CLASS, ManifestDir, Sluice, service_yaml};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -178,6 +178,13 @@ async fn websocket_tunnels_survive_snapshot_changes_and_close_when_idle() {
     };
     dir.write("routes.yaml", &routes(0));
     let sluice = Sluice::start(&dir.0, &[]).await;
+
+    // WebSocket over HTTP/2 (RFC 8441) reaches the same HTTP/1.1 backend.
+    let mut over_h2 = connect_h2(sluice.http, "ws.test", "/chat-h2").await;
+    for i in 0..100 {
+        round_trip(&mut over_h2, &format!("h2 message {i}")).await;
+    }
+    drop(over_h2);
 
     let mut socket = connect(sluice.http, "ws.test", "/chat").await;
     for i in 0..1000 {

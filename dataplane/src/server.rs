@@ -83,6 +83,8 @@ pub async fn serve_traffic(
     builder
         .http2()
         .timer(TokioTimer::new())
+        // RFC 8441: WebSocket over HTTP/2, for browsers that prefer it.
+        .enable_connect_protocol()
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();

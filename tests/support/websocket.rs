@@ -4,9 +4,17 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use http_body_util::Empty;
+use hyper::Method;
+use hyper::Request;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::{WebSocketStream, accept_async, client_async};
 
 /// Echoes every text and binary message on 127.0.0.1 until the test ends.
@@ -51,8 +59,48 @@ pub async fn connect(sluice: SocketAddr, host: &str, path: &str) -> Socket {
     socket
 }
 
+/// Opens a WebSocket to `HOST/PATH` over HTTP/2 (h2c prior knowledge, RFC 8441 extended
+/// CONNECT) through Sluice at `sluice`.
+pub async fn connect_h2(
+    sluice: SocketAddr,
+    host: &str,
+    path: &str,
+) -> WebSocketStream<TokioIo<Upgraded>> {
+    let stream = TcpStream::connect(sluice).await.expect("connect to sluice");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(connection);
+    // The server's SETTINGS (with ENABLE_CONNECT_PROTOCOL) arrive with the first answer.
+    let warm_up = Request::builder()
+        .uri(format!("http://{host}/"))
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let _ = sender.send_request(warm_up).await.expect("a first request");
+    let mut request = Request::builder()
+        .method(Method::CONNECT)
+        .uri(format!("http://{host}{path}"))
+        .header("sec-websocket-version", "13")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .expect("answer in time")
+        .expect("extended CONNECT through sluice");
+    assert_eq!(response.status(), 200, "RFC 8441 success is 200");
+    let upgraded = hyper::upgrade::on(response).await.expect("upgraded stream");
+    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await
+}
+
 /// Sends `text` and waits (bounded) for the same text to come back.
-pub async fn round_trip(socket: &mut Socket, text: &str) {
+pub async fn round_trip<S>(socket: &mut WebSocketStream<S>, text: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     socket
         .send(Message::text(text))
         .await

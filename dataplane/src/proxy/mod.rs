@@ -395,7 +395,13 @@ impl Proxy {
             return (local(LocalAnswer::PayloadTooLarge, finish), Some(series));
         }
 
-        let upgrade = tunnel::requested_upgrade(&parts);
+        // WebSocket over HTTP/2 (RFC 8441) goes to the backend as an HTTP/1.1 upgrade.
+        let extended_connect = tunnel::is_extended_connect_websocket(&parts);
+        let upgrade = if extended_connect {
+            Some(HeaderValue::from_static("websocket"))
+        } else {
+            tunnel::requested_upgrade(&parts)
+        };
         let client = match self
             .clients
             .select(&live, target.upstream.as_ref(), upgrade.is_some())
@@ -417,7 +423,9 @@ impl Proxy {
             client_ip,
             verified_client,
         );
-        if let Some(upgrade) = &upgrade {
+        if extended_connect {
+            tunnel::extended_connect_to_http11(&mut parts);
+        } else if let Some(upgrade) = &upgrade {
             tunnel::restore_upgrade_headers(&mut parts.headers, upgrade.clone());
         }
 
@@ -465,7 +473,11 @@ impl Proxy {
                             // A 101 nobody asked for, or one that names no protocol.
                             return (local(LocalAnswer::UpstreamFailed, finish), Some(series));
                         };
-                        tunnel::restore_upgrade_headers(&mut response_parts.headers, accepted);
+                        if extended_connect {
+                            tunnel::http11_switch_to_extended_connect(&mut response_parts);
+                        } else {
+                            tunnel::restore_upgrade_headers(&mut response_parts.headers, accepted);
+                        }
                         Tunnel {
                             client,
                             upstream,

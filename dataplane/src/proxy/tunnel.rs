@@ -46,6 +46,41 @@ pub(super) fn accepted_upgrade(
     (same && connection_names_upgrade(headers)).then(|| upgrade.clone())
 }
 
+/// Whether the request is a WebSocket over HTTP/2 (RFC 8441: `CONNECT` with the
+/// `:protocol` pseudo-header `websocket`).
+pub(super) fn is_extended_connect_websocket(parts: &request::Parts) -> bool {
+    parts.version == Version::HTTP_2
+        && parts.method == http::Method::CONNECT
+        && parts
+            .extensions
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|protocol| protocol.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// Turns an RFC 8441 request into the HTTP/1.1 opening handshake a backend expects
+/// (RFC 6455): `GET` with `Upgrade: websocket` and a fresh `Sec-WebSocket-Key`. The
+/// version, subprotocol and extension headers pass through as the client sent them.
+pub(super) fn extended_connect_to_http11(parts: &mut request::Parts) {
+    use base64::Engine as _;
+    parts.method = http::Method::GET;
+    parts.version = Version::HTTP_11;
+    let key = fastrand::u128(..).to_le_bytes();
+    let key = base64::engine::general_purpose::STANDARD.encode(key);
+    if let Ok(key) = HeaderValue::from_str(&key) {
+        parts.headers.insert(http::header::SEC_WEBSOCKET_KEY, key);
+    }
+    restore_upgrade_headers(&mut parts.headers, HeaderValue::from_static("websocket"));
+}
+
+/// The backend's `101` as an RFC 8441 client expects it: `200`, without the HTTP/1.1
+/// handshake headers (HTTP/2 forbids connection-specific ones).
+pub(super) fn http11_switch_to_extended_connect(parts: &mut http::response::Parts) {
+    parts.status = http::StatusCode::OK;
+    parts.headers.remove(http::header::SEC_WEBSOCKET_ACCEPT);
+    parts.headers.remove(CONNECTION);
+    parts.headers.remove(UPGRADE);
+}
+
 fn is_websocket(upgrade: &HeaderValue) -> bool {
     upgrade.as_bytes().eq_ignore_ascii_case(b"websocket")
 }
