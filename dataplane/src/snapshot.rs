@@ -427,6 +427,8 @@ pub struct TlsTable {
     pub wildcard: BTreeMap<String, TlsSite>,
     /// `--default-ssl-certificate`, when given and valid.
     pub default: Option<Arc<ServerCertificate>>,
+    /// Whether any site asks for client certificates (spares other requests the lookup).
+    pub any_client_ca: bool,
 }
 
 impl TlsTable {

@@ -297,7 +297,9 @@ impl<'a> TlsTableBuilder<'a> {
     }
 
     /// The table, and the certificates to pass back as the next compile's last good.
-    pub fn finish(self) -> (TlsTable, BTreeMap<ObjectRef, Arc<ServerCertificate>>) {
+    pub fn finish(mut self) -> (TlsTable, BTreeMap<ObjectRef, Arc<ServerCertificate>>) {
+        let any_client_ca = self.table.sites().any(|(_, site)| site.client_ca.is_some());
+        self.table.any_client_ca = any_client_ca;
         let mut last_good = BTreeMap::new();
         for (secret, loaded) in self.loaded {
             let kept = match loaded {

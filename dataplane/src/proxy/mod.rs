@@ -316,12 +316,18 @@ impl Proxy {
         let https = &*target.https;
         let has_certificate = || live.snapshot.tls.site(&host).is_some();
         // A trusted load balancer that terminated TLS says so; redirecting it would loop.
-        let secure = connection.tls.is_some() || self.forwarded_https(connection, &parts.headers);
-        if !secure
+        // Only asked when the answer matters (a redirect or HSTS is possible at all).
+        let secure = || {
+            connection.tls.is_some()
+                || (self.config.https_redirect_port.is_some()
+                    && self.forwarded_https(connection, &parts.headers))
+        };
+        if connection.tls.is_none()
             && https.redirect
             && let Some(port) = self.config.https_redirect_port
             && !path_and_query.path().starts_with(ACME_CHALLENGE_PREFIX)
             && has_certificate()
+            && !secure()
         {
             let mut response = local(LocalAnswer::HttpsRedirect, finish);
             if let Some(location) = https_location(&host, port, &path_and_query) {
@@ -332,6 +338,9 @@ impl Proxy {
         // The route's own requirement, or the host's when another Ingress's TLS item gave
         // the host a client CA: a host that asks for certificates asks on every path.
         let requirement = https.client_ca.or_else(|| {
+            if !live.snapshot.tls.any_client_ca {
+                return None;
+            }
             live.snapshot
                 .tls
                 .site(&host)
@@ -359,7 +368,10 @@ impl Proxy {
             }
             verified_client = client;
         }
-        let hsts = https.hsts.as_ref().filter(|_| secure && has_certificate());
+        let hsts = https
+            .hsts
+            .as_ref()
+            .filter(|_| !live.snapshot.tls.is_empty() && secure() && has_certificate());
 
         let client_ip = self
             .config
