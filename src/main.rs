@@ -181,6 +181,10 @@ struct RunArgs {
     /// Without it a self-signed certificate is generated at start-up.
     #[arg(long, env = "SLUICE_DEFAULT_SSL_CERTIFICATE", value_name = "NAMESPACE/NAME", value_parser = parse_object_ref)]
     default_ssl_certificate: Option<ObjectRef>,
+    /// A client connection with no request in flight for this long is closed (gracefully:
+    /// HTTP/2 gets a GOAWAY), so idle HTTP/2 connections do not pile up.
+    #[arg(long, env = "SLUICE_CLIENT_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    client_idle_timeout: Duration,
     /// TLS handshakes in progress at once per traffic thread; more connections are closed
     /// at once (counted as `overloaded`).
     #[arg(
@@ -631,6 +635,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         max_headers: args.max_headers,
         drain_timeout: args.drain_timeout,
         max_handshakes: args.max_tls_handshakes,
+        idle_timeout: args.client_idle_timeout,
     };
     let workers = TrafficWorkers::start(
         sockets,

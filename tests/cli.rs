@@ -347,3 +347,56 @@ async fn idle_and_slow_clients_are_cut_off() {
         "closed by the timeout, not at once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
+    let echo = Echo::start(&["127.0.0.64"]);
+    let dir = ManifestDir::new("idle-h2");
+    dir.write("class.yaml", INGRESS_CLASS);
+    dir.write(
+        "web.yaml",
+        &format!(
+            "{}{INGRESS}",
+            service_yaml("default", "web", 80, &echo.addrs, &[])
+        ),
+    );
+    let sluice = Sluice::start(&dir.0, &["--client-idle-timeout", "1s"]).await;
+    let open_h2c = || async {
+        let stream = tokio::net::TcpStream::connect(sluice.http).await.unwrap();
+        let (sender, connection) = hyper::client::conn::http2::handshake(
+            TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        (sender, tokio::spawn(connection))
+    };
+    let get = |path: &str| {
+        hyper::Request::builder()
+            .uri(format!("http://web.test{path}"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap()
+    };
+
+    // One request, then nothing: the server ends the connection (GOAWAY) after ~1 s.
+    let (mut idle, idle_connection) = open_h2c().await;
+    assert_eq!(idle.send_request(get("/")).await.unwrap().status(), 200);
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), idle_connection).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection was kept open");
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "closed before the idle timeout: {:?}",
+        started.elapsed()
+    );
+
+    // A request that takes longer than the idle timeout is not cut off, and the
+    // connection serves the next one.
+    let (mut busy, busy_connection) = open_h2c().await;
+    let slow = busy.send_request(get("/?sleep_ms=1800")).await.unwrap();
+    assert_eq!(slow.status(), 200);
+    let body = slow.into_body().collect().await.unwrap().to_bytes();
+    assert!(!body.is_empty());
+    assert_eq!(busy.send_request(get("/")).await.unwrap().status(), 200);
+    assert!(!busy_connection.is_finished());
+}

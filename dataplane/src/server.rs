@@ -11,18 +11,18 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::live::DataPlane;
-use crate::proxy::{ClientConnection, Proxy, ProxyConfig};
+use crate::proxy::{ClientConnection, Proxy, ProxyConfig, ResponseBody};
 use crate::tls::{HandshakeFailure, TlsAcceptor};
 
 /// Connection-level limits of a traffic listener.
@@ -36,6 +36,9 @@ pub struct ListenerConfig {
     pub max_headers: usize,
     /// How long in-flight requests get to finish after shutdown begins.
     pub drain_timeout: Duration,
+    /// A connection with no request in flight for this long is closed gracefully
+    /// (HTTP/2 GOAWAY; HTTP/1.1 keep-alive is also bounded by `header_read_timeout`).
+    pub idle_timeout: Duration,
     /// TLS handshakes in progress at once per traffic thread; connections beyond it are
     /// closed at once rather than queued (each handshake holds buffers and CPU).
     pub max_handshakes: usize,
@@ -48,6 +51,7 @@ impl Default for ListenerConfig {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             drain_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
             max_handshakes: 1024,
         }
     }
@@ -86,8 +90,15 @@ pub async fn serve_traffic(
         // RFC 8441: WebSocket over HTTP/2, for browsers that prefer it.
         .enable_connect_protocol()
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let (drain, draining) = watch::channel(false);
+    // Every connection task holds a sender; the drain is over when the last one is gone.
+    let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
+    let scope = ConnectionScope {
+        builder: Arc::new(builder),
+        draining,
+        alive,
+        idle_timeout: config.idle_timeout,
+    };
     let handshakes = Arc::new(tokio::sync::Semaphore::new(config.max_handshakes.max(1)));
     let local = listener.local_addr().ok();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -112,14 +123,7 @@ pub async fn serve_traffic(
         let mark = ConnectionMark(gauge);
         let Some(tls) = tls.as_ref() else {
             let connection = ClientConnection::new(peer, local_addr, "http");
-            serve_connection(
-                &builder,
-                graceful.watcher(),
-                stream,
-                connection,
-                &proxy,
-                mark,
-            );
+            scope.serve(stream, connection, &proxy, mark);
             continue;
         };
         let Ok(handshake_slot) = Arc::clone(&handshakes).try_acquire_owned() else {
@@ -127,8 +131,7 @@ pub async fn serve_traffic(
             continue;
         };
         let tls = Arc::clone(tls);
-        let builder = Arc::clone(&builder);
-        let watcher = graceful.watcher();
+        let scope = scope.clone();
         let proxy = Arc::clone(&proxy);
         tokio::spawn(async move {
             let accepted = tls.accept(stream).await;
@@ -137,7 +140,7 @@ pub async fn serve_traffic(
                 Ok((stream, info)) => {
                     let connection =
                         ClientConnection::new(peer, local_addr, "https").with_tls(info);
-                    serve_connection(&builder, watcher, stream, connection, &proxy, mark);
+                    scope.serve(stream, connection, &proxy, mark);
                 }
                 Err(failure) => {
                     tracing::debug!(client = %peer, reason = failure.label(), "TLS handshake failed");
@@ -146,44 +149,166 @@ pub async fn serve_traffic(
         });
     }
     drop(listener);
-    tracing::info!(open = graceful.count(), "draining connections");
+    tracing::info!("draining connections");
+    let _ = drain.send(true);
+    drop(scope);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = all_closed.recv() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(config.drain_timeout) => tracing::warn!("drain deadline passed; closing the rest"),
     }
 }
 
-/// Serves HTTP/1.1 and HTTP/2 on one accepted (and, for HTTPS, decrypted) connection.
-fn serve_connection<IO>(
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: Watcher,
-    io: IO,
-    connection: ClientConnection,
-    proxy: &Arc<Proxy>,
-    mark: ConnectionMark,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let peer = connection.peer;
-    let connection = Arc::new(connection);
-    let proxy = Arc::clone(proxy);
-    let service = service_fn(move |request| {
-        let proxy = Arc::clone(&proxy);
-        let connection = Arc::clone(&connection);
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, &connection).await) }
-    });
-    // With upgrades: a WebSocket handshake hands the connection to the proxy's tunnel.
-    let serving = watcher.watch(
-        builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned(),
-    );
-    tokio::spawn(async move {
-        if let Err(error) = serving.await {
-            tracing::debug!(%error, client = %peer, "connection ended with an error");
+/// What every connection of one listener shares.
+#[derive(Clone)]
+struct ConnectionScope {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    draining: watch::Receiver<bool>,
+    alive: tokio::sync::mpsc::Sender<()>,
+    idle_timeout: Duration,
+}
+
+impl ConnectionScope {
+    /// Serves HTTP/1.1 and HTTP/2 on one accepted (and, for HTTPS, decrypted) connection,
+    /// until the client closes it, it has been idle for `idle_timeout`, or the listener
+    /// drains; the last two end it gracefully (HTTP/2 GOAWAY, in-flight requests finish).
+    fn serve<IO>(
+        &self,
+        io: IO,
+        connection: ClientConnection,
+        proxy: &Arc<Proxy>,
+        mark: ConnectionMark,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = connection.peer;
+        let connection = Arc::new(connection);
+        let proxy = Arc::clone(proxy);
+        let activity = Arc::new(Activity::new());
+        let activity_for_service = Arc::clone(&activity);
+        let service = service_fn(move |request| {
+            let proxy = Arc::clone(&proxy);
+            let connection = Arc::clone(&connection);
+            let guard = activity_for_service.begin();
+            async move {
+                let response = proxy.handle(request, &connection).await;
+                Ok::<_, std::convert::Infallible>(response.map(|body| TrackedBody {
+                    body,
+                    _guard: guard,
+                }))
+            }
+        });
+        let scope = self.clone();
+        tokio::spawn(async move {
+            let ConnectionScope {
+                builder,
+                mut draining,
+                alive,
+                idle_timeout,
+            } = scope;
+            // With upgrades: a WebSocket handshake hands the connection to the tunnel.
+            let serving = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            let mut serving = std::pin::pin!(serving);
+            let mut closing = false;
+            let result = loop {
+                tokio::select! {
+                    result = serving.as_mut() => break result,
+                    _ = draining.wait_for(|drain| *drain), if !closing => {
+                        serving.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    () = activity.idle_for(idle_timeout), if !closing => {
+                        serving.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%error, client = %peer, "connection ended with an error");
+            }
+            drop(mark);
+            drop(alive);
+        });
+    }
+}
+
+/// Requests in flight on one connection, and when the last one ended.
+struct Activity {
+    started: tokio::time::Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `started` when a request last ended.
+    last_ended_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            started: tokio::time::Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_ended_ms: AtomicU64::new(0),
         }
-        drop(mark);
-    });
+    }
+
+    fn begin(self: &Arc<Self>) -> ActiveRequest {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        ActiveRequest(Arc::clone(self))
+    }
+
+    /// Completes once the connection has had no request in flight for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let last_ended = Duration::from_millis(self.last_ended_ms.load(Ordering::Relaxed));
+            let deadline = if self.in_flight.load(Ordering::Relaxed) > 0 {
+                tokio::time::Instant::now() + timeout
+            } else {
+                self.started + last_ended + timeout
+            };
+            tokio::time::sleep_until(deadline).await;
+            let last_ended = Duration::from_millis(self.last_ended_ms.load(Ordering::Relaxed));
+            if self.in_flight.load(Ordering::Relaxed) == 0
+                && tokio::time::Instant::now() >= self.started + last_ended + timeout
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// Counts a request as in flight until its response body is done with.
+struct ActiveRequest(Arc<Activity>);
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        let ended = u64::try_from(activity.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        activity.last_ended_ms.fetch_max(ended, Ordering::Relaxed);
+        activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as in flight while it streams.
+struct TrackedBody {
+    body: ResponseBody,
+    _guard: ActiveRequest,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = <ResponseBody as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Opens `count` listening sockets on `addr` that share it through `SO_REUSEPORT`. With
