@@ -300,11 +300,10 @@ fn committed_crds_match_the_types() {
     assert!(printed.contains("x-kubernetes-validations"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_and_slow_clients_are_cut_off() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let echo = Echo::start(&["127.0.0.63"]);
-    let dir = ManifestDir::new("idle");
+/// Sluice routing `web.test` to one echo backend on `ip`, started with `extra`.
+async fn web_test(ip: &str, name: &str, extra: &[&str]) -> (Sluice, Echo, ManifestDir) {
+    let echo = Echo::start(&[ip]);
+    let dir = ManifestDir::new(name);
     dir.write("class.yaml", INGRESS_CLASS);
     dir.write(
         "web.yaml",
@@ -313,7 +312,15 @@ async fn idle_and_slow_clients_are_cut_off() {
             service_yaml("default", "web", 80, &echo.addrs, &[])
         ),
     );
-    let sluice = Sluice::start(&dir.0, &["--header-read-timeout", "400ms"]).await;
+    let sluice = Sluice::start(&dir.0, extra).await;
+    (sluice, echo, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_clients_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (sluice, _echo, _dir) =
+        web_test("127.0.0.63", "idle", &["--header-read-timeout", "400ms"]).await;
 
     // An idle keep-alive connection, after one request.
     let mut idle = tokio::net::TcpStream::connect(sluice.http).await.unwrap();
@@ -350,17 +357,8 @@ async fn idle_and_slow_clients_are_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
-    let echo = Echo::start(&["127.0.0.64"]);
-    let dir = ManifestDir::new("idle-h2");
-    dir.write("class.yaml", INGRESS_CLASS);
-    dir.write(
-        "web.yaml",
-        &format!(
-            "{}{INGRESS}",
-            service_yaml("default", "web", 80, &echo.addrs, &[])
-        ),
-    );
-    let sluice = Sluice::start(&dir.0, &["--client-idle-timeout", "1s"]).await;
+    let (sluice, _echo, _dir) =
+        web_test("127.0.0.64", "idle-h2", &["--client-idle-timeout", "1s"]).await;
     let open_h2c = || async {
         let stream = tokio::net::TcpStream::connect(sluice.http).await.unwrap();
         let (sender, connection) = hyper::client::conn::http2::handshake(

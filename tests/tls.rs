@@ -591,6 +591,48 @@ async fn client_certificates_are_required_and_their_subject_goes_upstream() {
     );
 }
 
+/// Sluice serving one HTTPS host, `<name>.example`, with a certificate (Secret
+/// `<name>-tls`) from a fresh CA, in front of one echo backend.
+struct OneHost {
+    sluice: Sluice,
+    ca: TestCa,
+    _echo: Echo,
+    _dir: ManifestDir,
+}
+
+impl OneHost {
+    async fn start(name: &str, extra: &[&str]) -> OneHost {
+        let echo = Echo::start(&["127.0.0.1"]);
+        let ca = TestCa::new(&format!("Sluice {name} CA"));
+        let host = format!("{name}.example");
+        let secret = format!("{name}-tls");
+        let issued = ca.server(&[&host]);
+        let dir = ManifestDir::new(&format!("tls-{name}"));
+        dir.write("backend.yaml", &backend(&echo));
+        dir.write(
+            "secret.yaml",
+            &tls_secret_yaml("default", &secret, &issued.cert_pem, &issued.key_pem),
+        );
+        dir.write(
+            "ingress.yaml",
+            &tls_ingress(
+                name,
+                "2024-01-01T00:00:00Z",
+                &[&host],
+                &[(&secret, &[])],
+                &[],
+            ),
+        );
+        let sluice = start_https(&dir, extra).await;
+        OneHost {
+            sluice,
+            ca,
+            _echo: echo,
+            _dir: dir,
+        }
+    }
+}
+
 /// A ClientHello that offers only TLS 1.1 (no supported_versions extension).
 fn tls11_client_hello() -> Vec<u8> {
     let mut body = vec![0x03, 0x02]; // client_version TLS 1.1
@@ -636,29 +678,11 @@ async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (Vec<u8>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_versions_garbage_and_slow_handshakes_do_not_hurt_other_connections() {
-    let echo = Echo::start(&["127.0.0.1"]);
-    let ca = TestCa::new("Sluice hostile CA");
-    let good = ca.server(&["g.example"]);
-    let dir = ManifestDir::new("tls-hostile");
-    dir.write("backend.yaml", &backend(&echo));
-    dir.write(
-        "secret.yaml",
-        &tls_secret_yaml("default", "g-tls", &good.cert_pem, &good.key_pem),
-    );
-    dir.write(
-        "ingress.yaml",
-        &tls_ingress(
-            "g",
-            "2024-01-01T00:00:00Z",
-            &["g.example"],
-            &[("g-tls", &[])],
-            &[],
-        ),
-    );
-    let sluice = start_https(&dir, &["--tls-handshake-timeout", "1s"]).await;
-    let addr = https_addr(&sluice);
+    let site = OneHost::start("g", &["--tls-handshake-timeout", "1s"]).await;
+    let (sluice, ca) = (&site.sluice, &site.ca);
+    let addr = https_addr(sluice);
     let trusted = ClientOptions {
-        trust: Some(&ca),
+        trust: Some(ca),
         ..ANY_CERT
     };
 
@@ -737,27 +761,8 @@ async fn old_versions_garbage_and_slow_handshakes_do_not_hurt_other_connections(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_beyond_the_limit_are_refused_at_once_and_slots_come_back() {
-    let echo = Echo::start(&["127.0.0.1"]);
-    let ca = TestCa::new("Sluice overload CA");
-    let good = ca.server(&["o.example"]);
-    let dir = ManifestDir::new("tls-overload");
-    dir.write("backend.yaml", &backend(&echo));
-    dir.write(
-        "secret.yaml",
-        &tls_secret_yaml("default", "o-tls", &good.cert_pem, &good.key_pem),
-    );
-    dir.write(
-        "ingress.yaml",
-        &tls_ingress(
-            "o",
-            "2024-01-01T00:00:00Z",
-            &["o.example"],
-            &[("o-tls", &[])],
-            &[],
-        ),
-    );
-    let sluice = start_https(
-        &dir,
+    let site = OneHost::start(
+        "o",
         &[
             "--worker-threads",
             "1",
@@ -768,7 +773,8 @@ async fn handshakes_beyond_the_limit_are_refused_at_once_and_slots_come_back() {
         ],
     )
     .await;
-    let addr = https_addr(&sluice);
+    let (sluice, ca) = (&site.sluice, &site.ca);
+    let addr = https_addr(sluice);
     let mut slow = Vec::new();
     for _ in 0..2 {
         let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -794,7 +800,7 @@ async fn handshakes_beyond_the_limit_are_refused_at_once_and_slots_come_back() {
         assert!(closed);
     }
     let trusted = ClientOptions {
-        trust: Some(&ca),
+        trust: Some(ca),
         ..ANY_CERT
     };
     let reply = https_get(addr, "o.example", "/", &trusted).await.unwrap();
