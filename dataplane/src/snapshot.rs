@@ -474,6 +474,8 @@ pub struct ServerCertificate {
     pub fingerprint: [u8; 32],
     /// The leaf's `notAfter`, in seconds since the Unix epoch.
     pub not_after: i64,
+    /// The DNS names the leaf is valid for, lower-cased (read once, when loaded).
+    pub dns_names: Vec<String>,
     pub key: Arc<rustls::sign::CertifiedKey>,
 }
 

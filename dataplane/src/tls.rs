@@ -98,7 +98,7 @@ impl ServerCertificate {
         let chain = pem_certificates(cert_pem, "tls.crt")?;
         let key = PrivateKeyDer::from_pem_slice(key_pem)
             .map_err(|error| CertificateError::BadKey(error.to_string()))?;
-        let not_after = leaf_not_after(&chain[0], "tls.crt")?;
+        let (not_after, dns_names) = read_leaf(&chain[0], "tls.crt")?;
         let provider = crypto_provider();
         let signing_key = provider
             .key_provider
@@ -118,6 +118,7 @@ impl ServerCertificate {
             source,
             fingerprint: certificate_fingerprint(cert_pem, key_pem),
             not_after,
+            dns_names,
             key: Arc::new(certified),
         })
     }
@@ -135,33 +136,9 @@ impl ServerCertificate {
         )
     }
 
-    /// The DNS names the leaf certificate is valid for (subject alternative names).
-    pub fn dns_names(&self) -> Vec<String> {
-        let Some(leaf) = self.key.cert.first() else {
-            return Vec::new();
-        };
-        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(leaf) else {
-            return Vec::new();
-        };
-        let Ok(Some(names)) = parsed.subject_alternative_name() else {
-            return Vec::new();
-        };
-        names
-            .value
-            .general_names
-            .iter()
-            .filter_map(|name| match name {
-                x509_parser::extensions::GeneralName::DNSName(dns) => {
-                    Some(dns.to_ascii_lowercase())
-                }
-                _ => None,
-            })
-            .collect()
-    }
-
     /// Whether the leaf's names cover `host` (exact, or one `*.` label).
     pub fn covers(&self, host: &str) -> bool {
-        self.dns_names().iter().any(|name| {
+        self.dns_names.iter().any(|name| {
             name == host
                 || match (name.strip_prefix("*."), host.split_once('.')) {
                     (Some(suffix), Some((_, parent))) => suffix == parent,
@@ -171,14 +148,33 @@ impl ServerCertificate {
     }
 }
 
-fn leaf_not_after(leaf: &CertificateDer<'_>, key: &'static str) -> Result<i64, CertificateError> {
+/// The leaf's `notAfter` and the DNS names it is valid for (subject alternative names,
+/// lower-cased), read in one parse.
+fn read_leaf(
+    leaf: &CertificateDer<'_>,
+    key: &'static str,
+) -> Result<(i64, Vec<String>), CertificateError> {
     let (_, parsed) = x509_parser::parse_x509_certificate(leaf).map_err(|error| {
         CertificateError::BadCertificate {
             key,
             why: error.to_string(),
         }
     })?;
-    Ok(parsed.validity().not_after.timestamp())
+    let dns_names = match parsed.subject_alternative_name() {
+        Ok(Some(names)) => names
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                x509_parser::extensions::GeneralName::DNSName(dns) => {
+                    Some(dns.to_ascii_lowercase())
+                }
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok((parsed.validity().not_after.timestamp(), dns_names))
 }
 
 impl ClientCa {

@@ -234,27 +234,29 @@ impl ServerCertVerifier for NoCertificateCheck {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::snapshot::{BackendKey, BalancePolicy, ObjectRef, RouteTarget};
 
-    fn target(path: &str, upstream: &Arc<UpstreamSettings>) -> (String, RouteTarget) {
-        (
-            path.to_owned(),
-            RouteTarget {
-                owner: ObjectRef::new("shop", "web"),
-                backend: BackendKey {
-                    namespace: "shop".into(),
-                    service: "web".into(),
-                    port: 443,
-                },
-                balance: BalancePolicy::RoundRobin,
-                policies: None,
-                https: Arc::default(),
-                upstream: Some(Arc::clone(upstream)),
-                slot: RouteTarget::UNNUMBERED,
+    /// A route to `shop/web:443` with these upstream settings.
+    pub(crate) fn web_target(upstream: Option<Arc<UpstreamSettings>>) -> RouteTarget {
+        RouteTarget {
+            owner: ObjectRef::new("shop", "web"),
+            backend: BackendKey {
+                namespace: "shop".into(),
+                service: "web".into(),
+                port: 443,
             },
-        )
+            balance: BalancePolicy::RoundRobin,
+            policies: None,
+            https: Arc::default(),
+            upstream,
+            slot: RouteTarget::UNNUMBERED,
+        }
+    }
+
+    fn target(path: &str, upstream: &Arc<UpstreamSettings>) -> (String, RouteTarget) {
+        (path.to_owned(), web_target(Some(Arc::clone(upstream))))
     }
 
     fn tls(verify: UpstreamVerify) -> Arc<UpstreamSettings> {

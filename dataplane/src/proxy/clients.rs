@@ -195,10 +195,8 @@ mod tests {
     use crate::balance::HealthConfig;
     use crate::live::DataPlane;
     use crate::metrics::Metrics;
-    use crate::snapshot::{
-        BackendKey, BackendTable, BalancePolicy, ObjectRef, RouteTable, RouteTarget, Snapshot,
-        UpstreamTls, UpstreamVerify,
-    };
+    use crate::snapshot::{BackendTable, RouteTable, Snapshot, UpstreamTls, UpstreamVerify};
+    use crate::upstream::tests::web_target;
 
     fn https(server_name: &str) -> Arc<UpstreamSettings> {
         Arc::new(UpstreamSettings {
@@ -214,22 +212,10 @@ mod tests {
 
     fn snapshot(generation: u64, upstream: Option<Arc<UpstreamSettings>>) -> Arc<Snapshot> {
         let mut routes = RouteTable::default();
-        routes.any_host.prefix_paths.insert(
-            "/".into(),
-            RouteTarget {
-                owner: ObjectRef::new("shop", "web"),
-                backend: BackendKey {
-                    namespace: "shop".into(),
-                    service: "web".into(),
-                    port: 443,
-                },
-                balance: BalancePolicy::RoundRobin,
-                policies: None,
-                https: Arc::default(),
-                upstream,
-                slot: RouteTarget::UNNUMBERED,
-            },
-        );
+        routes
+            .any_host
+            .prefix_paths
+            .insert("/".into(), web_target(upstream));
         Arc::new(Snapshot {
             generation,
             routes: Arc::new(routes),
