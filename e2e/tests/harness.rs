@@ -4,8 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Service};
@@ -23,7 +22,11 @@ use crate::support::{Echo, Sluice};
 /// The running control plane of this e2e run.
 pub struct Cluster {
     pub dir: PathBuf,
+    /// The administrator's kubeconfig: what the tests themselves use.
     pub kubeconfig: PathBuf,
+    /// The Helm chart's ServiceAccount (release [`crate::chart::RELEASE`]): what every
+    /// Sluice process of the suite runs as, so the suite proves the chart's RBAC.
+    pub sluice_kubeconfig: PathBuf,
     pub client: Client,
 }
 
@@ -40,18 +43,27 @@ impl Cluster {
             .await
             .expect("kubeconfig");
         let client = Client::try_from(config).expect("client");
-        Cluster {
+        let mut cluster = Cluster {
+            sluice_kubeconfig: PathBuf::new(),
             dir,
             kubeconfig,
             client,
-        }
+        };
+        cluster.sluice_kubeconfig = cluster.release_identity().await;
+        cluster
     }
 
     /// Creates a namespace for one test. Namespaces are not deleted: without a
     /// controller-manager they would never finish terminating, and the cluster is torn
     /// down after the run anyway.
     pub async fn namespace(&self, prefix: &str) -> String {
-        let name = format!("{prefix}-{}", std::process::id());
+        self.namespace_named(&format!("{prefix}-{}", std::process::id()))
+            .await
+    }
+
+    /// Creates (or keeps) the namespace `name`.
+    pub async fn namespace_named(&self, name: &str) -> String {
+        let name = name.to_owned();
         let api: Api<Namespace> = Api::all(self.client.clone());
         apply(
             &api,
@@ -162,14 +174,8 @@ impl Cluster {
     /// Runs `e2e/cluster VERB DIR`: `apiserver-stop`, `apiserver-start`; off the async
     /// workers, which keep serving the test's load meanwhile.
     pub async fn control(&self, verb: &'static str) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/cluster");
-        let dir = self.dir.clone();
-        let status =
-            tokio::task::spawn_blocking(move || Command::new(script).arg(verb).arg(&dir).status())
-                .await
-                .expect("join")
-                .expect("run e2e/cluster");
-        assert!(status.success(), "e2e/cluster {verb} failed");
+        let run = crate::chart::cluster_script([verb.as_ref(), self.dir.as_os_str()]).await;
+        assert!(run.success, "e2e/cluster {verb} failed: {}", run.stderr);
     }
 
     /// The common start of a test: a namespace `NAME-PID`, Service `web` on one echo
@@ -214,6 +220,11 @@ impl Cluster {
     }
 
     pub fn spawn_sluice(&self, class: &str, args: &[&str]) -> Sluice {
+        self.spawn_sluice_as(&self.sluice_kubeconfig, class, args)
+    }
+
+    /// Starts `sluice run` with the identity of `kubeconfig`, without waiting for it.
+    pub fn spawn_sluice_as(&self, kubeconfig: &Path, class: &str, args: &[&str]) -> Sluice {
         let mut all = vec![
             "--ingress-class".to_owned(),
             class.to_owned(),
@@ -223,7 +234,7 @@ impl Cluster {
             REMAP.to_owned(),
         ];
         all.extend(args.iter().map(|arg| (*arg).to_owned()));
-        let kubeconfig = self.kubeconfig.display().to_string();
+        let kubeconfig = kubeconfig.display().to_string();
         Sluice::spawn(&all, &[("KUBECONFIG", kubeconfig.as_str())], &self.dir)
     }
 }

@@ -7,7 +7,9 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+mod chart;
 mod harness;
+mod install;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -562,11 +564,9 @@ async fn e2e_6_one_replica_leads_and_another_takes_over_when_it_dies() {
     let replica = |identity: &'static str, address: &'static str| {
         cluster.spawn_sluice(
             class,
+            // The chart's Lease in the release namespace (from the kubeconfig): the
+            // only one its Role lets Sluice update.
             &[
-                "--lease-name",
-                "e2e-leader",
-                "--lease-namespace",
-                &ns,
                 "--lease-duration",
                 "3s",
                 "--identity",
@@ -595,10 +595,10 @@ async fn e2e_6_one_replica_leads_and_another_takes_over_when_it_dies() {
         .await;
     }
 
-    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), &ns);
+    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), chart::RELEASE_NAMESPACE);
     let holder = async || {
         leases
-            .get_opt("e2e-leader")
+            .get_opt(chart::LEASE)
             .await
             .ok()
             .flatten()
@@ -676,12 +676,7 @@ async fn e2e_6_one_replica_leads_and_another_takes_over_when_it_dies() {
 
     // A clean shutdown hands the lease back at once instead of letting it expire.
     let mut survivor = survivor;
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &survivor.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    assert_eq!(survivor.wait_exit(10 * SECOND), Some(0));
+    assert_eq!(survivor.terminate(10 * SECOND), Some(0));
     assert_eq!(holder().await, "", "the lease was released on SIGTERM");
 }
 

@@ -282,6 +282,17 @@ impl Sluice {
         let _ = self.child.0.wait();
     }
 
+    /// Stops the process as Kubernetes does, with SIGTERM, and waits for it to exit; its
+    /// exit code, or `None` if it did not exit in time.
+    pub fn terminate(&mut self, within: Duration) -> Option<i32> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {}", self.pid());
+        self.wait_exit(within)
+    }
+
     /// The value of one series from `/metrics`, named with its labels exactly as printed
     /// (`sluice_controller_leader`, `name{label="v"}`).
     pub async fn metric(&self, series: &str) -> Option<f64> {
@@ -330,14 +341,28 @@ impl Sluice {
 pub async fn eventually(
     within: Duration,
     what: &str,
-    mut check: impl AsyncFnMut() -> bool,
+    check: impl AsyncFnMut() -> bool,
 ) -> Duration {
+    match holds_within(within, check).await {
+        Some(took) => took,
+        None => panic!("{what}: not within {within:?}"),
+    }
+}
+
+/// Polls `check` every 10 ms until it holds; how long that took, or `None` once `within`
+/// is over. For checks that are expected to fail.
+pub async fn holds_within(
+    within: Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) -> Option<Duration> {
     let started = Instant::now();
     loop {
         if check().await {
-            return started.elapsed();
+            return Some(started.elapsed());
         }
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        if started.elapsed() >= within {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
