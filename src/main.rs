@@ -286,6 +286,11 @@ struct RunArgs {
     /// How long an ejected endpoint is left out before it is tried again.
     #[arg(long, env = "SLUICE_EJECT_FOR", default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     eject_for: Duration,
+    /// After SIGTERM, keep accepting and serving new requests this long, with /readyz
+    /// answering 503, so load balancers and kube-proxy stop sending before the listeners
+    /// close. Then in-flight requests get --drain-timeout.
+    #[arg(long, env = "SLUICE_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    shutdown_delay: Duration,
     /// How long in-flight requests get to finish on SIGTERM.
     #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     drain_timeout: Duration,
@@ -669,6 +674,12 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Hand the lease over now, not after the drain: the pod may be killed before the drain
     // ends, and the next leader should not wait for the lease to expire.
     let _ = stop_election_tx.send(());
+    // Endpoint removal reaches load balancers some time after the SIGTERM: serve what still
+    // arrives meanwhile instead of refusing connections.
+    if !args.shutdown_delay.is_zero() {
+        tracing::info!(delay = ?args.shutdown_delay, "not ready; still serving until the shutdown delay ends");
+        tokio::time::sleep(args.shutdown_delay).await;
+    }
     workers.shutdown().await;
     controller.abort();
     if let Some(election) = election {

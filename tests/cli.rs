@@ -245,6 +245,44 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_ones() {
     assert!(signalled.elapsed() >= Duration::from_millis(1000));
 }
 
+/// Kubernetes removes a terminating pod's endpoints while it already has its SIGTERM: with
+/// `--shutdown-delay` Sluice keeps taking new connections meanwhile, reporting not ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_delay_keeps_serving_new_connections_after_sigterm() {
+    let echo = Echo::start(&["127.0.0.63"]);
+    let dir = ManifestDir::new("shutdown-delay");
+    dir.write("class.yaml", INGRESS_CLASS);
+    dir.write(
+        "web.yaml",
+        &format!(
+            "{}{INGRESS}",
+            service_yaml("default", "web", 80, &echo.addrs, &[])
+        ),
+    );
+    let mut sluice = Sluice::start(&dir.0, &["--shutdown-delay", "1500ms"]).await;
+    let signalled = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &sluice.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ready = sluice.admin_get("/readyz").await.unwrap();
+    assert_eq!(ready.status, 503, "not ready from the SIGTERM on");
+    // A new connection (support::send opens one per request) is still served.
+    let reply = support::send(sluice.http, "GET", "web.test", "/", &[], Bytes::new())
+        .await
+        .expect("served during the shutdown delay");
+    assert_eq!(reply.status, 200);
+    assert!(signalled.elapsed() < Duration::from_millis(1500));
+    let exit = sluice.wait_exit(Duration::from_secs(10));
+    assert_eq!(exit, Some(0));
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(1500),
+        "listeners stay open for the whole delay"
+    );
+}
+
 #[test]
 fn the_shipped_examples_compile_without_errors() {
     let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
