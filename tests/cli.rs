@@ -108,6 +108,10 @@ fn run_without_a_source_says_what_is_missing() {
 }
 
 async fn started(name: &str, echo: &Echo) -> (ManifestDir, Sluice) {
+    started_with(name, echo, &[]).await
+}
+
+async fn started_with(name: &str, echo: &Echo, extra: &[&str]) -> (ManifestDir, Sluice) {
     let dir = ManifestDir::new(name);
     dir.write("class.yaml", INGRESS_CLASS);
     dir.write(
@@ -117,7 +121,7 @@ async fn started(name: &str, echo: &Echo) -> (ManifestDir, Sluice) {
             service_yaml("default", "web", 80, &echo.addrs, &[])
         ),
     );
-    let sluice = Sluice::start(&dir.0, &[]).await;
+    let sluice = Sluice::start(&dir.0, extra).await;
     (dir, sluice)
 }
 
@@ -220,11 +224,7 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_ones() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let signalled = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &sluice.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sluice.send_sigterm();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     assert!(
@@ -250,22 +250,10 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_delay_keeps_serving_new_connections_after_sigterm() {
     let echo = Echo::start(&["127.0.0.63"]);
-    let dir = ManifestDir::new("shutdown-delay");
-    dir.write("class.yaml", INGRESS_CLASS);
-    dir.write(
-        "web.yaml",
-        &format!(
-            "{}{INGRESS}",
-            service_yaml("default", "web", 80, &echo.addrs, &[])
-        ),
-    );
-    let mut sluice = Sluice::start(&dir.0, &["--shutdown-delay", "1500ms"]).await;
+    let (_dir, mut sluice) =
+        started_with("shutdown-delay", &echo, &["--shutdown-delay", "1500ms"]).await;
     let signalled = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &sluice.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sluice.send_sigterm();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ready = sluice.admin_get("/readyz").await.unwrap();
     assert_eq!(ready.status, 503, "not ready from the SIGTERM on");

@@ -9,7 +9,7 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Api;
 use kube::api::{DynamicObject, GroupVersionKind, PatchParams, PostParams};
-use kube::discovery::{ApiResource, Scope};
+use kube::discovery::Scope;
 use serde_json::{Value, json};
 
 use crate::harness::Cluster;
@@ -132,20 +132,27 @@ impl Cluster {
         api_version: &str,
         kind: &str,
         namespace: Option<&str>,
-    ) -> (Api<DynamicObject>, ApiResource) {
+    ) -> Api<DynamicObject> {
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
         let gvk = GroupVersionKind::gvk(group, version, kind);
         let (resource, capabilities) = kube::discovery::pinned_kind(&self.client, &gvk)
             .await
             .unwrap_or_else(|error| panic!("discover {api_version} {kind}: {error}"));
-        let api = match (capabilities.scope, namespace) {
+        match (capabilities.scope, namespace) {
             (Scope::Namespaced, Some(namespace)) => {
                 Api::namespaced_with(self.client.clone(), namespace, &resource)
             }
             (Scope::Namespaced, None) => panic!("{kind} is namespaced: give a namespace"),
             (Scope::Cluster, _) => Api::all_with(self.client.clone(), &resource),
-        };
-        (api, resource)
+        }
+    }
+
+    /// The API of a rendered object: in its own namespace, else in `namespace` (where helm
+    /// or kubectl would put it).
+    pub async fn api_for(&self, object: &Rendered, namespace: &str) -> Api<DynamicObject> {
+        let namespace = object.namespace.as_deref().unwrap_or(namespace);
+        self.dynamic_api(&object.api_version, &object.kind, Some(namespace))
+            .await
     }
 }
 

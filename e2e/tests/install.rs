@@ -33,13 +33,7 @@ async fn assert_objects_exist(
     exist: bool,
 ) {
     for object in objects {
-        let (api, _) = cluster
-            .dynamic_api(
-                &object.api_version,
-                &object.kind,
-                Some(object.namespace.as_deref().unwrap_or(namespace)),
-            )
-            .await;
+        let api = cluster.api_for(object, namespace).await;
         let found = api
             .get_opt(&object.name)
             .await
@@ -103,6 +97,16 @@ async fn install_monitoring_crds(cluster: &Cluster) {
     }
 }
 
+/// `helm upgrade RELEASE` with these `--set` values (and nothing reused from before).
+async fn upgrade(cluster: &Cluster, release: &str, namespace: &str, values: &[&str]) {
+    let mut args = vec!["upgrade", release, CHART, "--namespace", namespace];
+    for value in values {
+        args.extend(["--set", value]);
+    }
+    let run = cluster.helm(&args).await;
+    assert!(run.success, "helm upgrade --set {values:?}: {}", run.stderr);
+}
+
 /// Runs the pinned Prometheus rule checker (`e2e/cluster promrules`) on a rule file with
 /// these groups.
 async fn check_rules(cluster: &Cluster, name: &str, spec: &Value) -> ToolRun {
@@ -114,13 +118,7 @@ async fn check_rules(cluster: &Cluster, name: &str, spec: &Value) -> ToolRun {
 /// Applies every object with a strict server-side dry run; the first refusal as an error.
 async fn dry_run(cluster: &Cluster, objects: &[Rendered], namespace: &str) -> Result<(), String> {
     for object in objects {
-        let (api, _) = cluster
-            .dynamic_api(
-                &object.api_version,
-                &object.kind,
-                Some(object.namespace.as_deref().unwrap_or(namespace)),
-            )
-            .await;
+        let api = cluster.api_for(object, namespace).await;
         api.patch(&object.name, &strict_dry_run(), &Patch::Apply(&object.body))
             .await
             .map_err(|error| format!("{} {}: {error}", object.kind, object.name))?;
@@ -330,20 +328,16 @@ async fn e2e_10_the_helm_chart_installs_upgrades_and_uninstalls() {
     }));
 
     // Upgrade: a DaemonSet on privileged ports through hostPorts.
-    let upgrade = cluster
-        .helm(&[
-            "upgrade",
-            release,
-            CHART,
-            "--namespace",
-            &ns,
-            "--set",
+    upgrade(
+        &cluster,
+        release,
+        &ns,
+        &[
             &class_value,
-            "--set",
             "kind=DaemonSet,hostPorts.enabled=true,containerPorts.http=80,containerPorts.https=443",
-        ])
-        .await;
-    assert!(upgrade.success, "helm upgrade: {}", upgrade.stderr);
+        ],
+    )
+    .await;
     assert!(
         deployments
             .get_opt("edge-sluice")
@@ -388,20 +382,7 @@ async fn e2e_10_the_helm_chart_installs_upgrades_and_uninstalls() {
     // Upgrade: back to a Deployment, autoscaled, a NodePort Service, and the Prometheus
     // Operator objects (their real CRDs installed first).
     install_monitoring_crds(&cluster).await;
-    let upgrade = cluster
-        .helm(&[
-            "upgrade",
-            release,
-            CHART,
-            "--namespace",
-            &ns,
-            "--set",
-            &class_value,
-            "--set",
-            "autoscaling.enabled=true,service.type=NodePort,serviceMonitor.enabled=true,prometheusRule.enabled=true",
-        ])
-        .await;
-    assert!(upgrade.success, "helm upgrade: {}", upgrade.stderr);
+    upgrade(&cluster, release, &ns, &[&class_value, "autoscaling.enabled=true,service.type=NodePort,serviceMonitor.enabled=true,prometheusRule.enabled=true"]).await;
     assert!(
         daemon_sets
             .get_opt("edge-sluice")
@@ -437,7 +418,7 @@ async fn e2e_10_the_helm_chart_installs_upgrades_and_uninstalls() {
     ])));
     assert_objects_exist(&cluster, &upgraded, &ns, true).await;
     // The alerts as stored: PromQL and templates checked as Prometheus loads them.
-    let (rules_api, _) = cluster
+    let rules_api = cluster
         .dynamic_api("monitoring.coreos.com/v1", "PrometheusRule", Some(&ns))
         .await;
     let stored = rules_api.get("edge-sluice").await.expect("PrometheusRule");

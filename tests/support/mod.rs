@@ -285,12 +285,17 @@ impl Sluice {
     /// Stops the process as Kubernetes does, with SIGTERM, and waits for it to exit; its
     /// exit code, or `None` if it did not exit in time.
     pub fn terminate(&mut self, within: Duration) -> Option<i32> {
+        self.send_sigterm();
+        self.wait_exit(within)
+    }
+
+    /// Sends SIGTERM, as Kubernetes does to a pod it stops, without waiting.
+    pub fn send_sigterm(&self) {
         let sent = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill -TERM {}", self.pid());
-        self.wait_exit(within)
     }
 
     /// The value of one series from `/metrics`, named with its labels exactly as printed
