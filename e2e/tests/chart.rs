@@ -7,6 +7,7 @@ use std::process::Command;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::{DynamicObject, GroupVersionKind, PatchParams, PostParams};
 use kube::discovery::Scope;
@@ -23,6 +24,8 @@ pub const RELEASE_NAMESPACE: &str = "sluice-system";
 /// `<fullname>-leader`); the Role grants `get`/`update` on that Lease only.
 pub const SERVICE_ACCOUNT: &str = "sluice";
 pub const LEASE: &str = "sluice-leader";
+/// Cluster-scoped names carry the release namespace (`<fullname>-<namespace>`).
+pub const CLUSTER_ROLE: &str = "sluice-sluice-system";
 
 pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/sluice");
 
@@ -72,6 +75,10 @@ impl Cluster {
         if path.exists() {
             return path;
         }
+        // The cluster is fresh: the CRDs come from the chart's crds/ folder.
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let crd = "ratelimits.sluice.dev";
+        assert!(crds.get_opt(crd).await.expect("get CRD").is_none());
         let run = self
             .helm(&[
                 "install",
@@ -83,6 +90,10 @@ impl Cluster {
             ])
             .await;
         assert!(run.success, "helm install {RELEASE}: {}", run.stderr);
+        assert!(
+            crds.get_opt(crd).await.expect("get CRD").is_some(),
+            "helm install put the chart's CRDs in"
+        );
         self.token_kubeconfig(RELEASE_NAMESPACE, SERVICE_ACCOUNT, &path)
             .await;
         path

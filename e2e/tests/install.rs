@@ -8,18 +8,20 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ListParams, Patch, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use serde_json::{Value, json};
+use sluice_crds::RateLimit;
 
 use crate::chart::{
     self, CHART, Rendered, ToolRun, cluster_script, rendered_objects, strict_dry_run,
 };
-use crate::harness::{Cluster, Endpoint, apply};
+use crate::harness::{Cluster, Endpoint, apply, ingress_json};
 use crate::support::{Echo, holds_within};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -175,6 +177,31 @@ async fn e2e_10_the_helm_chart_installs_upgrades_and_uninstalls() {
             .unwrap_or_default();
         println!("schema: --set {value} → {}", said.trim());
     }
+    // Values the schema cannot judge alone are refused by the templates, with a reason.
+    for (value, complaint) in [
+        (
+            "kind=DaemonSet,hostNetwork=true,hostPorts.enabled=true",
+            "hostNetwork and hostPorts.enabled together",
+        ),
+        (
+            "terminationGracePeriodSeconds=20",
+            "must be longer than controller.shutdownDelay + controller.drainTimeout",
+        ),
+        (
+            "controller.extraArgs={--lease-name=other}",
+            "--lease-name is set by the chart",
+        ),
+    ] {
+        let run = cluster
+            .helm(&["template", "refused", CHART, "--set", value])
+            .await;
+        assert!(!run.success, "--set {value} was accepted");
+        assert!(
+            run.stderr.contains(complaint),
+            "--set {value}: {}",
+            run.stderr
+        );
+    }
     let listed = cluster.helm(&["list", "--all-namespaces", "--short"]).await;
     assert!(listed.success, "{}", listed.stderr);
     assert!(!listed.stdout.lines().any(|line| line == "refused"));
@@ -225,14 +252,8 @@ async fn e2e_10_the_helm_chart_installs_upgrades_and_uninstalls() {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let crds: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
-    assert!(
-        crds.get_opt("ratelimits.sluice.dev")
-            .await
-            .expect("get CRD")
-            .is_some(),
-        "the chart installs the CRDs"
-    );
+    // (That the chart installs its CRDs is checked on the fresh cluster, where the first
+    // release goes in: Cluster::release_identity.)
 
     // What the Deployment runs: non-root, read-only, no capabilities, probes, limits, and
     // the flags that tie it to this release.
@@ -300,7 +321,7 @@ async fn e2e_10_the_helm_chart_installs_upgrades_and_uninstalls() {
     // RBAC: no wildcards anywhere, and the Lease rule names this release's Lease only.
     let cluster_role: Api<ClusterRole> = Api::all(cluster.client.clone());
     let rules = cluster_role
-        .get("edge-sluice")
+        .get(&format!("edge-sluice-{ns}"))
         .await
         .expect("ClusterRole")
         .rules
@@ -417,6 +438,42 @@ async fn e2e_10_the_helm_chart_installs_upgrades_and_uninstalls() {
         "PrometheusRule",
     ])));
     assert_objects_exist(&cluster, &upgraded, &ns, true).await;
+    let rendered_deployment = upgraded
+        .iter()
+        .find(|object| object.kind == "Deployment")
+        .expect("Deployment");
+    assert!(
+        rendered_deployment.body["spec"].get("replicas").is_none(),
+        "the autoscaler owns the replica count"
+    );
+    // The ServiceMonitor scrapes the metrics Service, so the series' job is that Service's
+    // name, which is what every alert selects.
+    let monitor = upgraded
+        .iter()
+        .find(|object| object.kind == "ServiceMonitor")
+        .expect("ServiceMonitor");
+    let metrics_service = upgraded
+        .iter()
+        .find(|object| object.kind == "Service" && object.name == "edge-sluice-metrics")
+        .expect("the metrics Service");
+    let selected = monitor.body["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels");
+    for (key, value) in selected {
+        assert_eq!(
+            &metrics_service.body["metadata"]["labels"][key], value,
+            "{key}"
+        );
+    }
+    let traffic_service = upgraded
+        .iter()
+        .find(|object| object.kind == "Service" && object.name == "edge-sluice")
+        .expect("the traffic Service");
+    assert_ne!(
+        traffic_service.body["metadata"]["labels"]["app.kubernetes.io/component"],
+        json!("metrics"),
+        "the ServiceMonitor does not scrape the traffic Service"
+    );
     // The alerts as stored: PromQL and templates checked as Prometheus loads them.
     let rules_api = cluster
         .dynamic_api("monitoring.coreos.com/v1", "PrometheusRule", Some(&ns))
@@ -437,6 +494,10 @@ async fn e2e_10_the_helm_chart_installs_upgrades_and_uninstalls() {
     ] {
         assert!(alerts.contains(&wanted), "{wanted} missing from {alerts:?}");
     }
+    for rule in spec["groups"][0]["rules"].as_array().expect("rules") {
+        let expr = rule["expr"].as_str().expect("expr");
+        assert!(expr.contains(r#"job="edge-sluice-metrics""#), "{expr}");
+    }
     let checked = check_rules(&cluster, "alerts", &spec).await;
     assert!(checked.success, "{}{}", checked.stdout, checked.stderr);
     println!("promrules: {}", checked.stdout.trim());
@@ -454,19 +515,12 @@ async fn e2e_10_the_helm_chart_installs_upgrades_and_uninstalls() {
     let revisions: Value = serde_json::from_str(&history.stdout).expect("helm history JSON");
     assert_eq!(revisions.as_array().map(Vec::len), Some(3));
 
-    // Uninstall: every object goes; the CRDs stay (Helm never deletes crds/, so custom
-    // resources are not lost with a release).
+    // Uninstall: every object goes.
     let uninstall = cluster
         .helm(&["uninstall", release, "--namespace", &ns])
         .await;
     assert!(uninstall.success, "helm uninstall: {}", uninstall.stderr);
     assert_objects_exist(&cluster, &upgraded, &ns, false).await;
-    assert!(
-        crds.get_opt("ratelimits.sluice.dev")
-            .await
-            .expect("get CRD")
-            .is_some()
-    );
     println!(
         "helm upgrade ×2 and uninstall: {} objects removed",
         upgraded.len()
@@ -503,7 +557,21 @@ async fn e2e_10_the_helm_chart_installs_upgrades_and_uninstalls() {
         ])
         .await;
     assert!(everything.success, "{}", everything.stderr);
-    let everything = rendered_objects(&everything.stdout);
+    let mut everything = rendered_objects(&everything.stdout);
+    // hostNetwork is the other DaemonSet shape (its host ports are the container's).
+    let host_network = cluster
+        .helm(&[
+            "template",
+            "edge-host",
+            CHART,
+            "--namespace",
+            &ns,
+            "--set",
+            "kind=DaemonSet,hostNetwork=true,ingressClass.create=false,podLabels.team=edge,podDisruptionBudget.minAvailable=50%",
+        ])
+        .await;
+    assert!(host_network.success, "{}", host_network.stderr);
+    everything.extend(rendered_objects(&host_network.stdout));
     dry_run(&cluster, &everything, &ns)
         .await
         .expect("every option renders objects the API server accepts");
@@ -550,30 +618,55 @@ async fn e2e_10_the_helm_chart_installs_upgrades_and_uninstalls() {
     );
 }
 
-/// What a Sluice running with one set of rules managed to do.
-#[derive(Debug, PartialEq, Eq)]
-enum Probe {
-    /// Served the Ingress and wrote its status.
-    Works,
-    /// Never served the Ingress (never became ready).
-    NotServed,
-    /// Served it, but its status was never written.
-    NoStatus,
+/// What a Sluice running with one set of rules managed to do, within 10 s for each step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Probe {
+    /// Served its Ingress (it became ready: every watch listed).
+    served: bool,
+    /// Led and wrote that Ingress's `status.loadBalancer`.
+    ingress_status: bool,
+    /// Posted an Event about a broken Ingress.
+    event: bool,
+    /// Wrote the RateLimit's conditions.
+    policy_status: bool,
 }
 
-/// Runs Sluice as a new ServiceAccount bound to exactly `cluster_rules` (ClusterRole) and
-/// `lease_rules` (Role in the release namespace), and reports whether it served an Ingress
-/// of its own and wrote that Ingress's status as leader.
-async fn probe_rules(
+impl Probe {
+    const WORKS: Probe = Probe {
+        served: true,
+        ingress_status: true,
+        event: true,
+        policy_status: true,
+    };
+    const NOT_SERVED: Probe = Probe {
+        served: false,
+        ingress_status: false,
+        event: false,
+        policy_status: false,
+    };
+    /// Serves, but never leads: no status, no Events.
+    const NOT_LEADING: Probe = Probe {
+        served: true,
+        ingress_status: false,
+        event: false,
+        policy_status: false,
+    };
+}
+
+/// Applies a ServiceAccount `probe-NAME` in the release namespace bound to exactly
+/// `cluster_rules` (ClusterRole) and `lease_rules` (Role there), and returns a kubeconfig
+/// holding its token.
+async fn probe_identity(
     cluster: &Cluster,
     name: &str,
-    cluster_rules: Vec<PolicyRule>,
-    lease_rules: Vec<PolicyRule>,
-) -> Probe {
+    cluster_rules: &[PolicyRule],
+    lease_rules: &[PolicyRule],
+) -> std::path::PathBuf {
     let account = format!("probe-{name}");
     let role_name = format!("sluice-probe-{name}");
     let release_ns = chart::RELEASE_NAMESPACE;
     let subject = json!([{"kind": "ServiceAccount", "name": account, "namespace": release_ns}]);
+    let rbac = "rbac.authorization.k8s.io/v1";
     let client = cluster.client.clone();
     apply(
         &Api::<ServiceAccount>::namespaced(client.clone(), release_ns),
@@ -584,15 +677,13 @@ async fn probe_rules(
     apply(
         &Api::<ClusterRole>::all(client.clone()),
         &role_name,
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-               "metadata": {"name": role_name}, "rules": cluster_rules}),
+        json!({"apiVersion": rbac, "kind": "ClusterRole", "metadata": {"name": role_name}, "rules": cluster_rules}),
     )
     .await;
     apply(
         &Api::<ClusterRoleBinding>::all(client.clone()),
         &role_name,
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-               "metadata": {"name": role_name},
+        json!({"apiVersion": rbac, "kind": "ClusterRoleBinding", "metadata": {"name": role_name},
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
                "subjects": subject}),
     )
@@ -600,15 +691,14 @@ async fn probe_rules(
     apply(
         &Api::<Role>::namespaced(client.clone(), release_ns),
         &role_name,
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-               "metadata": {"name": role_name, "namespace": release_ns}, "rules": lease_rules}),
+        json!({"apiVersion": rbac, "kind": "Role", "metadata": {"name": role_name, "namespace": release_ns},
+               "rules": lease_rules}),
     )
     .await;
     apply(
-        &Api::<RoleBinding>::namespaced(client.clone(), release_ns),
+        &Api::<RoleBinding>::namespaced(client, release_ns),
         &role_name,
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-               "metadata": {"name": role_name, "namespace": release_ns},
+        json!({"apiVersion": rbac, "kind": "RoleBinding", "metadata": {"name": role_name, "namespace": release_ns},
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name},
                "subjects": subject}),
     )
@@ -617,7 +707,28 @@ async fn probe_rules(
     cluster
         .token_kubeconfig(release_ns, &account, &kubeconfig)
         .await;
+    kubeconfig
+}
 
+/// How the chart's Lease is found when a probe starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseAtStart {
+    /// Absent: leading starts with `create`, as on a fresh install.
+    Absent,
+    /// Present and free: leading starts with `update`, as after a restart.
+    Free,
+}
+
+/// Runs Sluice with only `cluster_rules` and `lease_rules` on a namespace of its own: an
+/// Ingress using a RateLimit, and a broken Ingress.
+async fn probe_rules(
+    cluster: &Cluster,
+    name: &str,
+    cluster_rules: &[PolicyRule],
+    lease_rules: &[PolicyRule],
+    lease: LeaseAtStart,
+) -> Probe {
+    let kubeconfig = probe_identity(cluster, name, cluster_rules, lease_rules).await;
     let ns = cluster.namespace(&format!("rbac-{name}")).await;
     let class = format!("e2e-rbac-{name}");
     let host = format!("{name}.rbac.e2e.test");
@@ -626,9 +737,46 @@ async fn probe_rules(
     cluster
         .endpoints(&ns, "web", &[Endpoint::ready(echo.addrs[0])])
         .await;
+    let policies: Api<RateLimit> = Api::namespaced(cluster.client.clone(), &ns);
+    apply(
+        &policies,
+        "plenty",
+        json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "RateLimit",
+               "metadata": {"name": "plenty", "namespace": ns},
+               "spec": {"limits": [{"requests": 1000, "period": "1s"}]}}),
+    )
+    .await;
+    let mut web = ingress_json(&ns, "web", &class, &host, &[("/", "web")], "http");
+    web["metadata"]["annotations"] = json!({"sluice.dev/rate-limit": "plenty"});
+    apply(&cluster.ingresses(&ns), "web", web).await;
+    // A backend Service that does not exist: an error Event on this Ingress.
     cluster
-        .ingress(&ns, "web", &class, &host, &[("/", "web")])
+        .ingress(&ns, "broken", &class, &host, &[("/broken", "nowhere")])
         .await;
+    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), chart::RELEASE_NAMESPACE);
+    match lease {
+        LeaseAtStart::Absent => {
+            // Absent already is fine.
+            let _ = leases.delete(chart::LEASE, &DeleteParams::default()).await;
+        }
+        LeaseAtStart::Free => {
+            if leases
+                .get_opt(chart::LEASE)
+                .await
+                .expect("get Lease")
+                .is_none()
+            {
+                let free: Lease =
+                    serde_json::from_value(json!({"metadata": {"name": chart::LEASE}}))
+                        .expect("Lease");
+                leases
+                    .create(&PostParams::default(), &free)
+                    .await
+                    .expect("create Lease");
+            }
+        }
+    }
+
     let mut sluice = cluster.spawn_sluice_as(
         &kubeconfig,
         &class,
@@ -639,40 +787,67 @@ async fn probe_rules(
             "3s",
         ],
     );
-    let served = holds_within(10 * SECOND, async || {
-        sluice.get(&host, "/").await.status == 200
-    })
-    .await
-    .is_some();
-    let outcome = if !served {
-        Probe::NotServed
-    } else if holds_within(10 * SECOND, async || {
-        cluster.status_ips(&ns, "web").await == ["203.0.113.61"]
-    })
-    .await
-    .is_some()
-    {
-        Probe::Works
-    } else {
-        Probe::NoStatus
+    let within = 10 * SECOND;
+    let served = holds_within(within, async || sluice.get(&host, "/").await.status == 200)
+        .await
+        .is_some();
+    let mut probe = Probe {
+        served,
+        ..Probe::NOT_SERVED
     };
+    if served {
+        // All three at once, so a probe missing one of them waits 10 s once, not thrice.
+        let _ = holds_within(within, async || {
+            probe.ingress_status = cluster.status_ips(&ns, "web").await == ["203.0.113.61"];
+            probe.event = !cluster.events_about(&ns, "broken").await.is_empty();
+            probe.policy_status = policies
+                .get("plenty")
+                .await
+                .ok()
+                .and_then(|policy| policy.status)
+                .is_some_and(|status| {
+                    status.conditions.iter().any(|condition| {
+                        condition.type_ == "Accepted" && condition.status == "True"
+                    })
+                });
+            probe == Probe::WORKS
+        })
+        .await;
+    }
     // The first refusal Sluice logged, shortened to the API server's sentence.
     let refusal = sluice
         .log_events()
         .into_iter()
         .find_map(|event| {
             let text = event["error"].as_str().or(event["message"].as_str())?;
+            let text = text.replace("\\\"", "\"");
             let start = text.find("is forbidden: ")?;
             let sentence = &text[start..];
-            Some(sentence[..sentence.find(": Forbidden").unwrap_or(sentence.len())].to_owned())
+            let end = [": Forbidden", "\", metadata"]
+                .iter()
+                .filter_map(|ending| sentence.find(ending))
+                .min()
+                .unwrap_or(sentence.len());
+            Some(sentence[..end].to_owned())
         })
         .unwrap_or_default();
     // SIGTERM hands the Lease back for the next probe.
     assert_eq!(sluice.terminate(10 * SECOND), Some(0));
-    println!("rbac probe {name}: {outcome:?} {refusal}");
-    outcome
+    println!("rbac probe {name}: {probe:?} {refusal}");
+    probe
 }
 
+/// One probe of e2e_11: a name, the rules of the ClusterRole and of the Role, the Lease
+/// at the start, and what Sluice should manage.
+type RuleCase = (
+    &'static str,
+    Vec<PolicyRule>,
+    Vec<PolicyRule>,
+    LeaseAtStart,
+    Probe,
+);
+
+/// `rules` without the one `unwanted` picks out, which must exist.
 fn without(rules: &[PolicyRule], unwanted: impl Fn(&PolicyRule) -> bool) -> Vec<PolicyRule> {
     let kept: Vec<PolicyRule> = rules
         .iter()
@@ -730,7 +905,7 @@ async fn e2e_11_every_rule_of_the_charts_rbac_is_needed() {
     );
 
     let cluster_rules = Api::<ClusterRole>::all(cluster.client.clone())
-        .get(chart::RELEASE)
+        .get(chart::CLUSTER_ROLE)
         .await
         .expect("the chart's ClusterRole")
         .rules
@@ -742,43 +917,82 @@ async fn e2e_11_every_rule_of_the_charts_rbac_is_needed() {
         .rules
         .unwrap_or_default();
 
-    // The probe itself works with every rule...
-    assert_eq!(
-        probe_rules(&cluster, "all", cluster_rules.clone(), lease_rules.clone()).await,
-        Probe::Works
-    );
-    // ...and each of these rules, taken away alone, breaks it.
-    let cases = [
-        (
-            "no-status",
-            without(&cluster_rules, |rule| names(rule, "ingresses/status")),
-            lease_rules.clone(),
-            Probe::NoStatus,
-        ),
-        (
-            "no-lease",
-            cluster_rules.clone(),
-            without(&lease_rules, |rule| {
-                rule.verbs.iter().any(|verb| verb == "update")
-            }),
-            Probe::NoStatus,
-        ),
-        (
-            "no-endpointslices",
-            without(&cluster_rules, |rule| names(rule, "endpointslices")),
-            lease_rules.clone(),
-            Probe::NotServed,
-        ),
-        (
-            "no-secrets",
-            without(&cluster_rules, |rule| names(rule, "secrets")),
-            lease_rules.clone(),
-            Probe::NotServed,
-        ),
-    ];
-    for (name, cluster_rules, lease_rules, expected) in cases {
+    // The probe passes with every rule...
+    for (name, lease) in [
+        ("all", LeaseAtStart::Absent),
+        ("all-again", LeaseAtStart::Free),
+    ] {
         assert_eq!(
-            probe_rules(&cluster, name, cluster_rules, lease_rules).await,
+            probe_rules(&cluster, name, &cluster_rules, &lease_rules, lease).await,
+            Probe::WORKS
+        );
+    }
+    // ...and fails with any one of them taken away: every rule of the chart, one at a time.
+    let mut cases: Vec<RuleCase> = Vec::new();
+    for (name, resource, expected) in [
+        ("ingresses", "ingresses", Probe::NOT_SERVED),
+        (
+            "ingress-status",
+            "ingresses/status",
+            Probe {
+                ingress_status: false,
+                ..Probe::WORKS
+            },
+        ),
+        ("services", "services", Probe::NOT_SERVED),
+        ("endpointslices", "endpointslices", Probe::NOT_SERVED),
+        ("secrets", "secrets", Probe::NOT_SERVED),
+        (
+            "events",
+            "events",
+            Probe {
+                event: false,
+                ..Probe::WORKS
+            },
+        ),
+        ("ratelimits", "ratelimits", Probe::NOT_SERVED),
+        (
+            "ratelimit-status",
+            "ratelimits/status",
+            Probe {
+                policy_status: false,
+                ..Probe::WORKS
+            },
+        ),
+    ] {
+        cases.push((
+            name,
+            without(&cluster_rules, |rule| names(rule, resource)),
+            lease_rules.clone(),
+            LeaseAtStart::Free,
+            expected,
+        ));
+    }
+    let verb = |wanted: &'static str| {
+        move |rule: &PolicyRule| rule.verbs.iter().any(|verb| verb == wanted)
+    };
+    cases.push((
+        "lease-update",
+        cluster_rules.clone(),
+        without(&lease_rules, verb("update")),
+        LeaseAtStart::Free,
+        Probe::NOT_LEADING,
+    ));
+    cases.push((
+        "lease-create",
+        cluster_rules.clone(),
+        without(&lease_rules, verb("create")),
+        LeaseAtStart::Absent,
+        Probe::NOT_LEADING,
+    ));
+    assert_eq!(
+        cases.len(),
+        cluster_rules.len() + lease_rules.len(),
+        "a case for every rule of the chart"
+    );
+    for (name, cluster_rules, lease_rules, lease, expected) in cases {
+        assert_eq!(
+            probe_rules(&cluster, name, &cluster_rules, &lease_rules, lease).await,
             expected,
             "without the rule of {name}"
         );
