@@ -888,3 +888,81 @@ async fn assert_quick(sluice: &Sluice, skip: usize) {
         "{limited:?}"
     );
 }
+
+/// An Auth with Basic credentials and API keys, checked against real requests: 401 with a
+/// challenge, the right credentials pass and are not forwarded, a missing Auth is a 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_basic_and_api_keys_guard_routes_and_missing_policies_fail_closed() {
+    let echo = Echo::start(&["127.0.0.41"]);
+    let dir = ManifestDir::new("auth");
+    dir.write("class.yaml", INGRESS_CLASS);
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    let mut objects = service_yaml("default", "up", 80, &echo.addrs, &[]);
+    objects += &format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: htpasswd\n  namespace: default\nstringData:\n  auth: |\n    ada:{hash}\n"
+    );
+    objects += "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: keys\n  namespace: default\nstringData:\n  ci: key-for-ci\n";
+    objects += "---\napiVersion: sluice.dev/v1alpha1\nkind: Auth\nmetadata:\n  name: members\n  namespace: default\nspec:\n  basic: {secretRef: {name: htpasswd}, realm: shop}\n  apiKey: {header: X-Api-Key, secretRef: {name: keys}}\n";
+    let route = |name: &str, host: &str, policy: &str| {
+        ingress(
+            name,
+            "2024-01-01T00:00:00Z",
+            "sluice",
+            &[("sluice.dev/auth", policy)],
+            &format!(
+                "  rules:\n  - host: {host}\n    http:\n      paths:\n{}",
+                path("/", "Prefix", "up")
+            ),
+        )
+    };
+    objects += &route("members", "members.test", "members");
+    objects += &route("orphan", "orphan.test", "nowhere");
+    dir.write("objects.yaml", &objects);
+    let sluice = Sluice::start(&dir.0, &[]).await;
+    let send = |host: &'static str, headers: Vec<(&'static str, String)>| {
+        let addr = sluice.http;
+        async move {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(name, value)| (*name, value.as_str()))
+                .collect();
+            support::send(addr, "GET", host, "/", &headers, Bytes::new())
+                .await
+                .unwrap()
+        }
+    };
+    let basic = |user: &str, password: &str| {
+        use base64::Engine;
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        ("authorization", format!("Basic {encoded}"))
+    };
+
+    let refused = send("members.test", vec![]).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(
+        refused.headers["www-authenticate"],
+        r#"Basic realm="shop", charset="UTF-8""#
+    );
+    assert_eq!(refused.body, "401 unauthorized\n");
+    for wrong in [basic("ada", "guess"), basic("bob", "s3cret")] {
+        assert_eq!(send("members.test", vec![wrong]).await.status, 401);
+    }
+    let wrong_key = send("members.test", vec![("x-api-key", "nope".into())]).await;
+    assert_eq!(wrong_key.status, 401);
+
+    let passed = send("members.test", vec![basic("ada", "s3cret")]).await;
+    assert_eq!(passed.status, 200, "{}", passed.body);
+    let upstream_saw = passed.echo();
+    assert!(
+        upstream_saw["headers"].get("authorization").is_none(),
+        "credentials are stripped: {upstream_saw}"
+    );
+    let by_key = send("members.test", vec![("x-api-key", "key-for-ci".into())]).await;
+    assert_eq!(by_key.status, 200);
+    assert!(by_key.echo()["headers"].get("x-api-key").is_none());
+
+    // Naming an Auth that does not exist closes the route instead of opening it.
+    let orphan = send("orphan.test", vec![basic("ada", "s3cret")]).await;
+    assert_eq!(orphan.status, 503);
+}

@@ -170,6 +170,24 @@ pub enum CompileError {
     #[error("{field}: {why}; the policy is not accepted")]
     InvalidPolicy { field: String, why: String },
 
+    /// On the policy object: a Secret it reads credentials from is missing.
+    #[error(
+        "{field}: Secret {secret:?} does not exist in the policy's namespace; the policy is not \
+         accepted and routes naming it answer 503"
+    )]
+    PolicySecretNotFound { field: String, secret: String },
+
+    /// On the policy object: a Secret it reads credentials from cannot be used.
+    #[error(
+        "{field}: Secret {secret:?} cannot be used: {why}; the policy is not accepted and \
+         routes naming it answer 503"
+    )]
+    InvalidPolicySecret {
+        field: String,
+        secret: String,
+        why: String,
+    },
+
     #[error(
         "{field}: Secret {secret:?} does not exist in this namespace; the Ingress's routes \
          answer 503 until it does"
@@ -208,6 +226,8 @@ impl CompileError {
             CompileError::PolicyNotFound { .. } => "PolicyNotFound",
             CompileError::PolicyNotAccepted { .. } => "PolicyNotAccepted",
             CompileError::InvalidPolicy { .. } => "InvalidSpec",
+            CompileError::PolicySecretNotFound { .. } => "SecretNotFound",
+            CompileError::InvalidPolicySecret { .. } => "InvalidSecret",
             CompileError::TlsSecretNotFound { .. } => "SecretNotFound",
             CompileError::InvalidTlsSecret { .. } => "InvalidSecret",
             CompileError::TlsHostConflict { .. } => "TlsHostConflict",
@@ -221,9 +241,10 @@ impl CompileError {
     /// Whether the error takes the whole object out or only a part of it.
     pub fn severity(&self) -> Severity {
         match self {
-            CompileError::InvalidAnnotation { .. } | CompileError::InvalidPolicy { .. } => {
-                Severity::Rejection
-            }
+            CompileError::InvalidAnnotation { .. }
+            | CompileError::InvalidPolicy { .. }
+            | CompileError::PolicySecretNotFound { .. }
+            | CompileError::InvalidPolicySecret { .. } => Severity::Rejection,
             CompileError::ServingLastGood { .. } => Severity::Notice,
             CompileError::InvalidHost { .. }
             | CompileError::InvalidPath { .. }
@@ -270,6 +291,8 @@ impl CompileError {
             | CompileError::PolicyNotFound { field, .. }
             | CompileError::PolicyNotAccepted { field, .. }
             | CompileError::InvalidPolicy { field, .. }
+            | CompileError::PolicySecretNotFound { field, .. }
+            | CompileError::InvalidPolicySecret { field, .. }
             | CompileError::TlsSecretNotFound { field, .. }
             | CompileError::InvalidTlsSecret { field, .. }
             | CompileError::TlsHostConflict { field, .. }

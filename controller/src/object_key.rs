@@ -18,6 +18,7 @@ pub enum ObjectKind {
     EndpointSlice,
     Secret,
     RateLimit,
+    Auth,
 }
 
 impl ObjectKind {
@@ -30,6 +31,7 @@ impl ObjectKind {
             ObjectKind::EndpointSlice => "EndpointSlice",
             ObjectKind::Secret => "Secret",
             ObjectKind::RateLimit => "RateLimit",
+            ObjectKind::Auth => "Auth",
         }
     }
 }

@@ -16,7 +16,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
-use sluice_crds::RateLimit;
+use sluice_crds::{Auth, RateLimit};
 use tokio::sync::mpsc;
 
 use crate::compile::ClusterObjects;
@@ -60,6 +60,7 @@ struct FileObjects {
     endpoint_slices: Vec<Arc<EndpointSlice>>,
     secrets: Vec<Arc<Secret>>,
     rate_limits: Vec<Arc<RateLimit>>,
+    auths: Vec<Arc<Auth>>,
     notes: Vec<ManifestNote>,
 }
 
@@ -229,6 +230,11 @@ impl ManifestFolder {
                     objects.rate_limits.push(Arc::clone(item));
                 }
             }
+            for item in &file.auths {
+                if first(ObjectKind::Auth, &item.metadata) {
+                    objects.auths.push(Arc::clone(item));
+                }
+            }
         }
         LoadedManifests {
             objects,
@@ -375,6 +381,11 @@ fn add_document(
             let mut item: RateLimit = typed(value, path, number, &kind, &name)?;
             default_namespace(&mut item.metadata);
             objects.rate_limits.push(Arc::new(item));
+        }
+        ("sluice.dev/v1alpha1", "Auth") => {
+            let mut item: Auth = typed(value, path, number, &kind, &name)?;
+            default_namespace(&mut item.metadata);
+            objects.auths.push(Arc::new(item));
         }
         _ => objects.notes.push(ManifestNote(format!(
             "{path}: document {number}: {api_version} {kind} {name:?} is not a kind Sluice reads; ignored"

@@ -4,9 +4,14 @@
 //! validates them into its own types before anything reaches a snapshot. Every policy kind
 //! shares [`PolicyStatus`], so status handling is written once.
 
+mod auth;
 mod rate_limit;
 mod status;
 
+pub use auth::{
+    ApiKeyAuth, Auth, AuthSpec, BasicAuth, Cidr, ForwardAuth, HeaderName, JwtAlgorithm, JwtAuth,
+    Require, RevocationList, SecretRef,
+};
 pub use rate_limit::{
     KeyPart, Limit, OnBackendFailure, RateLimit, RateLimitBackend, RateLimitHeaders, RateLimitSpec,
 };
@@ -20,7 +25,7 @@ pub const GROUP: &str = "sluice.dev";
 
 /// Every CRD Sluice defines, in a fixed order.
 pub fn definitions() -> Vec<CustomResourceDefinition> {
-    vec![RateLimit::crd()]
+    vec![RateLimit::crd(), Auth::crd()]
 }
 
 /// The CRDs as one multi-document YAML stream, as `sluice crds` prints it and as

@@ -3,6 +3,7 @@
 //! This crate must never depend on kube or k8s-openapi; CI checks `cargo tree`.
 
 pub mod admin;
+pub mod auth;
 pub mod balance;
 pub mod live;
 pub mod metrics;

@@ -167,6 +167,8 @@ impl RouteTarget {
 pub struct RoutePolicies {
     /// All apply, in order; the first that refuses answers.
     pub rate_limits: Vec<Arc<RateLimitPolicy>>,
+    /// Who may use the route (`sluice.dev/auth`); checked before the rate limits.
+    pub auth: Option<Arc<crate::auth::AuthPolicy>>,
     /// A policy the route names is missing or invalid: the route answers 503 rather than
     /// being served without its protection.
     pub unavailable: bool,

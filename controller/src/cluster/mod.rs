@@ -24,7 +24,7 @@ use kube::api::ListParams;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use sluice_crds::RateLimit;
+use sluice_crds::{Auth, RateLimit};
 use sluice_dataplane::metrics::Metrics;
 use sluice_dataplane::snapshot::ObjectRef;
 use tokio::sync::{mpsc, watch as channel};
@@ -70,6 +70,8 @@ pub(crate) struct Stores {
     pub secrets: Store<Secret>,
     /// `None` when the RateLimit CRD was not installed at start-up.
     pub rate_limits: Option<Store<RateLimit>>,
+    /// `None` when the Auth CRD was not installed at start-up.
+    pub auths: Option<Store<Auth>>,
     pub endpoint_remap: Option<EndpointRemap>,
 }
 
@@ -86,6 +88,7 @@ impl Stores {
                 .as_ref()
                 .map(Store::state)
                 .unwrap_or_default(),
+            auths: self.auths.as_ref().map(Store::state).unwrap_or_default(),
         }
     }
 
@@ -239,13 +242,18 @@ pub async fn run_cluster(
         endpoint_slices: watches.start(plain.clone()),
         secrets: watches.start(plain.clone().fields(&secret_filter)),
         rate_limits: None,
+        auths: None,
         endpoint_remap: config.endpoint_remap,
     };
     let mut stores = stores;
     if can_watch::<RateLimit>(&client).await {
-        stores.rate_limits = Some(watches.start(plain));
+        stores.rate_limits = Some(watches.start(plain.clone()));
     }
-    let watched_kinds = 5 + usize::from(stores.rate_limits.is_some());
+    if can_watch::<Auth>(&client).await {
+        stores.auths = Some(watches.start(plain));
+    }
+    let watched_kinds =
+        5 + usize::from(stores.rate_limits.is_some()) + usize::from(stores.auths.is_some());
 
     drop(signals_tx);
     let (outcome_tx, outcome_rx) = channel::channel(None::<Arc<CompileOutcome>>);

@@ -509,6 +509,7 @@ fn reference_of(stores: &Stores, key: &ObjectKey) -> Option<ObjectReference> {
             .rate_limits
             .as_ref()
             .and_then(|store| find(store, key)),
+        ObjectKind::Auth => stores.auths.as_ref().and_then(|store| find(store, key)),
     }
 }
 

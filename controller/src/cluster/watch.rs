@@ -16,7 +16,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use sluice_crds::RateLimit;
+use sluice_crds::{Auth, RateLimit};
 use sluice_dataplane::metrics::{Metrics, WatchLabels};
 use tokio::sync::mpsc;
 
@@ -103,6 +103,15 @@ impl Watched for RateLimit {
     const KIND: ObjectKind = ObjectKind::RateLimit;
 
     /// The spec only: the leader's own status writes must not trigger compiles.
+    fn fingerprint(&self) -> u64 {
+        hash_of(&serde_json::to_string(&self.spec).unwrap_or_default())
+    }
+}
+
+impl Watched for Auth {
+    const KIND: ObjectKind = ObjectKind::Auth;
+
+    /// The spec only, as for RateLimit.
     fn fingerprint(&self) -> u64 {
         hash_of(&serde_json::to_string(&self.spec).unwrap_or_default())
     }

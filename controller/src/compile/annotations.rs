@@ -20,6 +20,8 @@ pub const LOAD_BALANCE: &str = "sluice.dev/load-balance";
 pub const HASH_KEY: &str = "sluice.dev/hash-key";
 /// `name[,name2]`: RateLimit policies in the Ingress's namespace, applied in order.
 pub const RATE_LIMIT: &str = "sluice.dev/rate-limit";
+/// `name`: the Auth policy in the Ingress's namespace that guards every route.
+pub const AUTH: &str = "sluice.dev/auth";
 /// `"false"` serves plain HTTP on hosts with a certificate instead of redirecting (308).
 pub const SSL_REDIRECT: &str = "sluice.dev/ssl-redirect";
 /// `Strict-Transport-Security` for HTTPS answers: `max-age=N[; includeSubDomains][; preload]`,
@@ -53,6 +55,8 @@ pub(crate) struct IngressAnnotations {
     pub balance: BalancePolicy,
     /// Names of the RateLimit policies, in order, without duplicates.
     pub rate_limits: Vec<String>,
+    /// The name of the Auth policy.
+    pub auth: Option<String>,
     pub ssl_redirect: bool,
     pub hsts: Option<HeaderValue>,
     /// The Secret holding the client CA bundle, or why the value is not a Secret name. A
@@ -142,6 +146,19 @@ pub(crate) fn parse_ingress_annotations(
         }
     };
 
+    let auth = match get(AUTH).map(str::trim) {
+        None => None,
+        Some(name) if is_object_name(name) => Some(name.to_owned()),
+        Some(value) => {
+            errors.push(invalid(
+                AUTH,
+                value,
+                "expected the name of one Auth in this namespace",
+            ));
+            None
+        }
+    };
+
     let ssl_redirect = match get(SSL_REDIRECT).map(str::trim) {
         None | Some("true") => true,
         Some("false") => false,
@@ -175,6 +192,7 @@ pub(crate) fn parse_ingress_annotations(
         Ok(IngressAnnotations {
             balance,
             rate_limits,
+            auth,
             ssl_redirect,
             hsts,
             client_ca,

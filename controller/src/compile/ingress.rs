@@ -12,7 +12,7 @@ use sluice_dataplane::snapshot::{
 };
 
 use super::annotations::{
-    CLIENT_CA, IngressAnnotations, RATE_LIMIT, annotation_field, parse_ingress_annotations,
+    AUTH, CLIENT_CA, IngressAnnotations, RATE_LIMIT, annotation_field, parse_ingress_annotations,
 };
 use super::backend::{ServiceIndex, resolve_backend};
 use super::host::{HostRule, compile_host};
@@ -201,6 +201,28 @@ fn resolve_https(
     (Arc::new(policy), client_ca)
 }
 
+/// The policy a lookup found; a missing or not accepted one makes the routes answer 503
+/// (never unprotected) and is reported on the Ingress.
+fn take<T>(
+    lookup: PolicyLookup<T>,
+    annotation: &str,
+    kind: &'static str,
+    name: &str,
+    errors: &mut Vec<CompileError>,
+    unavailable: &mut bool,
+) -> Option<Arc<T>> {
+    let (field, name) = (annotation_field(annotation), name.to_owned());
+    match lookup {
+        PolicyLookup::Found(policy) => return Some(policy),
+        PolicyLookup::NotAccepted => {
+            errors.push(CompileError::PolicyNotAccepted { field, kind, name })
+        }
+        PolicyLookup::NotFound => errors.push(CompileError::PolicyNotFound { field, kind, name }),
+    }
+    *unavailable = true;
+    None
+}
+
 /// The policies an Ingress names, shared by all its routes. A policy that is missing or
 /// not accepted makes every route answer 503, and is reported on the Ingress.
 fn resolve_policies(
@@ -209,31 +231,37 @@ fn resolve_policies(
     index: &PolicyIndex,
     errors: &mut Vec<CompileError>,
 ) -> Option<Arc<RoutePolicies>> {
-    if annotations.rate_limits.is_empty() {
+    if annotations.rate_limits.is_empty() && annotations.auth.is_none() {
         return None;
     }
-    let mut policies = RoutePolicies::default();
+    let mut unavailable = false;
+    let mut rate_limits = Vec::new();
     for name in &annotations.rate_limits {
-        let problem = |found: bool| {
-            let (field, kind, name) = (annotation_field(RATE_LIMIT), "RateLimit", name.clone());
-            if found {
-                CompileError::PolicyNotAccepted { field, kind, name }
-            } else {
-                CompileError::PolicyNotFound { field, kind, name }
-            }
-        };
-        match index.rate_limit(namespace, name) {
-            PolicyLookup::Found(policy) => policies.rate_limits.push(policy),
-            PolicyLookup::NotAccepted => {
-                policies.unavailable = true;
-                errors.push(problem(true));
-            }
-            PolicyLookup::NotFound => {
-                policies.unavailable = true;
-                errors.push(problem(false));
-            }
-        }
+        let lookup = index.rate_limit(namespace, name);
+        rate_limits.extend(take(
+            lookup,
+            RATE_LIMIT,
+            "RateLimit",
+            name,
+            errors,
+            &mut unavailable,
+        ));
     }
+    let auth = annotations.auth.as_deref().and_then(|name| {
+        take(
+            index.auth(namespace, name),
+            AUTH,
+            "Auth",
+            name,
+            errors,
+            &mut unavailable,
+        )
+    });
+    let policies = RoutePolicies {
+        rate_limits,
+        auth,
+        unavailable,
+    };
     Some(Arc::new(policies))
 }
 

@@ -6,6 +6,7 @@
 //! recomputes only the backend table for routes that are already compiled.
 
 mod annotations;
+mod auth;
 mod backend;
 mod class;
 mod endpoints;
@@ -27,7 +28,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use sluice_crds::RateLimit;
+use sluice_crds::{Auth, RateLimit};
 use sluice_dataplane::snapshot::{
     BackendTable, ObjectRef, RouteTable, ServerCertificate, TlsTable, VirtualHost,
 };
@@ -66,6 +67,7 @@ pub struct ClusterObjects {
     /// Read for the CA bundles of `sluice.dev/backend-ca`.
     pub secrets: Vec<Arc<Secret>>,
     pub rate_limits: Vec<Arc<RateLimit>>,
+    pub auths: Vec<Arc<Auth>>,
 }
 
 /// Which Ingresses are ours.
@@ -144,20 +146,22 @@ pub fn compile(
     ours.sort_by(|a, b| oldest_first(a, b));
 
     let mut compiled = Compiled::default();
+    let secrets = SecretIndex::new(objects.secrets.iter().map(Arc::as_ref));
     let policies = PolicyIndex::new(
         &objects.rate_limits,
+        &objects.auths,
+        &secrets,
         options.redis_configured,
-        &mut |name, errors| {
-            compiled.statuses.insert(
-                ObjectKey::new(ObjectKind::RateLimit, name.namespace, name.name),
-                errors,
-            );
+        &mut |kind, name, errors| {
+            compiled
+                .statuses
+                .insert(ObjectKey::new(kind, name.namespace, name.name), errors);
         },
     );
     let indexes = Indexes {
         services: ServiceIndex::new(objects.services.iter().map(Arc::as_ref)),
         policies,
-        secrets: SecretIndex::new(objects.secrets.iter().map(Arc::as_ref)),
+        secrets,
     };
     let mut tls = TlsTableBuilder::new(&indexes.secrets, &last_good.certificates);
     if let Some(secret) = &options.default_certificate {
@@ -199,14 +203,18 @@ pub fn compile(
         .snapshot_routes
         .targets()
         .filter_map(|target| target.policies.as_deref())
-        .flat_map(|policies| &policies.rate_limits)
-        .map(|policy| {
-            ObjectKey::new(
-                ObjectKind::RateLimit,
-                policy.name.namespace.as_str(),
-                policy.name.name.as_str(),
-            )
+        .flat_map(|policies| {
+            let limits = policies
+                .rate_limits
+                .iter()
+                .map(|policy| (ObjectKind::RateLimit, &policy.name));
+            let auth = policies
+                .auth
+                .iter()
+                .map(|policy| (ObjectKind::Auth, &policy.name));
+            limits.chain(auth)
         })
+        .map(|(kind, name)| ObjectKey::new(kind, name.namespace.as_str(), name.name.as_str()))
         .collect();
     let (backends, endpoint_errors) = compile_backends(objects, &compiled.snapshot_routes);
     compiled.backends = backends;

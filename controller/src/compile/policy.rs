@@ -17,8 +17,13 @@ use sluice_dataplane::snapshot::{
 };
 
 use super::annotations::is_token;
+use super::auth::compile_auth;
+use super::tls::SecretIndex;
 use crate::error::CompileError;
+use crate::object_key::ObjectKind;
 use crate::object_key::object_ref;
+use sluice_crds::Auth;
+use sluice_dataplane::auth::AuthPolicy;
 
 /// The longest period a limit may have.
 const MAX_PERIOD: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -28,51 +33,91 @@ const MAX_PERIOD: Duration = Duration::from_secs(7 * 24 * 3600);
 #[derive(Debug, Default)]
 pub(crate) struct PolicyIndex {
     rate_limits: BTreeMap<ObjectRef, Option<Arc<RateLimitPolicy>>>,
+    auths: BTreeMap<ObjectRef, Option<Arc<AuthPolicy>>>,
 }
 
 /// What an Ingress gets when it names a policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum PolicyLookup {
-    Found(Arc<RateLimitPolicy>),
+pub(crate) enum PolicyLookup<T> {
+    Found(Arc<T>),
     NotAccepted,
     NotFound,
+}
+
+/// Compiles each object once (the first of a name wins); errors go to `errors_of`.
+fn compile_each<O, T>(
+    objects: &[Arc<O>],
+    kind: ObjectKind,
+    mut compile: impl FnMut(&O, &ObjectRef) -> Result<T, Vec<CompileError>>,
+    errors_of: &mut impl FnMut(ObjectKind, ObjectRef, Vec<CompileError>),
+) -> BTreeMap<ObjectRef, Option<Arc<T>>>
+where
+    O: kube::Resource,
+{
+    let mut compiled = BTreeMap::new();
+    for object in objects {
+        let name = object_ref(object.meta());
+        if compiled.contains_key(&name) {
+            continue;
+        }
+        let policy = match compile(object, &name) {
+            Ok(policy) => {
+                errors_of(kind, name.clone(), Vec::new());
+                Some(Arc::new(policy))
+            }
+            Err(errors) => {
+                errors_of(kind, name.clone(), errors);
+                None
+            }
+        };
+        compiled.insert(name, policy);
+    }
+    compiled
+}
+
+fn lookup<T>(
+    policies: &BTreeMap<ObjectRef, Option<Arc<T>>>,
+    namespace: &str,
+    name: &str,
+) -> PolicyLookup<T> {
+    match policies.get(&ObjectRef::new(namespace, name)) {
+        Some(Some(policy)) => PolicyLookup::Found(Arc::clone(policy)),
+        Some(None) => PolicyLookup::NotAccepted,
+        None => PolicyLookup::NotFound,
+    }
 }
 
 impl PolicyIndex {
     /// Validates every policy; the errors of each go to `statuses` under its own key.
     pub fn new(
         rate_limits: &[Arc<RateLimit>],
+        auths: &[Arc<Auth>],
+        secrets: &SecretIndex<'_>,
         redis_configured: bool,
-        errors_of: &mut impl FnMut(ObjectRef, Vec<CompileError>),
+        errors_of: &mut impl FnMut(ObjectKind, ObjectRef, Vec<CompileError>),
     ) -> Self {
-        let mut index = PolicyIndex::default();
-        for object in rate_limits {
-            let name = object_ref(&object.metadata);
-            if index.rate_limits.contains_key(&name) {
-                continue;
-            }
-            let compiled = match compile_rate_limit(object, &name, redis_configured) {
-                Ok(policy) => {
-                    errors_of(name.clone(), Vec::new());
-                    Some(Arc::new(policy))
-                }
-                Err(errors) => {
-                    errors_of(name.clone(), errors);
-                    None
-                }
-            };
-            index.rate_limits.insert(name, compiled);
+        PolicyIndex {
+            rate_limits: compile_each(
+                rate_limits,
+                ObjectKind::RateLimit,
+                |object, name| compile_rate_limit(object, name, redis_configured),
+                errors_of,
+            ),
+            auths: compile_each(
+                auths,
+                ObjectKind::Auth,
+                |object, name| compile_auth(object, name, secrets),
+                errors_of,
+            ),
         }
-        index
     }
 
-    pub fn rate_limit(&self, namespace: &str, name: &str) -> PolicyLookup {
-        let key = ObjectRef::new(namespace, name);
-        match self.rate_limits.get(&key) {
-            Some(Some(policy)) => PolicyLookup::Found(Arc::clone(policy)),
-            Some(None) => PolicyLookup::NotAccepted,
-            None => PolicyLookup::NotFound,
-        }
+    pub fn rate_limit(&self, namespace: &str, name: &str) -> PolicyLookup<RateLimitPolicy> {
+        lookup(&self.rate_limits, namespace, name)
+    }
+
+    pub fn auth(&self, namespace: &str, name: &str) -> PolicyLookup<AuthPolicy> {
+        lookup(&self.auths, namespace, name)
     }
 }
 
@@ -361,16 +406,43 @@ mod tests {
         let mut bad = rate_limit(json!({"limits": []}));
         bad.metadata.name = Some("bad".into());
         let mut reported = BTreeMap::new();
-        let index = PolicyIndex::new(&[good, Arc::new(bad)], false, &mut |name, errors| {
-            reported.insert(name, errors.len());
-        });
+        let secrets = SecretIndex::new(std::iter::empty());
+        let auths = [Arc::new(
+            serde_json::from_value::<Auth>(json!({
+                "apiVersion": "sluice.dev/v1alpha1",
+                "kind": "Auth",
+                "metadata": {"name": "office", "namespace": "shop"},
+                "spec": {"ipAllow": ["10.0.0.0/8"]},
+            }))
+            .unwrap(),
+        )];
+        let index = PolicyIndex::new(
+            &[good, Arc::new(bad)],
+            &auths,
+            &secrets,
+            false,
+            &mut |kind: ObjectKind, name: ObjectRef, errors: Vec<CompileError>| {
+                reported.insert((kind, name), errors.len());
+            },
+        );
+        assert!(matches!(
+            index.auth("shop", "office"),
+            PolicyLookup::Found(_)
+        ));
+        assert_eq!(index.auth("shop", "api"), PolicyLookup::NotFound);
         assert!(matches!(
             index.rate_limit("shop", "api"),
             PolicyLookup::Found(_)
         ));
         assert_eq!(index.rate_limit("shop", "bad"), PolicyLookup::NotAccepted);
         assert_eq!(index.rate_limit("other", "api"), PolicyLookup::NotFound);
-        assert_eq!(reported[&ObjectRef::new("shop", "api")], 0);
-        assert_eq!(reported[&ObjectRef::new("shop", "bad")], 1);
+        let rate_limit_errors =
+            |name: &str| reported[&(ObjectKind::RateLimit, ObjectRef::new("shop", name))];
+        assert_eq!(rate_limit_errors("api"), 0);
+        assert_eq!(rate_limit_errors("bad"), 1);
+        assert_eq!(
+            reported[&(ObjectKind::Auth, ObjectRef::new("shop", "office"))],
+            0
+        );
     }
 }

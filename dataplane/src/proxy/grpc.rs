@@ -27,6 +27,7 @@ pub(super) enum GrpcCode {
     Unimplemented = 12,
     Internal = 13,
     Unavailable = 14,
+    Unauthenticated = 16,
 }
 
 /// Whether the request is a gRPC call.
@@ -68,7 +69,10 @@ impl LocalAnswer {
                 GrpcCode::ResourceExhausted
             }
             LocalAnswer::UpstreamTimeout => GrpcCode::DeadlineExceeded,
-            LocalAnswer::ClientCertificateRequired => GrpcCode::PermissionDenied,
+            LocalAnswer::ClientCertificateRequired | LocalAnswer::Forbidden => {
+                GrpcCode::PermissionDenied
+            }
+            LocalAnswer::Unauthorized => GrpcCode::Unauthenticated,
             LocalAnswer::MisdirectedRequest => GrpcCode::Unavailable,
             // gRPC clients do not follow redirects; the spec maps other statuses to UNKNOWN.
             LocalAnswer::HttpsRedirect => GrpcCode::Unknown,

@@ -26,6 +26,7 @@ use hyper::upgrade::OnUpgrade;
 pub use body::{RequestFinish, ResponseBody, UpstreamBody};
 pub use headers::{ConnectionHeaders, TrustedProxies};
 
+use crate::auth::AuthDecision;
 use crate::balance::{BackendBalancer, HealthConfig, Outcome, stable_hash};
 use crate::live::{DataPlane, LiveState, backend_labels};
 use crate::metrics::{MethodLabel, RouteSeries, StatusClass};
@@ -141,6 +142,10 @@ enum LocalAnswer {
     MisdirectedRequest,
     /// The route's upstream TLS settings cannot be used (say, its CA Secret is missing).
     UpstreamUnavailable,
+    /// The route's Auth policy: credentials missing or wrong (with `WWW-Authenticate`).
+    Unauthorized,
+    /// The route's Auth policy: the client's network is not allowed.
+    Forbidden,
 }
 
 impl LocalAnswer {
@@ -159,6 +164,8 @@ impl LocalAnswer {
             LocalAnswer::ClientCertificateRequired => StatusCode::FORBIDDEN,
             LocalAnswer::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
             LocalAnswer::UpstreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            LocalAnswer::Unauthorized => StatusCode::UNAUTHORIZED,
+            LocalAnswer::Forbidden => StatusCode::FORBIDDEN,
         }
     }
 
@@ -191,6 +198,9 @@ impl LocalAnswer {
             LocalAnswer::UpstreamUnavailable => {
                 "503 service unavailable: the route's upstream TLS settings are not usable\n"
             }
+            // Never why: which part of the credentials failed is the client's to know.
+            LocalAnswer::Unauthorized => "401 unauthorized\n",
+            LocalAnswer::Forbidden => "403 forbidden\n",
         }
     }
 
@@ -383,6 +393,7 @@ impl Proxy {
                 client_ip,
                 host: &host,
                 path: path_and_query.path(),
+                query: path_and_query.query(),
                 method: &parts.method,
                 headers: &parts.headers,
             };
@@ -393,8 +404,16 @@ impl Proxy {
                     if let Some(report) = &refusal.report {
                         report.write(response.headers_mut());
                     }
+                    for challenge in refusal.challenges {
+                        response
+                            .headers_mut()
+                            .append(http::header::WWW_AUTHENTICATE, challenge);
+                    }
                     return (response, Some(series));
                 }
+            }
+            if let Some(auth) = &policies.auth {
+                auth.strip(&mut parts.headers);
             }
         }
 
@@ -746,6 +765,8 @@ struct Sent<'a> {
 struct Refusal {
     answer: LocalAnswer,
     report: Option<LimitReport>,
+    /// `WWW-Authenticate` challenges of a 401.
+    challenges: Vec<HeaderValue>,
 }
 
 /// Runs a route's policies in order. `Ok` carries the tightest rate limit to report on
@@ -755,12 +776,30 @@ async fn enforce_policies(
     policies: &RoutePolicies,
     request: &RequestView<'_>,
 ) -> Result<Option<LimitReport>, Refusal> {
-    let unavailable = Refusal {
-        answer: LocalAnswer::PolicyUnavailable,
+    let refusal = |answer| Refusal {
+        answer,
         report: None,
+        challenges: Vec::new(),
     };
+    let unavailable = refusal(LocalAnswer::PolicyUnavailable);
     if policies.unavailable {
         return Err(unavailable);
+    }
+    // Who first: a refused client spends no rate-limit budget of the route.
+    if let Some(auth) = &policies.auth {
+        match auth
+            .authorize(request.client_ip, request.headers, request.query)
+            .await
+        {
+            AuthDecision::Allow { .. } => {}
+            AuthDecision::Forbidden => return Err(refusal(LocalAnswer::Forbidden)),
+            AuthDecision::Unauthorized { challenges, .. } => {
+                return Err(Refusal {
+                    challenges,
+                    ..refusal(LocalAnswer::Unauthorized)
+                });
+            }
+        }
     }
     let now = Instant::now();
     let mut tightest: Option<LimitReport> = None;
@@ -771,10 +810,7 @@ async fn enforce_policies(
         match limiter.check(request, now).await {
             Decision::Allow(None) => {}
             Decision::Unavailable => {
-                return Err(Refusal {
-                    answer: LocalAnswer::LimitUnavailable,
-                    report: None,
-                });
+                return Err(refusal(LocalAnswer::LimitUnavailable));
             }
             Decision::Allow(Some(state)) => {
                 let report = LimitReport {
@@ -791,12 +827,12 @@ async fn enforce_policies(
             }
             Decision::Limit { state, retry_after } => {
                 return Err(Refusal {
-                    answer: LocalAnswer::TooManyRequests,
                     report: Some(LimitReport {
                         policy: Arc::clone(policy),
                         state,
                         retry_after: Some(retry_after),
                     }),
+                    ..refusal(LocalAnswer::TooManyRequests)
                 });
             }
         }

@@ -36,6 +36,8 @@ pub struct RequestView<'a> {
     pub client_ip: IpAddr,
     pub host: &'a str,
     pub path: &'a str,
+    /// The raw query string, for API keys sent as a parameter.
+    pub query: Option<&'a str>,
     pub method: &'a Method,
     pub headers: &'a HeaderMap,
 }
@@ -489,6 +491,7 @@ mod tests {
             client_ip: ip.parse().unwrap(),
             host: "shop.example",
             path: "/",
+            query: None,
             method: &Method::GET,
             headers,
         }

@@ -320,6 +320,7 @@ mod tests {
             client_ip: "10.0.0.1".parse().unwrap(),
             host: "a",
             path: "/",
+            query: None,
             method: &http::Method::GET,
             headers: &headers,
         };

@@ -1,0 +1,339 @@
+//! `Auth` policies: validation into what the data plane enforces, with the credentials
+//! read from Secrets in the policy's namespace.
+
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use sluice_crds::{Auth, Cidr, SecretRef};
+use sluice_dataplane::auth::{ApiKeys, AuthPolicy, BasicCredentials, KeyLocation};
+use sluice_dataplane::snapshot::ObjectRef;
+
+use super::tls::{SecretIndex, secret_bytes};
+use crate::error::CompileError;
+
+/// The htpasswd key of a Basic-auth Secret (ingress-nginx's name for it).
+const HTPASSWD_KEY: &str = "auth";
+
+/// Validates an `Auth` and loads its credentials. Every problem is returned, each naming
+/// its field; the data plane never sees a half-valid policy.
+pub(crate) fn compile_auth(
+    object: &Auth,
+    name: &ObjectRef,
+    secrets: &SecretIndex<'_>,
+) -> Result<AuthPolicy, Vec<CompileError>> {
+    let spec = &object.spec;
+    let mut errors = Vec::new();
+    let invalid = |field: &str, why: String| CompileError::InvalidPolicy {
+        field: field.to_owned(),
+        why,
+    };
+    let ip_allow = networks(&spec.ip_allow, "spec.ipAllow", &mut errors);
+    let ip_deny = networks(&spec.ip_deny, "spec.ipDeny", &mut errors);
+
+    let basic = spec.basic.as_ref().and_then(|basic| {
+        let field = "spec.basic.secretRef";
+        let text = secret_text(
+            &basic.secret_ref,
+            &name.namespace,
+            field,
+            HTPASSWD_KEY,
+            secrets,
+        )
+        .map_err(|error| errors.push(error))
+        .ok()?;
+        let realm = basic.realm.as_deref().unwrap_or(name.name.as_str());
+        if !realm
+            .bytes()
+            .all(|byte| (b' '..=b'~').contains(&byte) && byte != b'"' && byte != b'\\')
+        {
+            errors.push(invalid(
+                "spec.basic.realm",
+                "printable ASCII without quotes or backslashes".into(),
+            ));
+            return None;
+        }
+        BasicCredentials::from_htpasswd(realm, &text)
+            .map(Arc::new)
+            .map_err(|error| {
+                errors.push(CompileError::InvalidPolicySecret {
+                    field: field.to_owned(),
+                    secret: basic.secret_ref.name.clone(),
+                    why: format!("key {HTPASSWD_KEY:?}: {error}"),
+                })
+            })
+            .ok()
+    });
+
+    let api_key = spec.api_key.as_ref().and_then(|api_key| {
+        let field = "spec.apiKey.secretRef";
+        let location = match (&api_key.header, &api_key.query) {
+            (Some(header), None) => match http::HeaderName::from_bytes(header.as_bytes()) {
+                Ok(header) => KeyLocation::Header(header),
+                Err(_) => {
+                    errors.push(invalid(
+                        "spec.apiKey.header",
+                        format!("{header:?} is not a header name"),
+                    ));
+                    return None;
+                }
+            },
+            (None, Some(query)) if !query.is_empty() => KeyLocation::Query(query.clone()),
+            _ => {
+                errors.push(invalid(
+                    "spec.apiKey",
+                    "exactly one of header or query is needed".into(),
+                ));
+                return None;
+            }
+        };
+        let secret = match secrets.get(&name.namespace, &api_key.secret_ref.name) {
+            Some(secret) => secret,
+            None => {
+                errors.push(CompileError::PolicySecretNotFound {
+                    field: field.to_owned(),
+                    secret: api_key.secret_ref.name.clone(),
+                });
+                return None;
+            }
+        };
+        // `data` as the API server keeps it, `stringData` as a standalone file may give it.
+        let values = secret
+            .data
+            .iter()
+            .flatten()
+            .map(|(_, value)| value.0.as_slice())
+            .chain(
+                secret
+                    .string_data
+                    .iter()
+                    .flatten()
+                    .map(|(_, value)| value.as_bytes()),
+            );
+        ApiKeys::new(location, values)
+            .map(Arc::new)
+            .map_err(|_| {
+                errors.push(CompileError::InvalidPolicySecret {
+                    field: field.to_owned(),
+                    secret: api_key.secret_ref.name.clone(),
+                    why: "it holds no key (every data value is one key)".into(),
+                })
+            })
+            .ok()
+    });
+
+    // Not in this version yet: refused, so a policy is never accepted without enforcing
+    // what it says.
+    if spec.jwt.is_some() {
+        errors.push(invalid(
+            "spec.jwt",
+            "not supported by this version of Sluice yet".into(),
+        ));
+    }
+    if spec.forward.is_some() {
+        errors.push(invalid(
+            "spec.forward",
+            "not supported by this version of Sluice yet".into(),
+        ));
+    }
+    let has_rules = spec.basic.is_some()
+        || spec.api_key.is_some()
+        || spec.jwt.is_some()
+        || spec.forward.is_some()
+        || !spec.ip_allow.is_empty()
+        || !spec.ip_deny.is_empty();
+    if !has_rules {
+        errors.push(invalid(
+            "spec",
+            "an Auth needs at least one of basic, apiKey, jwt, forward, ipAllow or ipDeny".into(),
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(AuthPolicy {
+        name: name.clone(),
+        ip_deny,
+        ip_allow,
+        basic,
+        api_key,
+        require_all: spec.require == sluice_crds::Require::All,
+        strip_credentials: spec.strip_credentials,
+    })
+}
+
+/// CIDRs (or bare addresses, as /32 or /128), each bad one an error naming its index.
+fn networks(cidrs: &[Cidr], field: &str, errors: &mut Vec<CompileError>) -> Vec<IpNet> {
+    let mut parsed = Vec::with_capacity(cidrs.len());
+    for (index, cidr) in cidrs.iter().enumerate() {
+        let text = cidr.0.trim();
+        let network = text
+            .parse::<IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
+        match network {
+            Ok(network) => parsed.push(network.trunc()),
+            Err(_) => errors.push(CompileError::InvalidPolicy {
+                field: format!("{field}[{index}]"),
+                why: format!("{text:?} is not a CIDR such as 10.0.0.0/8"),
+            }),
+        }
+    }
+    parsed
+}
+
+/// The UTF-8 text under `key` of a Secret in `namespace`.
+fn secret_text(
+    reference: &SecretRef,
+    namespace: &str,
+    field: &str,
+    key: &str,
+    secrets: &SecretIndex<'_>,
+) -> Result<String, CompileError> {
+    let secret = secrets.get(namespace, &reference.name).ok_or_else(|| {
+        CompileError::PolicySecretNotFound {
+            field: field.to_owned(),
+            secret: reference.name.clone(),
+        }
+    })?;
+    let bytes = secret_bytes(secret, key).ok_or_else(|| CompileError::InvalidPolicySecret {
+        field: field.to_owned(),
+        secret: reference.name.clone(),
+        why: format!("it has no key {key:?}"),
+    })?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| CompileError::InvalidPolicySecret {
+        field: field.to_owned(),
+        secret: reference.name.clone(),
+        why: format!("key {key:?} is not UTF-8 text"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    fn auth(spec: serde_json::Value) -> Auth {
+        serde_json::from_value(json!({
+            "apiVersion": "sluice.dev/v1alpha1",
+            "kind": "Auth",
+            "metadata": {"name": "members", "namespace": "shop"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
+        Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("shop".into()),
+                ..Default::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(key, value)| ((*key).to_owned(), ByteString(value.as_bytes().to_vec())))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    fn compile(
+        spec: serde_json::Value,
+        secrets: &[Secret],
+    ) -> Result<AuthPolicy, Vec<CompileError>> {
+        let index = SecretIndex::new(secrets.iter());
+        compile_auth(&auth(spec), &ObjectRef::new("shop", "members"), &index)
+    }
+
+    #[test]
+    fn a_full_policy_compiles_with_its_credentials() {
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let secrets = [
+            secret("htpasswd", &[("auth", &format!("ada:{hash}\n"))]),
+            secret("keys", &[("ci", "k-1"), ("bot", "k-2")]),
+        ];
+        let policy = compile(
+            json!({
+                "basic": {"secretRef": {"name": "htpasswd"}, "realm": "shop"},
+                "apiKey": {"header": "X-Api-Key", "secretRef": {"name": "keys"}},
+                "ipAllow": ["10.0.0.0/8", "192.0.2.7"],
+                "ipDeny": ["10.9.0.1/16"],
+                "require": "all",
+            }),
+            &secrets,
+        )
+        .unwrap();
+        assert_eq!(
+            policy.ip_allow,
+            [
+                "10.0.0.0/8".parse().unwrap(),
+                "192.0.2.7/32".parse().unwrap()
+            ]
+        );
+        assert_eq!(policy.ip_deny, ["10.9.0.0/16".parse::<IpNet>().unwrap()]);
+        assert_eq!(policy.basic.as_ref().unwrap().realm, "shop");
+        assert!(policy.basic.as_ref().unwrap().users.contains_key("ada"));
+        assert_eq!(
+            policy.api_key.as_ref().unwrap().location,
+            KeyLocation::Header(http::HeaderName::from_static("x-api-key"))
+        );
+        assert!(policy.require_all);
+        assert!(policy.strip_credentials);
+    }
+
+    #[test]
+    fn each_problem_is_reported_with_its_field() {
+        let errors = compile(
+            json!({
+                "basic": {"secretRef": {"name": "missing"}},
+                "apiKey": {"query": "api_key", "secretRef": {"name": "plain"}},
+                "ipAllow": ["10.0.0.0/33"],
+                "jwt": {"issuer": "https://issuer.example", "audiences": ["shop"], "jwksUri": "https://issuer.example/jwks"},
+            }),
+            &[secret("plain", &[("ci", "")])],
+        )
+        .unwrap_err();
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let joined = text.join("\n");
+        for wanted in [
+            "spec.ipAllow[0]",
+            "spec.basic.secretRef",
+            "spec.apiKey.secretRef",
+            "spec.jwt",
+        ] {
+            assert!(joined.contains(wanted), "{wanted} in {joined}");
+        }
+        assert!(
+            !joined.contains("ci"),
+            "Secret contents stay out of messages"
+        );
+    }
+
+    #[test]
+    fn plain_text_htpasswd_is_refused_without_echoing_it() {
+        let errors = compile(
+            json!({"basic": {"secretRef": {"name": "htpasswd"}}}),
+            &[secret("htpasswd", &[("auth", "ada:hunter2")])],
+        )
+        .unwrap_err();
+        let message = errors[0].to_string();
+        assert!(message.contains("plain text"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        assert_eq!(errors[0].reason(), "InvalidSecret");
+    }
+
+    #[test]
+    fn the_realm_defaults_to_the_policy_name() {
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let policy = compile(
+            json!({"basic": {"secretRef": {"name": "htpasswd"}}, "stripCredentials": false}),
+            &[secret("htpasswd", &[("auth", &format!("ada:{hash}"))])],
+        )
+        .unwrap();
+        assert_eq!(policy.basic.unwrap().realm, "members");
+        assert!(!policy.strip_credentials);
+    }
+}
