@@ -915,10 +915,14 @@ async fn auth_basic_and_api_keys_guard_routes_and_missing_policies_fail_closed()
             ),
         )
     };
+    objects += "---\napiVersion: sluice.dev/v1alpha1\nkind: Auth\nmetadata:\n  name: office\n  namespace: default\nspec:\n  ipAllow: [203.0.113.0/24]\n  ipDeny: [203.0.113.66]\n";
     objects += &route("members", "members.test", "members");
+    objects += &route("office", "office.test", "office");
     objects += &route("orphan", "orphan.test", "nowhere");
     dir.write("objects.yaml", &objects);
-    let sluice = Sluice::start(&dir.0, &[]).await;
+    // The test client connects from 127.0.0.1, a trusted proxy: X-Forwarded-For names
+    // the client the networks are checked against.
+    let sluice = Sluice::start(&dir.0, &["--trusted-proxies", "127.0.0.0/8"]).await;
     let send = |host: &'static str, headers: Vec<(&'static str, String)>| {
         let addr = sluice.http;
         async move {
@@ -965,4 +969,34 @@ async fn auth_basic_and_api_keys_guard_routes_and_missing_policies_fail_closed()
     // Naming an Auth that does not exist closes the route instead of opening it.
     let orphan = send("orphan.test", vec![basic("ada", "s3cret")]).await;
     assert_eq!(orphan.status, 503);
+
+    // Networks, with the client named by a trusted proxy.
+    let from = |client: &str| vec![("x-forwarded-for", format!("198.51.100.1, {client}"))];
+    assert_eq!(send("office.test", from("203.0.113.9")).await.status, 200);
+    let denied = send("office.test", from("203.0.113.66")).await;
+    assert_eq!(
+        (denied.status, denied.body.as_str()),
+        (403, "403 forbidden\n")
+    );
+    assert_eq!(send("office.test", from("192.0.2.1")).await.status, 403);
+    // Without the header the client is the proxy itself, which is not in the network.
+    assert_eq!(send("office.test", vec![]).await.status, 403);
+
+    // Outcomes per policy and method; a refused request counts once under each method
+    // that failed.
+    let decisions = |policy: &str, method: &str, result: &str| {
+        format!(
+            r#"sluice_auth_decisions_total{{namespace="default",policy="{policy}",method="{method}",result="{result}"}}"#
+        )
+    };
+    for (series, expected) in [
+        (decisions("members", "basic", "allowed"), 1.0),
+        (decisions("members", "api_key", "allowed"), 1.0),
+        (decisions("members", "basic", "unauthorized"), 4.0),
+        (decisions("members", "api_key", "unauthorized"), 4.0),
+        (decisions("office", "ip", "allowed"), 1.0),
+        (decisions("office", "ip", "forbidden"), 3.0),
+    ] {
+        assert_eq!(sluice.metric(&series).await, Some(expected), "{series}");
+    }
 }

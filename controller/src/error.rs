@@ -179,13 +179,18 @@ pub enum CompileError {
 
     /// On the policy object: a Secret it reads credentials from cannot be used.
     #[error(
-        "{field}: Secret {secret:?} cannot be used: {why}; the policy is not accepted and \
-         routes naming it answer 503"
+        "{field}: Secret {secret:?} cannot be used: {why}; {}",
+        if *.serving_last_good {
+            "the policy's last good credentials keep being enforced"
+        } else {
+            "the policy is not accepted and routes naming it answer 503"
+        }
     )]
     InvalidPolicySecret {
         field: String,
         secret: String,
         why: String,
+        serving_last_good: bool,
     },
 
     #[error(

@@ -141,7 +141,7 @@ pub struct JwtAuth {
     pub jwks_secret_ref: Option<SecretRef>,
     /// An https URL the key set is fetched from and refreshed, never on the request path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^https://[^\s]{1,2040}$"))]
+    #[schemars(regex(pattern = r"^https://\S+$"), length(max = 2048))]
     pub jwks_uri: Option<String>,
     /// Signature algorithms accepted; `none` and HMAC never are.
     #[serde(default = "default_algorithms")]
@@ -184,7 +184,7 @@ pub enum RevocationList {
 pub struct ForwardAuth {
     /// The authorization service (http:// or https://): 2xx lets the request through,
     /// 401/403 are passed to the client, anything else (or no answer) is a 503.
-    #[schemars(regex(pattern = r"^https?://[^\s]{1,2040}$"))]
+    #[schemars(regex(pattern = r"^https?://\S+$"), length(max = 2048))]
     pub url: String,
     /// How long to wait for its answer: `500ms`, `2s` (at most 60 s).
     #[serde(default = "default_forward_timeout")]

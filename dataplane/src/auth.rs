@@ -262,11 +262,40 @@ pub enum AuthDecision {
     Allow { method: AuthMethodLabel },
     /// 403: the client's network is not allowed.
     Forbidden,
-    /// 401 with these `WWW-Authenticate` challenges.
+    /// 401 with these `WWW-Authenticate` challenges; `failed` are the methods whose check
+    /// failed.
     Unauthorized {
         challenges: Vec<HeaderValue>,
-        method: AuthMethodLabel,
+        failed: Vec<AuthMethodLabel>,
     },
+}
+
+impl crate::metrics::AuthCounters {
+    /// Counts one decision under the method that made it.
+    pub fn count(&self, decision: &AuthDecision) {
+        let index = |method: &AuthMethodLabel| match method {
+            AuthMethodLabel::Ip => 0,
+            AuthMethodLabel::Basic => 1,
+            AuthMethodLabel::ApiKey => 2,
+            AuthMethodLabel::None => 3,
+        };
+        match decision {
+            AuthDecision::Allow { method } => {
+                self.allowed[index(method)].inc();
+            }
+            AuthDecision::Forbidden => {
+                self.forbidden.inc();
+            }
+            // Under the first method that failed.
+            // Once under each method whose check failed.
+            AuthDecision::Unauthorized { failed, .. } => {
+                for method in failed {
+                    let slot = usize::from(*method == AuthMethodLabel::ApiKey);
+                    self.unauthorized[slot].inc();
+                }
+            }
+        }
+    }
 }
 
 /// Remembers recent successful Basic logins, so a client that sends the same credentials on
@@ -401,13 +430,18 @@ impl AuthPolicy {
         } else {
             results.iter().any(|(_, passed)| *passed)
         };
-        let decided_by = results
-            .iter()
-            .find(|(_, result)| *result == passed)
-            .map_or(AuthMethodLabel::None, |(method, _)| *method);
         if passed {
-            return AuthDecision::Allow { method: decided_by };
+            let method = results
+                .iter()
+                .find(|(_, result)| *result)
+                .map_or(AuthMethodLabel::None, |(method, _)| *method);
+            return AuthDecision::Allow { method };
         }
+        let failed = results
+            .iter()
+            .filter(|(_, result)| !*result)
+            .map(|(method, _)| *method)
+            .collect();
         let mut challenges = Vec::new();
         if let Some(basic) = &self.basic
             && let Ok(value) = HeaderValue::from_str(&basic.challenge())
@@ -423,10 +457,7 @@ impl AuthPolicy {
                 challenges.push(value);
             }
         }
-        AuthDecision::Unauthorized {
-            challenges,
-            method: decided_by,
-        }
+        AuthDecision::Unauthorized { challenges, failed }
     }
 
     /// Removes the credentials this policy reads, so they do not reach the upstream.

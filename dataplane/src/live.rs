@@ -13,7 +13,9 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::balance::{BackendBalancer, BalancerClock, HealthConfig};
-use crate::metrics::{BackendLabels, Metrics, RouteLabels, RouteSeries, TlsCertificateLabels};
+use crate::metrics::{
+    AuthCounters, BackendLabels, Metrics, RouteLabels, RouteSeries, TlsCertificateLabels,
+};
 use crate::ratelimit::PolicyLimiter;
 use crate::ratelimit::redis::SharedRedis;
 use crate::router::RouteMatch;
@@ -34,6 +36,7 @@ pub struct LiveState {
     route_series: Arc<[OnceLock<Arc<RouteSeries>>]>,
     /// The counters of every rate-limit policy some route uses.
     limiters: HashMap<ObjectRef, Arc<PolicyLimiter>>,
+    auth_counters: HashMap<ObjectRef, Arc<AuthCounters>>,
     /// The upstream TLS configurations the routes need, built off the request path.
     pub upstreams: Arc<UpstreamTable>,
 }
@@ -91,6 +94,12 @@ impl LiveState {
             }
             _ => build_limiters(&snapshot.routes, previous, settings),
         };
+        let auth_counters = match previous {
+            Some(previous) if Arc::ptr_eq(&previous.snapshot.routes, &snapshot.routes) => {
+                previous.auth_counters.clone()
+            }
+            _ => build_auth_counters(&snapshot.routes, settings),
+        };
         let upstreams = match previous {
             Some(previous) if Arc::ptr_eq(&previous.snapshot.routes, &snapshot.routes) => {
                 Arc::clone(&previous.upstreams)
@@ -106,6 +115,7 @@ impl LiveState {
             balancers,
             route_series,
             limiters,
+            auth_counters,
             upstreams,
         }
     }
@@ -113,6 +123,10 @@ impl LiveState {
     /// The counters of a rate-limit policy in this state.
     pub fn limiter(&self, policy: &ObjectRef) -> Option<&Arc<PolicyLimiter>> {
         self.limiters.get(policy)
+    }
+
+    pub fn auth_counters(&self, policy: &ObjectRef) -> Option<&Arc<AuthCounters>> {
+        self.auth_counters.get(policy)
     }
 
     pub fn balancer(&self, key: &BackendKey) -> Option<&Arc<BackendBalancer>> {
@@ -168,6 +182,21 @@ fn build_limiters(
         limiters.insert(policy.name.clone(), limiter);
     }
     limiters
+}
+
+/// The decision counters of every Auth policy the routes use.
+fn build_auth_counters(
+    routes: &RouteTable,
+    settings: &LiveSettings,
+) -> HashMap<ObjectRef, Arc<AuthCounters>> {
+    routes
+        .targets()
+        .filter_map(|target| target.policies.as_deref()?.auth.as_ref())
+        .map(|policy| {
+            let counters = settings.metrics.auth_counters(&policy.name);
+            (policy.name.clone(), Arc::new(counters))
+        })
+        .collect()
 }
 
 /// Problems found by the controller, one line each (`Ingress shop/web: …`).

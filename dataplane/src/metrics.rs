@@ -52,6 +52,25 @@ pub enum LimitResult {
     backend_error,
 }
 
+/// An Auth policy's decisions, by the method that decided and the result.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AuthLabels {
+    pub namespace: Arc<str>,
+    pub policy: Arc<str>,
+    pub method: &'static str,
+    pub result: &'static str,
+}
+
+/// An Auth policy's counters, resolved when a snapshot is applied.
+#[derive(Debug, Clone, Default)]
+pub struct AuthCounters {
+    /// By method: ip, basic, api_key, none.
+    pub allowed: [Counter; 4],
+    /// By method: basic, api_key.
+    pub unauthorized: [Counter; 2],
+    pub forbidden: Counter,
+}
+
 /// One policy's counters, resolved once per policy so a request touches no label map.
 #[derive(Debug, Clone, Default)]
 pub struct LimitCounters {
@@ -276,6 +295,7 @@ pub struct Metrics {
     pub endpoint_ejections: Family<BackendLabels, Counter>,
     pub endpoints: Family<BackendLabels, Gauge>,
     pub rate_limit_decisions: Family<RateLimitLabels, Counter>,
+    pub auth_decisions: Family<AuthLabels, Counter>,
     pub rate_limit_redis_seconds: Histogram,
     pub active_connections: Gauge,
     pub tls_handshakes: Family<TlsHandshakeLabels, Counter>,
@@ -337,6 +357,12 @@ impl Metrics {
             "rate_limit_decisions",
             "Requests checked by a RateLimit policy, by policy and result",
             rate_limit_decisions.clone(),
+        );
+        let auth_decisions = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "auth_decisions",
+            "Requests checked by an Auth policy, by policy, deciding method and result",
+            auth_decisions.clone(),
         );
         let rate_limit_redis_seconds = apply_duration_histogram();
         registry.register(
@@ -418,6 +444,7 @@ impl Metrics {
             endpoint_ejections,
             endpoints,
             rate_limit_decisions,
+            auth_decisions,
             rate_limit_redis_seconds,
             active_connections,
             tls_handshakes,
@@ -452,6 +479,25 @@ impl Metrics {
             allowed: counter(LimitResult::allowed),
             limited: counter(LimitResult::limited),
             backend_errors: counter(LimitResult::backend_error),
+        }
+    }
+
+    /// The decision counters of an Auth policy.
+    pub fn auth_counters(&self, policy: &crate::snapshot::ObjectRef) -> AuthCounters {
+        let counter = |method, result| {
+            self.auth_decisions
+                .get_or_create(&AuthLabels {
+                    namespace: policy.namespace.as_str().into(),
+                    policy: policy.name.as_str().into(),
+                    method,
+                    result,
+                })
+                .clone()
+        };
+        AuthCounters {
+            allowed: ["ip", "basic", "api_key", "none"].map(|method| counter(method, "allowed")),
+            unauthorized: ["basic", "api_key"].map(|method| counter(method, "unauthorized")),
+            forbidden: counter("ip", "forbidden"),
         }
     }
 

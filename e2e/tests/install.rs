@@ -16,7 +16,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use sluice_crds::RateLimit;
+use sluice_crds::{Auth, PolicyStatus, RateLimit};
 
 use crate::chart::{
     self, CHART, Rendered, ToolRun, cluster_script, rendered_objects, strict_dry_run,
@@ -629,6 +629,8 @@ struct Probe {
     event: bool,
     /// Wrote the RateLimit's conditions.
     policy_status: bool,
+    /// Wrote the Auth's conditions.
+    auth_status: bool,
 }
 
 impl Probe {
@@ -637,12 +639,14 @@ impl Probe {
         ingress_status: true,
         event: true,
         policy_status: true,
+        auth_status: true,
     };
     const NOT_SERVED: Probe = Probe {
         served: false,
         ingress_status: false,
         event: false,
         policy_status: false,
+        auth_status: false,
     };
     /// Serves, but never leads: no status, no Events.
     const NOT_LEADING: Probe = Probe {
@@ -650,6 +654,7 @@ impl Probe {
         ingress_status: false,
         event: false,
         policy_status: false,
+        auth_status: false,
     };
 }
 
@@ -746,8 +751,18 @@ async fn probe_rules(
                "spec": {"limits": [{"requests": 1000, "period": "1s"}]}}),
     )
     .await;
+    let auths: Api<Auth> = Api::namespaced(cluster.client.clone(), &ns);
+    apply(
+        &auths,
+        "anyone",
+        json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "Auth",
+               "metadata": {"name": "anyone", "namespace": ns},
+               "spec": {"ipAllow": ["0.0.0.0/0", "::/0"]}}),
+    )
+    .await;
     let mut web = ingress_json(&ns, "web", &class, &host, &[("/", "web")], "http");
-    web["metadata"]["annotations"] = json!({"sluice.dev/rate-limit": "plenty"});
+    web["metadata"]["annotations"] =
+        json!({"sluice.dev/rate-limit": "plenty", "sluice.dev/auth": "anyone"});
     apply(&cluster.ingresses(&ns), "web", web).await;
     // A backend Service that does not exist: an error Event on this Ingress.
     cluster
@@ -800,16 +815,9 @@ async fn probe_rules(
         let _ = holds_within(within, async || {
             probe.ingress_status = cluster.status_ips(&ns, "web").await == ["203.0.113.61"];
             probe.event = !cluster.events_about(&ns, "broken").await.is_empty();
-            probe.policy_status = policies
-                .get("plenty")
-                .await
-                .ok()
-                .and_then(|policy| policy.status)
-                .is_some_and(|status| {
-                    status.conditions.iter().any(|condition| {
-                        condition.type_ == "Accepted" && condition.status == "True"
-                    })
-                });
+            probe.policy_status =
+                accepted(policies.get("plenty").await.ok().and_then(|p| p.status));
+            probe.auth_status = accepted(auths.get("anyone").await.ok().and_then(|p| p.status));
             probe == Probe::WORKS
         })
         .await;
@@ -846,6 +854,16 @@ type RuleCase = (
     LeaseAtStart,
     Probe,
 );
+
+/// Whether a policy's status says `Accepted=True`.
+fn accepted(status: Option<PolicyStatus>) -> bool {
+    status.is_some_and(|status| {
+        status
+            .conditions
+            .iter()
+            .any(|condition| condition.type_ == "Accepted" && condition.status == "True")
+    })
+}
 
 /// `rules` without the one `unwanted` picks out, which must exist.
 fn without(rules: &[PolicyRule], unwanted: impl Fn(&PolicyRule) -> bool) -> Vec<PolicyRule> {
@@ -951,6 +969,16 @@ async fn e2e_11_every_rule_of_the_charts_rbac_is_needed() {
             },
         ),
         ("ratelimits", "ratelimits", Probe::NOT_SERVED),
+        // Without its watch the Auth is missing to Sluice: the route fails closed.
+        ("auths", "auths", Probe::NOT_SERVED),
+        (
+            "auth-status",
+            "auths/status",
+            Probe {
+                auth_status: false,
+                ..Probe::WORKS
+            },
+        ),
         (
             "ratelimit-status",
             "ratelimits/status",

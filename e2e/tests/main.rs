@@ -7,6 +7,7 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+mod auth;
 mod chart;
 mod harness;
 mod install;

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use super::{CompileOutcome, Stores};
 use crate::error::{CompileError, Severity};
 use crate::object_key::{ObjectKey, ObjectKind, object_ref};
-use sluice_crds::{PolicyCondition, PolicyStatus, RateLimit};
+use sluice_crds::{Auth, PolicyCondition, PolicyStatus, RateLimit};
 
 /// The field manager of every write Sluice makes.
 pub const FIELD_MANAGER: &str = "sluice";
@@ -369,8 +369,37 @@ pub(crate) fn policy_conditions(
     ]
 }
 
-/// Writes `status.conditions` and `status.observedGeneration` on every RateLimit whose
-/// stored status differs from what the last compile says.
+/// A policy kind whose status Sluice writes: `Accepted`, `Programmed`,
+/// `observedGeneration`.
+trait PolicyObject:
+    Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    const KIND: ObjectKind;
+    fn policy_status(&self) -> Option<&PolicyStatus>;
+}
+
+impl PolicyObject for RateLimit {
+    const KIND: ObjectKind = ObjectKind::RateLimit;
+    fn policy_status(&self) -> Option<&PolicyStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl PolicyObject for Auth {
+    const KIND: ObjectKind = ObjectKind::Auth;
+    fn policy_status(&self) -> Option<&PolicyStatus> {
+        self.status.as_ref()
+    }
+}
+
+/// Writes the status of every policy of every kind whose stored status differs from what
+/// the last compile says.
 async fn write_policy_statuses(
     client: &Client,
     stores: &Stores,
@@ -378,9 +407,21 @@ async fn write_policy_statuses(
     leading: &watch::Receiver<bool>,
     metrics: &Metrics,
 ) {
-    let Some(store) = &stores.rate_limits else {
-        return;
-    };
+    if let Some(store) = &stores.rate_limits {
+        write_statuses_of(store, client, outcome, leading, metrics).await;
+    }
+    if let Some(store) = &stores.auths {
+        write_statuses_of(store, client, outcome, leading, metrics).await;
+    }
+}
+
+async fn write_statuses_of<K: PolicyObject>(
+    store: &Store<K>,
+    client: &Client,
+    outcome: &CompileOutcome,
+    leading: &watch::Receiver<bool>,
+    metrics: &Metrics,
+) {
     let now = k8s_openapi::jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string();
@@ -388,18 +429,19 @@ async fn write_policy_statuses(
         .state()
         .iter()
         .filter_map(|policy| {
-            let name = object_ref(&policy.metadata);
-            let key = ObjectKey::new(ObjectKind::RateLimit, &*name.namespace, &*name.name);
-            let current = policy.status.clone().unwrap_or_default();
+            let name = object_ref(policy.meta());
+            let key = ObjectKey::new(K::KIND, &*name.namespace, &*name.name);
+            let current = policy.policy_status().cloned().unwrap_or_default();
+            let generation = policy.meta().generation;
             let wanted = PolicyStatus {
                 conditions: policy_conditions(
                     outcome.problems.get(&key).map(Vec::as_slice),
                     outcome.programmed.contains(&key),
                     &current.conditions,
-                    policy.metadata.generation,
+                    generation,
                     &now,
                 ),
-                observed_generation: policy.metadata.generation,
+                observed_generation: generation,
             };
             (wanted != current).then_some((name, wanted))
         })
@@ -409,14 +451,14 @@ async fn write_policy_statuses(
         .map(|(name, wanted)| {
             let patch = json!({
                 "apiVersion": "sluice.dev/v1alpha1",
-                "kind": "RateLimit",
+                "kind": K::KIND.as_str(),
                 "metadata": { "name": name.name, "namespace": name.namespace },
                 "status": wanted,
             });
             (name, patch)
         })
         .collect();
-    apply_statuses::<RateLimit>(client, patches, leading, metrics).await;
+    apply_statuses::<K>(client, patches, leading, metrics).await;
 }
 
 /// Posts one Event per problem that was not there at the last look, and forgets problems

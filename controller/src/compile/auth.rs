@@ -14,6 +14,45 @@ use crate::error::CompileError;
 /// The htpasswd key of a Basic-auth Secret (ingress-nginx's name for it).
 const HTPASSWD_KEY: &str = "auth";
 
+/// The last policy each Auth compiled to, with the spec it came from: when a Secret it reads
+/// goes bad (but still exists) and the spec is unchanged, that policy keeps being enforced.
+pub type LastGoodAuths =
+    std::collections::BTreeMap<ObjectRef, (sluice_crds::AuthSpec, Arc<AuthPolicy>)>;
+
+/// [`compile_auth`], falling back on the last good policy when the only problems are
+/// unusable (not missing) Secrets: a bad edit to a Secret must not lock everyone out, nor
+/// let everyone in.
+pub(crate) fn compile_auth_or_last_good(
+    object: &Auth,
+    name: &ObjectRef,
+    secrets: &SecretIndex<'_>,
+    last_good: &LastGoodAuths,
+) -> (Option<AuthPolicy>, Vec<CompileError>) {
+    match compile_auth(object, name, secrets) {
+        Ok(policy) => (Some(policy), Vec::new()),
+        Err(mut errors) => {
+            let only_bad_secrets = errors
+                .iter()
+                .all(|error| matches!(error, CompileError::InvalidPolicySecret { .. }));
+            let previous = last_good
+                .get(name)
+                .filter(|(spec, _)| only_bad_secrets && *spec == object.spec);
+            let Some((_, policy)) = previous else {
+                return (None, errors);
+            };
+            for error in &mut errors {
+                if let CompileError::InvalidPolicySecret {
+                    serving_last_good, ..
+                } = error
+                {
+                    *serving_last_good = true;
+                }
+            }
+            (Some(AuthPolicy::clone(policy)), errors)
+        }
+    }
+}
+
 /// Validates an `Auth` and loads its credentials. Every problem is returned, each naming
 /// its field; the data plane never sees a half-valid policy.
 pub(crate) fn compile_auth(
@@ -59,6 +98,7 @@ pub(crate) fn compile_auth(
                     field: field.to_owned(),
                     secret: basic.secret_ref.name.clone(),
                     why: format!("key {HTPASSWD_KEY:?}: {error}"),
+                    serving_last_good: false,
                 })
             })
             .ok()
@@ -116,6 +156,7 @@ pub(crate) fn compile_auth(
                     field: field.to_owned(),
                     secret: api_key.secret_ref.name.clone(),
                     why: "it holds no key (every data value is one key)".into(),
+                    serving_last_good: false,
                 })
             })
             .ok()
@@ -198,11 +239,13 @@ fn secret_text(
         field: field.to_owned(),
         secret: reference.name.clone(),
         why: format!("it has no key {key:?}"),
+        serving_last_good: false,
     })?;
     String::from_utf8(bytes.to_vec()).map_err(|_| CompileError::InvalidPolicySecret {
         field: field.to_owned(),
         secret: reference.name.clone(),
         why: format!("key {key:?} is not UTF-8 text"),
+        serving_last_good: false,
     })
 }
 
@@ -323,6 +366,45 @@ mod tests {
         assert!(message.contains("plain text"), "{message}");
         assert!(!message.contains("hunter2"), "{message}");
         assert_eq!(errors[0].reason(), "InvalidSecret");
+    }
+
+    #[test]
+    fn a_bad_secret_keeps_the_last_good_credentials_and_a_missing_one_does_not() {
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let spec = json!({"basic": {"secretRef": {"name": "htpasswd"}}});
+        let name = ObjectRef::new("shop", "members");
+        let object = auth(spec.clone());
+        let good = [secret("htpasswd", &[("auth", &format!("ada:{hash}"))])];
+        let index = SecretIndex::new(good.iter());
+        let (policy, errors) =
+            compile_auth_or_last_good(&object, &name, &index, &LastGoodAuths::new());
+        assert!(errors.is_empty());
+        let policy = Arc::new(policy.unwrap());
+        let last_good =
+            LastGoodAuths::from([(name.clone(), (object.spec.clone(), Arc::clone(&policy)))]);
+
+        // Edited to plain text: still enforced with ada's bcrypt hash, and reported.
+        let bad = [secret("htpasswd", &[("auth", "ada:hunter2")])];
+        let index = SecretIndex::new(bad.iter());
+        let (kept, errors) = compile_auth_or_last_good(&object, &name, &index, &last_good);
+        assert_eq!(kept.as_ref(), Some(policy.as_ref()));
+        assert!(
+            errors[0]
+                .to_string()
+                .contains("last good credentials keep being enforced")
+        );
+        assert_eq!(errors[0].reason(), "InvalidSecret");
+
+        // The spec changed meanwhile: the old credentials no longer describe it.
+        let changed = auth(json!({"basic": {"secretRef": {"name": "htpasswd"}, "realm": "new"}}));
+        let (none, _) = compile_auth_or_last_good(&changed, &name, &index, &last_good);
+        assert!(none.is_none());
+
+        // Deleted: withdrawn, so the routes fail closed (503).
+        let index = SecretIndex::new(std::iter::empty());
+        let (none, errors) = compile_auth_or_last_good(&object, &name, &index, &last_good);
+        assert!(none.is_none());
+        assert_eq!(errors[0].reason(), "SecretNotFound");
     }
 
     #[test]

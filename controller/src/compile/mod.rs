@@ -125,6 +125,8 @@ pub struct LastGood {
     pub ingresses: BTreeMap<ObjectRef, Arc<Ingress>>,
     /// The certificate of each TLS Secret in use, from its last version that parsed.
     pub certificates: BTreeMap<ObjectRef, Arc<ServerCertificate>>,
+    /// Each enforced Auth policy, with the spec it was compiled from.
+    pub auths: auth::LastGoodAuths,
 }
 
 /// Compiles the objects into route and backend tables.
@@ -151,6 +153,7 @@ pub fn compile(
         &objects.rate_limits,
         &objects.auths,
         &secrets,
+        &last_good.auths,
         options.redis_configured,
         &mut |kind, name, errors| {
             compiled
@@ -158,6 +161,7 @@ pub fn compile(
                 .insert(ObjectKey::new(kind, name.namespace, name.name), errors);
         },
     );
+    compiled.last_good.auths = policies.last_good_auths(&objects.auths);
     let indexes = Indexes {
         services: ServiceIndex::new(objects.services.iter().map(Arc::as_ref)),
         policies,

@@ -17,7 +17,7 @@ use sluice_dataplane::snapshot::{
 };
 
 use super::annotations::is_token;
-use super::auth::compile_auth;
+use super::auth::{LastGoodAuths, compile_auth_or_last_good};
 use super::tls::SecretIndex;
 use crate::error::CompileError;
 use crate::object_key::ObjectKind;
@@ -44,11 +44,12 @@ pub(crate) enum PolicyLookup<T> {
     NotFound,
 }
 
-/// Compiles each object once (the first of a name wins); errors go to `errors_of`.
+/// Compiles each object once (the first of a name wins): the policy to enforce, if any,
+/// and the problems, which go to `errors_of`.
 fn compile_each<O, T>(
     objects: &[Arc<O>],
     kind: ObjectKind,
-    mut compile: impl FnMut(&O, &ObjectRef) -> Result<T, Vec<CompileError>>,
+    mut compile: impl FnMut(&O, &ObjectRef) -> (Option<T>, Vec<CompileError>),
     errors_of: &mut impl FnMut(ObjectKind, ObjectRef, Vec<CompileError>),
 ) -> BTreeMap<ObjectRef, Option<Arc<T>>>
 where
@@ -60,19 +61,19 @@ where
         if compiled.contains_key(&name) {
             continue;
         }
-        let policy = match compile(object, &name) {
-            Ok(policy) => {
-                errors_of(kind, name.clone(), Vec::new());
-                Some(Arc::new(policy))
-            }
-            Err(errors) => {
-                errors_of(kind, name.clone(), errors);
-                None
-            }
-        };
-        compiled.insert(name, policy);
+        let (policy, errors) = compile(object, &name);
+        errors_of(kind, name.clone(), errors);
+        compiled.insert(name, policy.map(Arc::new));
     }
     compiled
+}
+
+/// A compile that either succeeds or fails as a whole.
+fn all_or_nothing<T>(result: Result<T, Vec<CompileError>>) -> (Option<T>, Vec<CompileError>) {
+    match result {
+        Ok(policy) => (Some(policy), Vec::new()),
+        Err(errors) => (None, errors),
+    }
 }
 
 fn lookup<T>(
@@ -93,6 +94,7 @@ impl PolicyIndex {
         rate_limits: &[Arc<RateLimit>],
         auths: &[Arc<Auth>],
         secrets: &SecretIndex<'_>,
+        last_good_auths: &LastGoodAuths,
         redis_configured: bool,
         errors_of: &mut impl FnMut(ObjectKind, ObjectRef, Vec<CompileError>),
     ) -> Self {
@@ -100,13 +102,13 @@ impl PolicyIndex {
             rate_limits: compile_each(
                 rate_limits,
                 ObjectKind::RateLimit,
-                |object, name| compile_rate_limit(object, name, redis_configured),
+                |object, name| all_or_nothing(compile_rate_limit(object, name, redis_configured)),
                 errors_of,
             ),
             auths: compile_each(
                 auths,
                 ObjectKind::Auth,
-                |object, name| compile_auth(object, name, secrets),
+                |object, name| compile_auth_or_last_good(object, name, secrets, last_good_auths),
                 errors_of,
             ),
         }
@@ -118,6 +120,18 @@ impl PolicyIndex {
 
     pub fn auth(&self, namespace: &str, name: &str) -> PolicyLookup<AuthPolicy> {
         lookup(&self.auths, namespace, name)
+    }
+
+    /// What the next compile falls back on: each enforced Auth with the spec it came from.
+    pub fn last_good_auths(&self, auths: &[Arc<Auth>]) -> LastGoodAuths {
+        auths
+            .iter()
+            .filter_map(|object| {
+                let name = object_ref(&object.metadata);
+                let policy = self.auths.get(&name)?.as_ref()?;
+                Some((name, (object.spec.clone(), Arc::clone(policy))))
+            })
+            .collect()
     }
 }
 
@@ -420,6 +434,7 @@ mod tests {
             &[good, Arc::new(bad)],
             &auths,
             &secrets,
+            &LastGoodAuths::default(),
             false,
             &mut |kind: ObjectKind, name: ObjectRef, errors: Vec<CompileError>| {
                 reported.insert((kind, name), errors.len());

@@ -787,10 +787,13 @@ async fn enforce_policies(
     }
     // Who first: a refused client spends no rate-limit budget of the route.
     if let Some(auth) = &policies.auth {
-        match auth
+        let decision = auth
             .authorize(request.client_ip, request.headers, request.query)
-            .await
-        {
+            .await;
+        if let Some(counters) = live.auth_counters(&auth.name) {
+            counters.count(&decision);
+        }
+        match decision {
             AuthDecision::Allow { .. } => {}
             AuthDecision::Forbidden => return Err(refusal(LocalAnswer::Forbidden)),
             AuthDecision::Unauthorized { challenges, .. } => {

@@ -1,0 +1,200 @@
+//! The Auth custom resource on the real API server: credentials from a Secret, status
+//! conditions, rotation and a bad Secret, and a missing policy failing closed.
+
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use serde_json::json;
+use sluice_crds::Auth;
+
+use crate::harness::{Cluster, Endpoint, apply, eventually, ingress_json};
+use crate::support::{self, Echo, Sluice};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn basic(user: &str, password: &str) -> String {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {encoded}")
+}
+
+async fn status_with(sluice: &Sluice, host: &str, authorization: Option<&str>) -> u16 {
+    let headers: Vec<(&str, &str)> = authorization
+        .map(|value| vec![("authorization", value)])
+        .unwrap_or_default();
+    support::send(sluice.http, "GET", host, "/", &headers, Bytes::new())
+        .await
+        .map(|reply| reply.status)
+        .unwrap_or(0)
+}
+
+/// `(status, reason)` of the Auth's condition `type_`.
+fn condition(policy: &Auth, type_: &str) -> Option<(String, String)> {
+    policy
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|condition| condition.type_ == type_)
+        .map(|condition| (condition.status.clone(), condition.reason.clone()))
+}
+
+fn htpasswd(ns: &str, text: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "htpasswd", "namespace": ns},
+        "stringData": {"auth": text},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes API server: run e2e/run"]
+async fn e2e_12_an_auth_policy_guards_an_ingress_and_a_missing_one_fails_closed() {
+    let cluster = Cluster::connect().await;
+    let ns = cluster.namespace("auth").await;
+    let class = "e2e-auth";
+    let echo = Echo::start(&["127.0.0.171"]);
+    cluster.service(&ns, "web").await;
+    cluster
+        .endpoints(&ns, "web", &[Endpoint::ready(echo.addrs[0])])
+        .await;
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &ns);
+    let first = bcrypt::hash("first-password", 4).expect("bcrypt");
+    apply(
+        &secrets,
+        "htpasswd",
+        htpasswd(&ns, &format!("ada:{first}\n")),
+    )
+    .await;
+    let auths: Api<Auth> = Api::namespaced(cluster.client.clone(), &ns);
+    apply(
+        &auths,
+        "members",
+        json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "Auth",
+               "metadata": {"name": "members", "namespace": ns},
+               "spec": {"basic": {"secretRef": {"name": "htpasswd"}, "realm": "members"}}}),
+    )
+    .await;
+    // The API server applies the CRD's rules: an Auth with nothing in it is refused.
+    let empty = auths
+        .patch(
+            "empty",
+            &kube::api::PatchParams::apply("sluice-e2e").force(),
+            &kube::api::Patch::Apply(&json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "Auth",
+                "metadata": {"name": "empty", "namespace": ns}, "spec": {}})),
+        )
+        .await
+        .expect_err("an empty Auth is refused");
+    assert!(
+        empty.to_string().contains("needs at least one of"),
+        "{empty}"
+    );
+
+    let annotated = |name: &str, host: &str, policy: &str| {
+        let mut ingress = ingress_json(&ns, name, class, host, &[("/", "web")], "http");
+        ingress["metadata"]["annotations"] = json!({"sluice.dev/auth": policy});
+        ingress
+    };
+    apply(
+        &cluster.ingresses(&ns),
+        "guarded",
+        annotated("guarded", "guarded.e2e.test", "members"),
+    )
+    .await;
+    apply(
+        &cluster.ingresses(&ns),
+        "orphan",
+        annotated("orphan", "orphan.e2e.test", "nowhere"),
+    )
+    .await;
+    let sluice = cluster
+        .sluice(
+            class,
+            &["--leader-elect=false", "--publish-address", "203.0.113.12"],
+        )
+        .await;
+    let right = basic("ada", "first-password");
+    eventually(5 * SECOND, "the guarded Ingress is served", async || {
+        status_with(&sluice, "guarded.e2e.test", Some(&right)).await == 200
+    })
+    .await;
+    assert_eq!(status_with(&sluice, "guarded.e2e.test", None).await, 401);
+    assert_eq!(
+        status_with(&sluice, "guarded.e2e.test", Some(&basic("ada", "guess"))).await,
+        401
+    );
+    // A missing policy: 503, not open access, and an Event saying why.
+    assert_eq!(
+        status_with(&sluice, "orphan.e2e.test", Some(&right)).await,
+        503
+    );
+    eventually(
+        10 * SECOND,
+        "a PolicyNotFound Event on the orphan",
+        async || {
+            cluster
+                .events_about(&ns, "orphan")
+                .await
+                .iter()
+                .any(|event| event.reason.as_deref() == Some("PolicyNotFound"))
+        },
+    )
+    .await;
+    eventually(
+        10 * SECOND,
+        "Accepted and Programmed on the Auth",
+        async || {
+            auths.get("members").await.ok().is_some_and(|policy| {
+                condition(&policy, "Accepted") == Some(("True".into(), "Accepted".into()))
+                    && condition(&policy, "Programmed")
+                        == Some(("True".into(), "Programmed".into()))
+            })
+        },
+    )
+    .await;
+
+    // A new password through the API server: served without a restart.
+    let second = bcrypt::hash("second-password", 4).expect("bcrypt");
+    apply(
+        &secrets,
+        "htpasswd",
+        htpasswd(&ns, &format!("ada:{second}\n")),
+    )
+    .await;
+    let rotated = basic("ada", "second-password");
+    let took = eventually(5 * SECOND, "the rotated password is accepted", async || {
+        status_with(&sluice, "guarded.e2e.test", Some(&rotated)).await == 200
+    })
+    .await;
+    assert_eq!(
+        status_with(&sluice, "guarded.e2e.test", Some(&right)).await,
+        401,
+        "the old password is refused"
+    );
+    println!("htpasswd rotation enforced {took:?} after the apply");
+
+    // A bad edit (plain text): the last good credentials stay enforced, the Auth says why.
+    apply(&secrets, "htpasswd", htpasswd(&ns, "ada:plain-text\n")).await;
+    eventually(10 * SECOND, "InvalidSecret on the Auth", async || {
+        auths.get("members").await.ok().is_some_and(|policy| {
+            condition(&policy, "Accepted") == Some(("False".into(), "InvalidSecret".into()))
+        })
+    })
+    .await;
+    assert_eq!(
+        status_with(&sluice, "guarded.e2e.test", Some(&rotated)).await,
+        200
+    );
+    assert_eq!(
+        status_with(
+            &sluice,
+            "guarded.e2e.test",
+            Some(&basic("ada", "plain-text"))
+        )
+        .await,
+        401
+    );
+}
