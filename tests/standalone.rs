@@ -948,6 +948,19 @@ async fn auth_basic_and_api_keys_guard_routes_and_missing_policies_fail_closed()
         refused.headers["www-authenticate"],
         r#"Basic realm="shop", charset="UTF-8""#
     );
+    let challenges: Vec<&str> = refused
+        .headers
+        .get_all("www-authenticate")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect();
+    assert_eq!(
+        challenges,
+        [
+            r#"Basic realm="shop", charset="UTF-8""#,
+            r#"ApiKey header="x-api-key""#
+        ]
+    );
     assert_eq!(refused.body, "401 unauthorized\n");
     for wrong in [basic("ada", "guess"), basic("bob", "s3cret")] {
         assert_eq!(send("members.test", vec![wrong]).await.status, 401);
@@ -982,8 +995,8 @@ async fn auth_basic_and_api_keys_guard_routes_and_missing_policies_fail_closed()
     // Without the header the client is the proxy itself, which is not in the network.
     assert_eq!(send("office.test", vec![]).await.status, 403);
 
-    // Outcomes per policy and method; a refused request counts once under each method
-    // that failed.
+    // Outcomes per policy and method; a 401 counts once, under the method whose
+    // credentials the request carried (none: it carried none).
     let decisions = |policy: &str, method: &str, result: &str| {
         format!(
             r#"sluice_auth_decisions_total{{namespace="default",policy="{policy}",method="{method}",result="{result}"}}"#
@@ -992,8 +1005,9 @@ async fn auth_basic_and_api_keys_guard_routes_and_missing_policies_fail_closed()
     for (series, expected) in [
         (decisions("members", "basic", "allowed"), 1.0),
         (decisions("members", "api_key", "allowed"), 1.0),
-        (decisions("members", "basic", "unauthorized"), 4.0),
-        (decisions("members", "api_key", "unauthorized"), 4.0),
+        (decisions("members", "none", "unauthorized"), 1.0),
+        (decisions("members", "basic", "unauthorized"), 2.0),
+        (decisions("members", "api_key", "unauthorized"), 1.0),
         (decisions("office", "ip", "allowed"), 1.0),
         (decisions("office", "ip", "forbidden"), 3.0),
     ] {

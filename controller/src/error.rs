@@ -170,6 +170,11 @@ pub enum CompileError {
     #[error("{field}: {why}; the policy is not accepted")]
     InvalidPolicy { field: String, why: String },
 
+    /// On the Ingress: `sluice.dev/auth` does not name an Auth. Not a rejection: the last
+    /// good version could be unprotected, so the routes answer 503 instead.
+    #[error("{field}: {why}; the Ingress's routes answer 503 until it names an Auth")]
+    InvalidAuthAnnotation { field: String, why: String },
+
     /// On the policy object: a Secret it reads credentials from is missing.
     #[error(
         "{field}: Secret {secret:?} does not exist in the policy's namespace; the policy is not \
@@ -231,6 +236,7 @@ impl CompileError {
             CompileError::PolicyNotFound { .. } => "PolicyNotFound",
             CompileError::PolicyNotAccepted { .. } => "PolicyNotAccepted",
             CompileError::InvalidPolicy { .. } => "InvalidSpec",
+            CompileError::InvalidAuthAnnotation { .. } => "InvalidAnnotation",
             CompileError::PolicySecretNotFound { .. } => "SecretNotFound",
             CompileError::InvalidPolicySecret { .. } => "InvalidSecret",
             CompileError::TlsSecretNotFound { .. } => "SecretNotFound",
@@ -263,6 +269,7 @@ impl CompileError {
             | CompileError::InvalidEndpointAddress { .. }
             | CompileError::PolicyNotFound { .. }
             | CompileError::PolicyNotAccepted { .. }
+            | CompileError::InvalidAuthAnnotation { .. }
             | CompileError::TlsSecretNotFound { .. }
             | CompileError::InvalidTlsSecret { .. }
             | CompileError::TlsHostConflict { .. }
@@ -296,6 +303,7 @@ impl CompileError {
             | CompileError::PolicyNotFound { field, .. }
             | CompileError::PolicyNotAccepted { field, .. }
             | CompileError::InvalidPolicy { field, .. }
+            | CompileError::InvalidAuthAnnotation { field, .. }
             | CompileError::PolicySecretNotFound { field, .. }
             | CompileError::InvalidPolicySecret { field, .. }
             | CompileError::TlsSecretNotFound { field, .. }

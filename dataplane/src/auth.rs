@@ -14,7 +14,6 @@ use http::HeaderMap;
 use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::snapshot::ObjectRef;
 
@@ -53,18 +52,41 @@ impl std::fmt::Debug for PasswordHash {
     }
 }
 
+/// The most expensive hashes accepted: each verification runs per login attempt, so an
+/// htpasswd line must not be able to make one cost seconds. (`htpasswd -B` uses cost 5;
+/// SHA-crypt's default is 5,000 rounds.)
+const MAX_BCRYPT_COST: u32 = 12;
+const MAX_SHA_CRYPT_ROUNDS: u64 = 100_000;
+
+/// Longer passwords are refused unverified: SHA-crypt's work grows with the password's
+/// length, and a header may be 64 KiB.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
 impl PasswordHash {
-    /// Checks the hash's format, so a bad line is reported when the policy is built rather
-    /// than failing every login.
+    /// Checks the hash's format and cost, so a bad line is reported when the policy is built
+    /// rather than failing (or slowing) every login.
     pub fn parse(hash: &str) -> Result<PasswordHash, &'static str> {
         if hash.starts_with("$2y$") || hash.starts_with("$2b$") || hash.starts_with("$2a$") {
-            hash.parse::<bcrypt::HashParts>()
-                .map(|_| PasswordHash::Bcrypt(hash.to_owned()))
-                .map_err(|_| "malformed bcrypt hash")
+            let parts = hash
+                .parse::<bcrypt::HashParts>()
+                .map_err(|_| "malformed bcrypt hash")?;
+            if parts.get_cost() > MAX_BCRYPT_COST {
+                return Err("bcrypt cost above 12 is refused (each login would take too long)");
+            }
+            Ok(PasswordHash::Bcrypt(hash.to_owned()))
         } else if hash.starts_with("$5$") || hash.starts_with("$6$") {
-            sha_crypt::PasswordHashRef::new(hash)
-                .map(|_| PasswordHash::ShaCrypt(hash.to_owned()))
-                .map_err(|_| "malformed SHA-crypt hash")
+            sha_crypt::PasswordHashRef::new(hash).map_err(|_| "malformed SHA-crypt hash")?;
+            let rounds = hash
+                .split('$')
+                .nth(2)
+                .and_then(|field| field.strip_prefix("rounds="))
+                .map(|rounds| rounds.parse::<u64>().unwrap_or(u64::MAX));
+            if rounds.is_some_and(|rounds| rounds > MAX_SHA_CRYPT_ROUNDS) {
+                return Err(
+                    "SHA-crypt rounds above 100000 are refused (each login would take too long)",
+                );
+            }
+            Ok(PasswordHash::ShaCrypt(hash.to_owned()))
         } else if hash.starts_with("$apr1$") || hash.starts_with("$1$") {
             Err("MD5 hashes are refused: use bcrypt (htpasswd -B)")
         } else if hash.starts_with("{SHA}") {
@@ -178,24 +200,49 @@ impl ApiKeys {
     }
 
     /// The presented key, if the request carries one.
-    fn presented<'a>(&self, headers: &'a HeaderMap, query: Option<&'a str>) -> Option<Vec<u8>> {
+    /// The presented key, if the request carries exactly one (two are refused: the
+    /// upstream might read the other).
+    fn presented(&self, headers: &HeaderMap, query: Option<&str>) -> Option<Vec<u8>> {
         match &self.location {
-            KeyLocation::Header(name) => headers.get(name).map(|value| value.as_bytes().to_vec()),
-            KeyLocation::Query(parameter) => query?.split('&').find_map(|pair| {
-                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-                (name == parameter).then(|| percent_decode(value))
+            KeyLocation::Header(name) => {
+                single(headers, name).map(|value| value.as_bytes().to_vec())
+            }
+            KeyLocation::Query(parameter) => {
+                let mut values = query?.split('&').filter_map(|pair| {
+                    let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    (name == parameter).then(|| percent_decode(value))
+                });
+                let first = values.next()?;
+                values.next().is_none().then_some(first)
+            }
+        }
+    }
+
+    /// Whether the request carries the key's header or parameter at all.
+    fn carried(&self, headers: &HeaderMap, query: Option<&str>) -> bool {
+        match &self.location {
+            KeyLocation::Header(name) => headers.contains_key(name),
+            KeyLocation::Query(parameter) => query.is_some_and(|query| {
+                query
+                    .split('&')
+                    .any(|pair| pair.split_once('=').map_or(pair, |(name, _)| name) == parameter)
             }),
         }
     }
 
     fn accepts(&self, key: &[u8]) -> bool {
         let digest: [u8; 32] = Sha256::digest(key).into();
-        // The set is looked up by digest (a preimage is needed to aim at an entry); the
-        // final comparison is constant-time all the same.
-        self.digests
-            .get(&digest)
-            .is_some_and(|found| bool::from(found.ct_eq(&digest)))
+        // Looked up by digest: timing can at most tell how a digest compares to the stored
+        // ones, and aiming at a digest needs a SHA-256 preimage.
+        self.digests.contains(&digest)
     }
+}
+
+/// The header's value when it appears exactly once.
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    values.next().is_none().then_some(first)
 }
 
 fn percent_decode(value: &str) -> Vec<u8> {
@@ -262,12 +309,14 @@ pub enum AuthDecision {
     Allow { method: AuthMethodLabel },
     /// 403: the client's network is not allowed.
     Forbidden,
-    /// 401 with these `WWW-Authenticate` challenges; `failed` are the methods whose check
-    /// failed.
+    /// 401 with these `WWW-Authenticate` challenges; `method` is the one whose credentials
+    /// the request carried and that failed (`None`: it carried none).
     Unauthorized {
         challenges: Vec<HeaderValue>,
-        failed: Vec<AuthMethodLabel>,
+        method: AuthMethodLabel,
     },
+    /// 503: no password verification slot was free.
+    Busy,
 }
 
 impl crate::metrics::AuthCounters {
@@ -287,12 +336,16 @@ impl crate::metrics::AuthCounters {
                 self.forbidden.inc();
             }
             // Under the first method that failed.
-            // Once under each method whose check failed.
-            AuthDecision::Unauthorized { failed, .. } => {
-                for method in failed {
-                    let slot = usize::from(*method == AuthMethodLabel::ApiKey);
-                    self.unauthorized[slot].inc();
-                }
+            AuthDecision::Unauthorized { method, .. } => {
+                let slot = match method {
+                    AuthMethodLabel::Basic => 0,
+                    AuthMethodLabel::ApiKey => 1,
+                    AuthMethodLabel::Ip | AuthMethodLabel::None => 2,
+                };
+                self.unauthorized[slot].inc();
+            }
+            AuthDecision::Busy => {
+                self.busy.inc();
             }
         }
     }
@@ -335,18 +388,26 @@ impl LoginCache {
     }
 }
 
-/// A bcrypt hash of a random password, verified when the user is unknown so that an
-/// unknown user takes as long as a wrong password.
-static DECOY: LazyLock<PasswordHash> = LazyLock::new(|| {
-    let password = fastrand::u64(..).to_string();
-    bcrypt::hash(password, 10)
-        .map(PasswordHash::Bcrypt)
-        .unwrap_or_else(|_| PasswordHash::Bcrypt(String::new()))
+/// Password verifications running at once, across the process. Each is a blocking
+/// thread's worth of hashing; beyond this, logins wait for nothing and get 503, so a flood
+/// of guesses cannot queue up unbounded work.
+static VERIFICATIONS: LazyLock<Arc<tokio::sync::Semaphore>> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    Arc::new(tokio::sync::Semaphore::new(cores * 2))
 });
+
+/// The outcome of one Basic check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BasicVerdict {
+    Passed,
+    Failed,
+    /// No verification slot was free.
+    Busy,
+}
 
 /// The user and password of an `Authorization: Basic` header.
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, Vec<u8>)> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let value = single(headers, &AUTHORIZATION)?.to_str().ok()?;
     let (scheme, encoded) = value.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
@@ -360,25 +421,43 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, Vec<u8>)> {
 }
 
 impl BasicCredentials {
-    async fn check(&self, headers: &HeaderMap) -> bool {
+    async fn check(&self, headers: &HeaderMap) -> BasicVerdict {
         let Some((user, password)) = basic_credentials(headers) else {
-            return false;
+            return BasicVerdict::Failed;
         };
+        if password.len() > MAX_PASSWORD_BYTES {
+            return BasicVerdict::Failed;
+        }
+        // An unknown user is checked against a real user's hash (same algorithm and cost),
+        // so it takes as long as a wrong password.
         let (hash, known) = match self.users.get(&user) {
             Some(hash) => (hash.clone(), true),
-            None => (DECOY.clone(), false),
+            None => match self.users.values().next() {
+                Some(decoy) => (decoy.clone(), false),
+                None => return BasicVerdict::Failed,
+            },
         };
         let cache_key = LOGINS.key(&user, &hash, &password);
         if known && LOGINS.logins.contains_key(&cache_key) {
-            return true;
+            return BasicVerdict::Passed;
         }
-        let verified = tokio::task::spawn_blocking(move || hash.verify(&password))
-            .await
-            .unwrap_or(false);
+        let Ok(slot) = Arc::clone(&VERIFICATIONS).try_acquire_owned() else {
+            return BasicVerdict::Busy;
+        };
+        // The slot goes with the work: a client that disconnects does not free it early.
+        let verified = tokio::task::spawn_blocking(move || {
+            let verified = hash.verify(&password);
+            drop(slot);
+            verified
+        })
+        .await
+        .unwrap_or(false);
         if verified && known {
             LOGINS.logins.insert(cache_key, ());
+            BasicVerdict::Passed
+        } else {
+            BasicVerdict::Failed
         }
-        verified && known
     }
 }
 
@@ -400,48 +479,59 @@ impl AuthPolicy {
         {
             return AuthDecision::Forbidden;
         }
-        let mut results: Vec<(AuthMethodLabel, bool)> = Vec::with_capacity(2);
+        let any = !self.require_all;
+        // The method whose credentials the request carried and failed: what a 401 is
+        // counted under.
+        let mut failed = AuthMethodLabel::None;
+        let mut passed_by = None;
         if let Some(keys) = &self.api_key {
-            let passed = keys
-                .presented(headers, query)
-                .is_some_and(|key| keys.accepts(&key));
-            results.push((AuthMethodLabel::ApiKey, passed));
-            if passed && !self.require_all {
-                return AuthDecision::Allow {
-                    method: AuthMethodLabel::ApiKey,
-                };
+            match keys.presented(headers, query) {
+                Some(key) if keys.accepts(&key) => passed_by = Some(AuthMethodLabel::ApiKey),
+                presented => {
+                    if presented.is_some() || keys.carried(headers, query) {
+                        failed = AuthMethodLabel::ApiKey;
+                    }
+                    // With `all`, one failure decides: no password hashing for nothing.
+                    if !any {
+                        return self.unauthorized(failed);
+                    }
+                }
             }
         }
-        if let Some(basic) = &self.basic {
-            let passed = basic.check(headers).await;
-            results.push((AuthMethodLabel::Basic, passed));
-        }
-        if results.is_empty() {
+        if any && passed_by.is_some() {
             return AuthDecision::Allow {
+                method: AuthMethodLabel::ApiKey,
+            };
+        }
+        if let Some(basic) = &self.basic {
+            match basic.check(headers).await {
+                BasicVerdict::Passed => {
+                    passed_by.get_or_insert(AuthMethodLabel::Basic);
+                }
+                BasicVerdict::Busy => return AuthDecision::Busy,
+                BasicVerdict::Failed => {
+                    if headers.contains_key(AUTHORIZATION) && failed == AuthMethodLabel::None {
+                        failed = AuthMethodLabel::Basic;
+                    }
+                    return self.unauthorized(failed);
+                }
+            }
+        }
+        match passed_by {
+            Some(method) => AuthDecision::Allow { method },
+            None if self.api_key.is_none() && self.basic.is_none() => AuthDecision::Allow {
                 method: if self.ip_allow.is_empty() && self.ip_deny.is_empty() {
                     AuthMethodLabel::None
                 } else {
                     AuthMethodLabel::Ip
                 },
-            };
+            },
+            None => self.unauthorized(failed),
         }
-        let passed = if self.require_all {
-            results.iter().all(|(_, passed)| *passed)
-        } else {
-            results.iter().any(|(_, passed)| *passed)
-        };
-        if passed {
-            let method = results
-                .iter()
-                .find(|(_, result)| *result)
-                .map_or(AuthMethodLabel::None, |(method, _)| *method);
-            return AuthDecision::Allow { method };
-        }
-        let failed = results
-            .iter()
-            .filter(|(_, result)| !*result)
-            .map(|(method, _)| *method)
-            .collect();
+    }
+
+    /// A 401 with one challenge per credential method.
+    fn unauthorized(&self, method: AuthMethodLabel) -> AuthDecision {
         let mut challenges = Vec::new();
         if let Some(basic) = &self.basic
             && let Ok(value) = HeaderValue::from_str(&basic.challenge())
@@ -457,19 +547,21 @@ impl AuthPolicy {
                 challenges.push(value);
             }
         }
-        AuthDecision::Unauthorized { challenges, failed }
+        AuthDecision::Unauthorized { challenges, method }
     }
 
     /// Removes the credentials this policy reads, so they do not reach the upstream.
-    pub fn strip(&self, headers: &mut HeaderMap) {
-        if !self.strip_credentials {
-            return;
-        }
-        if self.basic.is_some() {
+    /// With `stripCredentials: false` the credentials of the method that let the request
+    /// through (`passed`) go upstream; those of other methods never do, since nothing
+    /// checked them.
+    pub fn strip(&self, headers: &mut HeaderMap, passed: AuthMethodLabel) {
+        let keep = |method| !self.strip_credentials && passed == method;
+        if self.basic.is_some() && !keep(AuthMethodLabel::Basic) {
             headers.remove(AUTHORIZATION);
         }
         if let Some(keys) = &self.api_key
             && let KeyLocation::Header(name) = &keys.location
+            && !keep(AuthMethodLabel::ApiKey)
         {
             headers.remove(name);
         }
@@ -524,7 +616,8 @@ mod tests {
         ] {
             let error = BasicCredentials::from_htpasswd("r", line).unwrap_err();
             assert!(error.to_string().contains(reason), "{line}: {error}");
-            assert!(!error.to_string().contains("plaintext") || reason == "plain text");
+            let secret = line.split_once(':').unwrap().1;
+            assert!(!error.to_string().contains(secret), "{error}");
         }
         assert_eq!(
             BasicCredentials::from_htpasswd("r", "no colon here").unwrap_err(),
@@ -611,8 +704,19 @@ mod tests {
             AuthDecision::Unauthorized { .. }
         ));
         let mut stripped = headers.clone();
-        policy.strip(&mut stripped);
+        policy.strip(&mut stripped, AuthMethodLabel::ApiKey);
         assert!(stripped.get("x-api-key").is_none());
+        // Two keys: the upstream might read the other one.
+        let mut two = HeaderMap::new();
+        two.append("x-api-key", HeaderValue::from_static("k-456"));
+        two.append("x-api-key", HeaderValue::from_static("k-789"));
+        assert!(matches!(
+            policy.authorize(CLIENT, &two, None).await,
+            AuthDecision::Unauthorized {
+                method: AuthMethodLabel::ApiKey,
+                ..
+            }
+        ));
 
         let by_query = AuthPolicy {
             api_key: Some(Arc::new(
@@ -633,7 +737,103 @@ mod tests {
                 .await,
             AuthDecision::Unauthorized { .. }
         ));
+        assert!(matches!(
+            by_query
+                .authorize(CLIENT, &empty, Some("api_key=a+b%2Fc&api_key=x"))
+                .await,
+            AuthDecision::Unauthorized { .. }
+        ));
         assert!(ApiKeys::new(KeyLocation::Query("k".into()), [b"".as_slice()]).is_err());
+    }
+
+    #[test]
+    fn hashes_too_costly_to_verify_per_login_are_refused() {
+        let cheap = bcrypt::hash("pw", 4).unwrap();
+        assert!(PasswordHash::parse(&cheap).is_ok());
+        let costly = cheap.replacen("$04$", "$13$", 1);
+        assert!(
+            PasswordHash::parse(&costly)
+                .unwrap_err()
+                .contains("cost above 12")
+        );
+        let rounds = "$6$rounds=10000$saltstringsaltst$OW1/O6BYHV6BcXZu8QVeXbDWra3Oeqh0sbHbbMCVNSnCM/UrjmM0Dp8vOuZeHBy/YTBmSK6H9qs/y3RnOaw5v.";
+        assert!(PasswordHash::parse(rounds).is_ok());
+        let too_many = rounds.replace("rounds=10000", "rounds=200000");
+        assert!(
+            PasswordHash::parse(&too_many)
+                .unwrap_err()
+                .contains("rounds above")
+        );
+    }
+
+    #[tokio::test]
+    async fn overlong_passwords_and_repeated_headers_are_refused_unverified() {
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let policy = AuthPolicy {
+            basic: Some(Arc::new(
+                BasicCredentials::from_htpasswd("r", &format!("ada:{hash}")).unwrap(),
+            )),
+            ..open_policy()
+        };
+        let long = "x".repeat(MAX_PASSWORD_BYTES + 1);
+        assert!(matches!(
+            policy
+                .authorize(CLIENT, &basic_header("ada", &long), None)
+                .await,
+            AuthDecision::Unauthorized { .. }
+        ));
+        let mut twice = basic_header("ada", "pw");
+        let second = twice.get(AUTHORIZATION).unwrap().clone();
+        twice.append(AUTHORIZATION, second);
+        assert!(matches!(
+            policy.authorize(CLIENT, &twice, None).await,
+            AuthDecision::Unauthorized {
+                method: AuthMethodLabel::Basic,
+                ..
+            }
+        ));
+        // An unknown user is verified against a real user's hash, and fails.
+        assert!(matches!(
+            policy
+                .authorize(CLIENT, &basic_header("eve", "pw"), None)
+                .await,
+            AuthDecision::Unauthorized { .. }
+        ));
+    }
+
+    #[test]
+    fn credentials_go_upstream_only_when_asked_and_only_those_that_passed() {
+        let keys = ApiKeys::new(
+            KeyLocation::Header(HeaderName::from_static("x-api-key")),
+            [b"key".as_slice()],
+        )
+        .unwrap();
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let keep = AuthPolicy {
+            basic: Some(Arc::new(
+                BasicCredentials::from_htpasswd("r", &format!("ada:{hash}")).unwrap(),
+            )),
+            api_key: Some(Arc::new(keys)),
+            strip_credentials: false,
+            ..open_policy()
+        };
+        let mut headers = basic_header("admin", "unchecked");
+        headers.insert("x-api-key", HeaderValue::from_static("key"));
+        keep.strip(&mut headers, AuthMethodLabel::ApiKey);
+        assert!(
+            headers.get("x-api-key").is_some(),
+            "the key that passed stays"
+        );
+        assert!(
+            headers.get(AUTHORIZATION).is_none(),
+            "unchecked Basic never goes upstream"
+        );
+        let strip = AuthPolicy {
+            strip_credentials: true,
+            ..keep
+        };
+        strip.strip(&mut headers, AuthMethodLabel::ApiKey);
+        assert!(headers.get("x-api-key").is_none());
     }
 
     #[tokio::test]

@@ -66,9 +66,11 @@ pub struct AuthLabels {
 pub struct AuthCounters {
     /// By method: ip, basic, api_key, none.
     pub allowed: [Counter; 4],
-    /// By method: basic, api_key.
-    pub unauthorized: [Counter; 2],
+    /// By the method whose credentials failed: basic, api_key, none (none carried).
+    pub unauthorized: [Counter; 3],
     pub forbidden: Counter,
+    /// 503s because no password verification slot was free.
+    pub busy: Counter,
 }
 
 /// One policy's counters, resolved once per policy so a request touches no label map.
@@ -496,8 +498,10 @@ impl Metrics {
         };
         AuthCounters {
             allowed: ["ip", "basic", "api_key", "none"].map(|method| counter(method, "allowed")),
-            unauthorized: ["basic", "api_key"].map(|method| counter(method, "unauthorized")),
+            unauthorized: ["basic", "api_key", "none"]
+                .map(|method| counter(method, "unauthorized")),
             forbidden: counter("ip", "forbidden"),
+            busy: counter("basic", "busy"),
         }
     }
 

@@ -55,8 +55,9 @@ pub(crate) struct IngressAnnotations {
     pub balance: BalancePolicy,
     /// Names of the RateLimit policies, in order, without duplicates.
     pub rate_limits: Vec<String>,
-    /// The name of the Auth policy.
-    pub auth: Option<String>,
+    /// The name of the Auth policy, or why the value is not a name. A bad value does not
+    /// reject the Ingress (its last good version may be unprotected): the routes answer 503.
+    pub auth: Option<Result<String, String>>,
     pub ssl_redirect: bool,
     pub hsts: Option<HeaderValue>,
     /// The Secret holding the client CA bundle, or why the value is not a Secret name. A
@@ -146,18 +147,15 @@ pub(crate) fn parse_ingress_annotations(
         }
     };
 
-    let auth = match get(AUTH).map(str::trim) {
-        None => None,
-        Some(name) if is_object_name(name) => Some(name.to_owned()),
-        Some(value) => {
-            errors.push(invalid(
-                AUTH,
-                value,
-                "expected the name of one Auth in this namespace",
-            ));
-            None
+    let auth = get(AUTH).map(str::trim).map(|value| {
+        if is_object_name(value) {
+            Ok(value.to_owned())
+        } else {
+            Err(format!(
+                "{value:?} is not the name of one Auth in this namespace"
+            ))
         }
-    };
+    });
 
     let ssl_redirect = match get(SSL_REDIRECT).map(str::trim) {
         None | Some("true") => true,

@@ -211,7 +211,9 @@ fn networks(cidrs: &[Cidr], field: &str, errors: &mut Vec<CompileError>) -> Vec<
             .parse::<IpNet>()
             .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
         match network {
-            Ok(network) => parsed.push(network.trunc()),
+            // Clients are compared as IPv4 when they connect over IPv4 or as IPv4-mapped
+            // IPv6, so a mapped network is kept as the IPv4 network it names.
+            Ok(network) => parsed.push(unmapped(network).trunc()),
             Err(_) => errors.push(CompileError::InvalidPolicy {
                 field: format!("{field}[{index}]"),
                 why: format!("{text:?} is not a CIDR such as 10.0.0.0/8"),
@@ -219,6 +221,18 @@ fn networks(cidrs: &[Cidr], field: &str, errors: &mut Vec<CompileError>) -> Vec<
         }
     }
     parsed
+}
+
+/// `::ffff:a.b.c.d/N` (N ≥ 96) as `a.b.c.d/(N-96)`; anything else as it is.
+fn unmapped(network: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = network
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && v6.prefix_len() >= 96
+        && let Ok(mapped) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return IpNet::V4(mapped);
+    }
+    network
 }
 
 /// The UTF-8 text under `key` of a Secret in `namespace`.
@@ -302,7 +316,7 @@ mod tests {
             json!({
                 "basic": {"secretRef": {"name": "htpasswd"}, "realm": "shop"},
                 "apiKey": {"header": "X-Api-Key", "secretRef": {"name": "keys"}},
-                "ipAllow": ["10.0.0.0/8", "192.0.2.7"],
+                "ipAllow": ["10.0.0.0/8", "192.0.2.7", "::ffff:198.51.100.0/120"],
                 "ipDeny": ["10.9.0.1/16"],
                 "require": "all",
             }),
@@ -312,8 +326,9 @@ mod tests {
         assert_eq!(
             policy.ip_allow,
             [
-                "10.0.0.0/8".parse().unwrap(),
-                "192.0.2.7/32".parse().unwrap()
+                "10.0.0.0/8".parse::<IpNet>().unwrap(),
+                "192.0.2.7/32".parse().unwrap(),
+                "198.51.100.0/24".parse().unwrap()
             ]
         );
         assert_eq!(policy.ip_deny, ["10.9.0.0/16".parse::<IpNet>().unwrap()]);

@@ -247,16 +247,25 @@ fn resolve_policies(
             &mut unavailable,
         ));
     }
-    let auth = annotations.auth.as_deref().and_then(|name| {
-        take(
+    let auth = match &annotations.auth {
+        None => None,
+        Some(Ok(name)) => take(
             index.auth(namespace, name),
             AUTH,
             "Auth",
             name,
             errors,
             &mut unavailable,
-        )
-    });
+        ),
+        Some(Err(why)) => {
+            errors.push(CompileError::InvalidAuthAnnotation {
+                field: annotation_field(AUTH),
+                why: why.clone(),
+            });
+            unavailable = true;
+            None
+        }
+    };
     let policies = RoutePolicies {
         rate_limits,
         auth,

@@ -1169,6 +1169,33 @@ mod tests {
     }
 
     #[test]
+    fn a_malformed_auth_annotation_closes_the_routes_instead_of_falling_back() {
+        let guarded = with_metadata(
+            ours(
+                "guarded",
+                Some("2024-01-01T00:00:00Z"),
+                routes(vec![rule(
+                    Some("a.example"),
+                    vec![path("/", "Prefix", backend("web", 80))],
+                )]),
+            ),
+            json!({"annotations": {"sluice.dev/auth": "Members"}}),
+        );
+        let compiled = run(&cluster(vec![guarded]));
+        // Served (not rejected, so no unprotected last good version), but closed: 503.
+        let host = &compiled.snapshot_routes.exact_hosts["a.example"];
+        let policies = host.prefix_paths["/"].policies.clone().unwrap();
+        assert!(policies.unavailable);
+        assert!(policies.auth.is_none());
+        assert_eq!(reasons(&compiled, "guarded"), ["InvalidAnnotation"]);
+        assert!(
+            compiled
+                .accepted_ingresses
+                .contains(&ObjectRef::new("shop", "guarded"))
+        );
+    }
+
+    #[test]
     fn ingresses_get_their_policies_and_missing_ones_make_routes_answer_503() {
         let guarded = with_metadata(
             ours(

@@ -80,7 +80,8 @@ impl LocalAnswer {
             | LocalAnswer::UpstreamFailed
             | LocalAnswer::PolicyUnavailable
             | LocalAnswer::LimitUnavailable
-            | LocalAnswer::UpstreamUnavailable => GrpcCode::Unavailable,
+            | LocalAnswer::UpstreamUnavailable
+            | LocalAnswer::AuthBusy => GrpcCode::Unavailable,
         }
     }
 }

@@ -26,7 +26,7 @@ use hyper::upgrade::OnUpgrade;
 pub use body::{RequestFinish, ResponseBody, UpstreamBody};
 pub use headers::{ConnectionHeaders, TrustedProxies};
 
-use crate::auth::AuthDecision;
+use crate::auth::{AuthDecision, AuthMethodLabel};
 use crate::balance::{BackendBalancer, HealthConfig, Outcome, stable_hash};
 use crate::live::{DataPlane, LiveState, backend_labels};
 use crate::metrics::{MethodLabel, RouteSeries, StatusClass};
@@ -146,6 +146,8 @@ enum LocalAnswer {
     Unauthorized,
     /// The route's Auth policy: the client's network is not allowed.
     Forbidden,
+    /// The route's Auth policy: every password verification slot is busy.
+    AuthBusy,
 }
 
 impl LocalAnswer {
@@ -166,6 +168,7 @@ impl LocalAnswer {
             LocalAnswer::UpstreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             LocalAnswer::Unauthorized => StatusCode::UNAUTHORIZED,
             LocalAnswer::Forbidden => StatusCode::FORBIDDEN,
+            LocalAnswer::AuthBusy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -201,6 +204,7 @@ impl LocalAnswer {
             // Never why: which part of the credentials failed is the client's to know.
             LocalAnswer::Unauthorized => "401 unauthorized\n",
             LocalAnswer::Forbidden => "403 forbidden\n",
+            LocalAnswer::AuthBusy => "503 service unavailable: too many logins at once\n",
         }
     }
 
@@ -398,7 +402,12 @@ impl Proxy {
                 headers: &parts.headers,
             };
             match enforce_policies(&live, policies, &view).await {
-                Ok(report) => limit_report = report,
+                Ok(admitted) => {
+                    limit_report = admitted.limit_report;
+                    if let (Some(auth), Some(method)) = (&policies.auth, admitted.auth_method) {
+                        auth.strip(&mut parts.headers, method);
+                    }
+                }
                 Err(refusal) => {
                     let mut response = local(refusal.answer, finish);
                     if let Some(report) = &refusal.report {
@@ -411,9 +420,6 @@ impl Proxy {
                     }
                     return (response, Some(series));
                 }
-            }
-            if let Some(auth) = &policies.auth {
-                auth.strip(&mut parts.headers);
             }
         }
 
@@ -769,13 +775,20 @@ struct Refusal {
     challenges: Vec<HeaderValue>,
 }
 
-/// Runs a route's policies in order. `Ok` carries the tightest rate limit to report on
-/// the response, if any.
+/// What a route's policies let through: the Auth method that passed the request, and the
+/// tightest rate limit to report on the response.
+#[derive(Default)]
+struct Admitted {
+    auth_method: Option<AuthMethodLabel>,
+    limit_report: Option<LimitReport>,
+}
+
+/// Runs a route's policies in order.
 async fn enforce_policies(
     live: &LiveState,
     policies: &RoutePolicies,
     request: &RequestView<'_>,
-) -> Result<Option<LimitReport>, Refusal> {
+) -> Result<Admitted, Refusal> {
     let refusal = |answer| Refusal {
         answer,
         report: None,
@@ -786,6 +799,7 @@ async fn enforce_policies(
         return Err(unavailable);
     }
     // Who first: a refused client spends no rate-limit budget of the route.
+    let mut passed = None;
     if let Some(auth) = &policies.auth {
         let decision = auth
             .authorize(request.client_ip, request.headers, request.query)
@@ -794,8 +808,9 @@ async fn enforce_policies(
             counters.count(&decision);
         }
         match decision {
-            AuthDecision::Allow { .. } => {}
+            AuthDecision::Allow { method } => passed = Some(method),
             AuthDecision::Forbidden => return Err(refusal(LocalAnswer::Forbidden)),
+            AuthDecision::Busy => return Err(refusal(LocalAnswer::AuthBusy)),
             AuthDecision::Unauthorized { challenges, .. } => {
                 return Err(Refusal {
                     challenges,
@@ -840,7 +855,10 @@ async fn enforce_policies(
             }
         }
     }
-    Ok(tightest)
+    Ok(Admitted {
+        auth_method: passed,
+        limit_report: tightest,
+    })
 }
 
 /// The request's path (normalised) and query, or `None` when the path must be refused.
