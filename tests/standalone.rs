@@ -917,7 +917,9 @@ async fn auth_basic_and_api_keys_guard_routes_and_missing_policies_fail_closed()
     };
     objects += "---\napiVersion: sluice.dev/v1alpha1\nkind: Auth\nmetadata:\n  name: office\n  namespace: default\nspec:\n  ipAllow: [203.0.113.0/24]\n  ipDeny: [203.0.113.66]\n";
     objects += &route("members", "members.test", "members");
+    objects += "---\napiVersion: sluice.dev/v1alpha1\nkind: Auth\nmetadata:\n  name: by-query\n  namespace: default\nspec:\n  apiKey: {query: api_key, secretRef: {name: keys}}\n";
     objects += &route("office", "office.test", "office");
+    objects += &route("by-query", "query.test", "by-query");
     objects += &route("orphan", "orphan.test", "nowhere");
     dir.write("objects.yaml", &objects);
     // The test client connects from 127.0.0.1, a trusted proxy: X-Forwarded-For names
@@ -978,6 +980,20 @@ async fn auth_basic_and_api_keys_guard_routes_and_missing_policies_fail_closed()
     let by_key = send("members.test", vec![("x-api-key", "key-for-ci".into())]).await;
     assert_eq!(by_key.status, 200);
     assert!(by_key.echo()["headers"].get("x-api-key").is_none());
+
+    // A key in the query passes, and the upstream never sees it.
+    let by_query = support::send(
+        sluice.http,
+        "GET",
+        "query.test",
+        "/list?page=2&api_key=key-for-ci&sort=name",
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(by_query.status, 200, "{}", by_query.body);
+    assert_eq!(by_query.echo()["uri"], "/list?page=2&sort=name");
 
     // Naming an Auth that does not exist closes the route instead of opening it.
     let orphan = send("orphan.test", vec![basic("ada", "s3cret")]).await;

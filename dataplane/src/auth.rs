@@ -551,6 +551,36 @@ impl AuthPolicy {
     }
 
     /// Removes the credentials this policy reads, so they do not reach the upstream.
+    /// The path and query without the API key parameter, when the key is sent in the query
+    /// and must not reach the upstream (nor its access log); `None` when nothing changes.
+    pub fn strip_query(
+        &self,
+        path_and_query: &http::uri::PathAndQuery,
+        passed: AuthMethodLabel,
+    ) -> Option<http::uri::PathAndQuery> {
+        let keys = self.api_key.as_ref()?;
+        let KeyLocation::Query(parameter) = &keys.location else {
+            return None;
+        };
+        if !self.strip_credentials && passed == AuthMethodLabel::ApiKey {
+            return None;
+        }
+        let query = path_and_query.query()?;
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| pair.split_once('=').map_or(*pair, |(name, _)| name) != parameter)
+            .collect();
+        if kept.len() == query.split('&').count() {
+            return None;
+        }
+        let rebuilt = if kept.is_empty() {
+            path_and_query.path().to_owned()
+        } else {
+            format!("{}?{}", path_and_query.path(), kept.join("&"))
+        };
+        rebuilt.parse().ok()
+    }
+
     /// With `stripCredentials: false` the credentials of the method that let the request
     /// through (`passed`) go upstream; those of other methods never do, since nothing
     /// checked them.
@@ -799,6 +829,33 @@ mod tests {
                 .await,
             AuthDecision::Unauthorized { .. }
         ));
+    }
+
+    #[test]
+    fn a_key_in_the_query_is_removed_from_the_upstream_uri() {
+        let policy = AuthPolicy {
+            api_key: Some(Arc::new(
+                ApiKeys::new(KeyLocation::Query("api_key".into()), [b"k".as_slice()]).unwrap(),
+            )),
+            ..open_policy()
+        };
+        let strip = |uri: &str| {
+            policy
+                .strip_query(&uri.parse().unwrap(), AuthMethodLabel::ApiKey)
+                .map(|stripped| stripped.to_string())
+        };
+        assert_eq!(strip("/a?x=1&api_key=k&y=2").as_deref(), Some("/a?x=1&y=2"));
+        assert_eq!(strip("/a?api_key=k").as_deref(), Some("/a"));
+        assert_eq!(strip("/a?x=1"), None);
+        assert_eq!(strip("/a"), None);
+        let kept = AuthPolicy {
+            strip_credentials: false,
+            ..policy.clone()
+        };
+        assert_eq!(
+            kept.strip_query(&"/a?api_key=k".parse().unwrap(), AuthMethodLabel::ApiKey),
+            None
+        );
     }
 
     #[test]

@@ -305,7 +305,7 @@ impl Proxy {
             },
             None => Cow::Borrowed(""),
         };
-        let path_and_query = match normalized_path_and_query(&parts.uri) {
+        let mut path_and_query = match normalized_path_and_query(&parts.uri) {
             Some(path_and_query) => path_and_query,
             None => return (LocalAnswer::BadRequest.response(), None),
         };
@@ -406,6 +406,9 @@ impl Proxy {
                     limit_report = admitted.limit_report;
                     if let (Some(auth), Some(method)) = (&policies.auth, admitted.auth_method) {
                         auth.strip(&mut parts.headers, method);
+                        if let Some(stripped) = auth.strip_query(&path_and_query, method) {
+                            path_and_query = stripped;
+                        }
                     }
                 }
                 Err(refusal) => {
