@@ -57,20 +57,80 @@ pub enum LimitResult {
 pub struct AuthLabels {
     pub namespace: Arc<str>,
     pub policy: Arc<str>,
-    pub method: &'static str,
-    pub result: &'static str,
+    pub method: AuthMethodLabel,
+    pub result: AuthResult,
 }
 
-/// An Auth policy's counters, resolved when a snapshot is applied.
-#[derive(Debug, Clone, Default)]
+/// An Auth policy's counters, one per (method, result) pair, each registered on first use
+/// (most pairs never happen: `ip` is never `unauthorized`), so a request touches no label
+/// map.
+#[derive(Debug, Clone)]
 pub struct AuthCounters {
-    /// By method: ip, basic, api_key, none.
-    pub allowed: [Counter; 4],
-    /// By the method whose credentials failed: basic, api_key, none (none carried).
-    pub unauthorized: [Counter; 3],
-    pub forbidden: Counter,
-    /// 503s because no password verification slot was free.
-    pub busy: Counter,
+    family: Family<AuthLabels, Counter>,
+    namespace: Arc<str>,
+    policy: Arc<str>,
+    cells: Arc<[OnceLock<Counter>; AuthMethodLabel::COUNT * AuthResult::COUNT]>,
+}
+
+impl AuthCounters {
+    /// Counts one decision under the method that made it.
+    pub fn count(&self, method: AuthMethodLabel, result: AuthResult) {
+        let Some(cell) = self
+            .cells
+            .get(method as usize * AuthResult::COUNT + result as usize)
+        else {
+            return;
+        };
+        cell.get_or_init(|| {
+            self.family
+                .get_or_create(&AuthLabels {
+                    namespace: Arc::clone(&self.namespace),
+                    policy: Arc::clone(&self.policy),
+                    method,
+                    result,
+                })
+                .clone()
+        })
+        .inc();
+    }
+}
+
+/// What checked (or let through) a request: the `method` label of Auth decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum AuthMethodLabel {
+    ip,
+    basic,
+    api_key,
+    jwt,
+    forward,
+    /// The policy has no credential method, or the request carried no credentials.
+    none,
+}
+
+impl AuthMethodLabel {
+    pub const COUNT: usize = 6;
+}
+
+/// The `result` label of Auth decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum AuthResult {
+    allowed,
+    /// 401.
+    unauthorized,
+    /// 403.
+    forbidden,
+    /// 503: no password verification slot was free.
+    busy,
+    /// 503: something the check needs (the authorization service, Redis) did not answer.
+    error,
+    /// Another answer of an authorization service (a redirect to a login page) passed on.
+    redirected,
+}
+
+impl AuthResult {
+    pub const COUNT: usize = 6;
 }
 
 /// One policy's counters, resolved once per policy so a request touches no label map.
@@ -486,22 +546,11 @@ impl Metrics {
 
     /// The decision counters of an Auth policy.
     pub fn auth_counters(&self, policy: &crate::snapshot::ObjectRef) -> AuthCounters {
-        let counter = |method, result| {
-            self.auth_decisions
-                .get_or_create(&AuthLabels {
-                    namespace: policy.namespace.as_str().into(),
-                    policy: policy.name.as_str().into(),
-                    method,
-                    result,
-                })
-                .clone()
-        };
         AuthCounters {
-            allowed: ["ip", "basic", "api_key", "none"].map(|method| counter(method, "allowed")),
-            unauthorized: ["basic", "api_key", "none"]
-                .map(|method| counter(method, "unauthorized")),
-            forbidden: counter("ip", "forbidden"),
-            busy: counter("basic", "busy"),
+            family: self.auth_decisions.clone(),
+            namespace: policy.namespace.as_str().into(),
+            policy: policy.name.as_str().into(),
+            cells: Arc::new(std::array::from_fn(|_| OnceLock::new())),
         }
     }
 

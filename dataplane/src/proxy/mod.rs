@@ -409,6 +409,10 @@ impl Proxy {
                         if let Some(stripped) = auth.strip_query(&path_and_query, method) {
                             path_and_query = stripped;
                         }
+                        // `strip` removed every client copy of these names.
+                        for (name, value) in admitted.auth_headers {
+                            parts.headers.append(name, value);
+                        }
                     }
                 }
                 Err(refusal) => {
@@ -783,6 +787,8 @@ struct Refusal {
 #[derive(Default)]
 struct Admitted {
     auth_method: Option<AuthMethodLabel>,
+    /// Set by the Auth method(s) that let the request through.
+    auth_headers: Vec<crate::auth::UpstreamHeader>,
     limit_report: Option<LimitReport>,
 }
 
@@ -803,17 +809,21 @@ async fn enforce_policies(
     }
     // Who first: a refused client spends no rate-limit budget of the route.
     let mut passed = None;
+    let mut auth_headers = Vec::new();
     if let Some(auth) = &policies.auth {
-        let decision = auth
-            .authorize(request.client_ip, request.headers, request.query)
-            .await;
+        let decision = auth.authorize(request).await;
         if let Some(counters) = live.auth_counters(&auth.name) {
-            counters.count(&decision);
+            let (method, result) = decision.outcome();
+            counters.count(method, result);
         }
         match decision {
-            AuthDecision::Allow { method } => passed = Some(method),
-            AuthDecision::Forbidden => return Err(refusal(LocalAnswer::Forbidden)),
+            AuthDecision::Allow { method, headers } => {
+                passed = Some(method);
+                auth_headers = headers;
+            }
+            AuthDecision::Forbidden { .. } => return Err(refusal(LocalAnswer::Forbidden)),
             AuthDecision::Busy => return Err(refusal(LocalAnswer::AuthBusy)),
+            AuthDecision::Unavailable { .. } => return Err(unavailable),
             AuthDecision::Unauthorized { challenges, .. } => {
                 return Err(Refusal {
                     challenges,
@@ -860,6 +870,7 @@ async fn enforce_policies(
     }
     Ok(Admitted {
         auth_method: passed,
+        auth_headers,
         limit_report: tightest,
     })
 }

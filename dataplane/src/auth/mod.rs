@@ -1,0 +1,603 @@
+//! `Auth` policies on the request path: client networks, Basic credentials, API keys.
+//!
+//! The controller builds these from validated specs (parsing every hash and key once, at
+//! compile time); a request only looks things up and verifies. Secrets never appear in
+//! errors, logs or metrics.
+
+mod api_key;
+mod basic;
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+pub use api_key::{ApiKeys, KeyLocation};
+use basic::BasicVerdict;
+pub use basic::{BasicCredentials, MAX_PASSWORD_BYTES, PasswordHash};
+
+pub use crate::metrics::{AuthMethodLabel, AuthResult};
+use crate::ratelimit::RequestView;
+use crate::snapshot::ObjectRef;
+
+/// A problem with credential material, found when a policy is built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    #[error("line {line}: not `user:hash`")]
+    NotUserColonHash { line: usize },
+    #[error("line {line} (user {user}): {reason}")]
+    UnsupportedHash {
+        line: usize,
+        user: String,
+        reason: &'static str,
+    },
+    #[error("line {line}: user {user} appears twice")]
+    DuplicateUser { line: usize, user: String },
+    #[error("no credentials")]
+    Empty,
+}
+
+/// The header's value when it appears exactly once.
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    values.next().is_none().then_some(first)
+}
+
+/// A validated `Auth` policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthPolicy {
+    /// The policy object; a metrics label.
+    pub name: ObjectRef,
+    pub ip_deny: Vec<IpNet>,
+    pub ip_allow: Vec<IpNet>,
+    pub basic: Option<Arc<BasicCredentials>>,
+    pub api_key: Option<Arc<ApiKeys>>,
+    /// Every credential method must succeed (else one is enough).
+    pub require_all: bool,
+    pub strip_credentials: bool,
+}
+
+/// A header for the upstream request, set by a method that let the request through (a JWT
+/// claim, an authorization service's answer).
+pub type UpstreamHeader = (HeaderName, HeaderValue);
+
+/// The outcome of [`AuthPolicy::authorize`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthDecision {
+    /// Through; `method` is what let it (`none`: the policy has no credential method).
+    /// `headers` replace any the client sent under those names.
+    Allow {
+        method: AuthMethodLabel,
+        headers: Vec<UpstreamHeader>,
+    },
+    /// 403, refused by `method`: the client's network, or an authorization service.
+    Forbidden { method: AuthMethodLabel },
+    /// 401 with these `WWW-Authenticate` challenges; `method` is the one whose credentials
+    /// the request carried and that failed (`none`: it carried none).
+    Unauthorized {
+        challenges: Vec<HeaderValue>,
+        method: AuthMethodLabel,
+    },
+    /// 503: no password verification slot was free.
+    Busy,
+    /// 503: something `method` needs to decide did not answer; never open access.
+    Unavailable { method: AuthMethodLabel },
+}
+
+impl AuthDecision {
+    /// The method and result it is counted under.
+    pub fn outcome(&self) -> (AuthMethodLabel, AuthResult) {
+        match self {
+            AuthDecision::Allow { method, .. } => (*method, AuthResult::allowed),
+            AuthDecision::Forbidden { method } => (*method, AuthResult::forbidden),
+            AuthDecision::Unauthorized { method, .. } => (*method, AuthResult::unauthorized),
+            AuthDecision::Busy => (AuthMethodLabel::basic, AuthResult::busy),
+            AuthDecision::Unavailable { method } => (*method, AuthResult::error),
+        }
+    }
+}
+
+/// What one credential method says of a request.
+enum MethodVerdict {
+    Passed(Vec<UpstreamHeader>),
+    /// Missing or wrong credentials. `carried`: the request had some for this method.
+    /// `challenge`: a method-specific `WWW-Authenticate` in place of the static one.
+    Failed {
+        carried: bool,
+        challenge: Option<HeaderValue>,
+    },
+    /// The method answers the request itself (503, a service's 403).
+    Decided(AuthDecision),
+}
+
+impl AuthPolicy {
+    /// The credential methods in the order they are tried: cheap lookups first, password
+    /// hashing after them.
+    fn methods(&self) -> impl Iterator<Item = AuthMethodLabel> {
+        [
+            (self.api_key.is_some(), AuthMethodLabel::api_key),
+            (self.basic.is_some(), AuthMethodLabel::basic),
+        ]
+        .into_iter()
+        .filter_map(|(present, method)| present.then_some(method))
+    }
+
+    async fn check(&self, method: AuthMethodLabel, request: &RequestView<'_>) -> MethodVerdict {
+        let failed = |carried| MethodVerdict::Failed {
+            carried,
+            challenge: None,
+        };
+        match method {
+            AuthMethodLabel::api_key => {
+                let Some(keys) = &self.api_key else {
+                    return failed(false);
+                };
+                match keys.presented(request.headers, request.query) {
+                    Some(key) if keys.accepts(&key) => MethodVerdict::Passed(Vec::new()),
+                    presented => {
+                        failed(presented.is_some() || keys.carried(request.headers, request.query))
+                    }
+                }
+            }
+            AuthMethodLabel::basic => {
+                let Some(basic) = &self.basic else {
+                    return failed(false);
+                };
+                match basic.check(request.headers).await {
+                    BasicVerdict::Passed => MethodVerdict::Passed(Vec::new()),
+                    BasicVerdict::Busy => MethodVerdict::Decided(AuthDecision::Busy),
+                    BasicVerdict::Failed => failed(request.headers.contains_key(AUTHORIZATION)),
+                }
+            }
+            AuthMethodLabel::ip
+            | AuthMethodLabel::jwt
+            | AuthMethodLabel::forward
+            | AuthMethodLabel::none => failed(false),
+        }
+    }
+
+    /// Decides one request; `request.client_ip` is the client address as
+    /// `--trusted-proxies` resolved it.
+    pub async fn authorize(&self, request: &RequestView<'_>) -> AuthDecision {
+        let client = request.client_ip;
+        if self.ip_deny.iter().any(|network| network.contains(&client))
+            || (!self.ip_allow.is_empty()
+                && !self
+                    .ip_allow
+                    .iter()
+                    .any(|network| network.contains(&client)))
+        {
+            return AuthDecision::Forbidden {
+                method: AuthMethodLabel::ip,
+            };
+        }
+        let mut passed_by = None;
+        let mut headers = Vec::new();
+        // The first method whose credentials the request carried and failed: what a 401 is
+        // counted under.
+        let mut failed = AuthMethodLabel::none;
+        let mut challenges = Vec::new();
+        for method in self.methods() {
+            match self.check(method, request).await {
+                MethodVerdict::Passed(set) => {
+                    headers.extend(set);
+                    passed_by.get_or_insert(method);
+                    if !self.require_all {
+                        break;
+                    }
+                }
+                MethodVerdict::Failed { carried, challenge } => {
+                    if carried && failed == AuthMethodLabel::none {
+                        failed = method;
+                    }
+                    challenges.extend(challenge.map(|challenge| (method, challenge)));
+                    // With `all`, one failure decides: no password hashing for nothing.
+                    if self.require_all {
+                        return self.unauthorized(failed, &challenges);
+                    }
+                }
+                MethodVerdict::Decided(decision) => return decision,
+            }
+        }
+        match passed_by {
+            Some(method) => AuthDecision::Allow { method, headers },
+            None if self.methods().next().is_none() => AuthDecision::Allow {
+                method: if self.ip_allow.is_empty() && self.ip_deny.is_empty() {
+                    AuthMethodLabel::none
+                } else {
+                    AuthMethodLabel::ip
+                },
+                headers,
+            },
+            None => self.unauthorized(failed, &challenges),
+        }
+    }
+
+    /// A 401 with one challenge per credential method, Basic first (browsers then offer
+    /// their login dialog); `specific` replaces a method's static challenge (a bearer error
+    /// code, say).
+    fn unauthorized(
+        &self,
+        method: AuthMethodLabel,
+        specific: &[(AuthMethodLabel, HeaderValue)],
+    ) -> AuthDecision {
+        let mut methods: Vec<AuthMethodLabel> = self.methods().collect();
+        methods.sort_by_key(|method| *method != AuthMethodLabel::basic);
+        let challenges = methods
+            .into_iter()
+            .filter_map(|each| {
+                if let Some((_, challenge)) = specific.iter().find(|(which, _)| *which == each) {
+                    return Some(challenge.clone());
+                }
+                let text = match each {
+                    AuthMethodLabel::basic => self.basic.as_ref()?.challenge(),
+                    AuthMethodLabel::api_key => match &self.api_key.as_ref()?.location {
+                        KeyLocation::Header(name) => format!("ApiKey header=\"{name}\""),
+                        KeyLocation::Query(parameter) => format!("ApiKey query=\"{parameter}\""),
+                    },
+                    _ => return None,
+                };
+                HeaderValue::from_str(&text).ok()
+            })
+            .collect();
+        AuthDecision::Unauthorized { challenges, method }
+    }
+
+    /// The path and query without the API key parameter, when the key is sent in the query
+    /// and must not reach the upstream (nor its access log); `None` when nothing changes.
+    pub fn strip_query(
+        &self,
+        path_and_query: &http::uri::PathAndQuery,
+        passed: AuthMethodLabel,
+    ) -> Option<http::uri::PathAndQuery> {
+        let keys = self.api_key.as_ref()?;
+        if !self.strip_credentials && passed == AuthMethodLabel::api_key {
+            return None;
+        }
+        let kept = keys.query_without_key(path_and_query.query()?)?;
+        let rebuilt = if kept.is_empty() {
+            path_and_query.path().to_owned()
+        } else {
+            format!("{}?{kept}", path_and_query.path())
+        };
+        rebuilt.parse().ok()
+    }
+
+    /// Removes the credentials this policy reads, so they do not reach the upstream.
+    /// With `stripCredentials: false` the credentials of the method that let the request
+    /// through (`passed`) go upstream; those of other methods never do, since nothing
+    /// checked them.
+    pub fn strip(&self, headers: &mut HeaderMap, passed: AuthMethodLabel) {
+        let keep = |method| !self.strip_credentials && passed == method;
+        if self.basic.is_some() && !keep(AuthMethodLabel::basic) {
+            headers.remove(AUTHORIZATION);
+        }
+        if let Some(keys) = &self.api_key
+            && let KeyLocation::Header(name) = &keys.location
+            && !keep(AuthMethodLabel::api_key)
+        {
+            headers.remove(name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+    use std::net::IpAddr;
+
+    fn basic_header(user: &str, password: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {encoded}")).unwrap(),
+        );
+        headers
+    }
+
+    fn open_policy() -> AuthPolicy {
+        AuthPolicy {
+            name: ObjectRef::new("shop", "members"),
+            ip_deny: Vec::new(),
+            ip_allow: Vec::new(),
+            basic: None,
+            api_key: None,
+            require_all: false,
+            strip_credentials: true,
+        }
+    }
+
+    impl AuthPolicy {
+        async fn decide(
+            &self,
+            client: IpAddr,
+            headers: &HeaderMap,
+            query: Option<&str>,
+        ) -> AuthDecision {
+            let request = RequestView {
+                client_ip: client,
+                host: "shop.test",
+                path: "/",
+                query,
+                method: &http::Method::GET,
+                headers,
+            };
+            self.authorize(&request).await
+        }
+    }
+
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 2, 3));
+
+    #[tokio::test]
+    async fn basic_credentials_pass_only_with_the_right_password() {
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let policy = AuthPolicy {
+            basic: Some(Arc::new(
+                BasicCredentials::from_htpasswd("shop", &format!("ada:{hash}")).unwrap(),
+            )),
+            ..open_policy()
+        };
+        assert_eq!(
+            policy
+                .decide(CLIENT, &basic_header("ada", "s3cret"), None)
+                .await,
+            AuthDecision::Allow {
+                method: AuthMethodLabel::basic,
+                headers: Vec::new(),
+            }
+        );
+        // Again, from the login cache.
+        assert!(matches!(
+            policy
+                .decide(CLIENT, &basic_header("ada", "s3cret"), None)
+                .await,
+            AuthDecision::Allow { .. }
+        ));
+        for headers in [
+            basic_header("ada", "wrong"),
+            basic_header("bob", "s3cret"),
+            HeaderMap::new(),
+        ] {
+            match policy.decide(CLIENT, &headers, None).await {
+                AuthDecision::Unauthorized { challenges, .. } => assert_eq!(
+                    challenges,
+                    [HeaderValue::from_static(
+                        "Basic realm=\"shop\", charset=\"UTF-8\""
+                    )]
+                ),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn api_keys_in_a_header_or_the_query() {
+        let keys = ApiKeys::new(
+            KeyLocation::Header(HeaderName::from_static("x-api-key")),
+            [b"k-123".as_slice(), b"k-456".as_slice()],
+        )
+        .unwrap();
+        let policy = AuthPolicy {
+            api_key: Some(Arc::new(keys)),
+            ..open_policy()
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("x-api-key", HeaderValue::from_static("k-456"));
+        assert!(matches!(
+            policy.decide(CLIENT, &headers, None).await,
+            AuthDecision::Allow {
+                method: AuthMethodLabel::api_key,
+                ..
+            }
+        ));
+        headers.insert("x-api-key", HeaderValue::from_static("k-789"));
+        assert!(matches!(
+            policy.decide(CLIENT, &headers, None).await,
+            AuthDecision::Unauthorized { .. }
+        ));
+        let mut stripped = headers.clone();
+        policy.strip(&mut stripped, AuthMethodLabel::api_key);
+        assert!(stripped.get("x-api-key").is_none());
+        // Two keys: the upstream might read the other one.
+        let mut two = HeaderMap::new();
+        two.append("x-api-key", HeaderValue::from_static("k-456"));
+        two.append("x-api-key", HeaderValue::from_static("k-789"));
+        assert!(matches!(
+            policy.decide(CLIENT, &two, None).await,
+            AuthDecision::Unauthorized {
+                method: AuthMethodLabel::api_key,
+                ..
+            }
+        ));
+
+        let by_query = AuthPolicy {
+            api_key: Some(Arc::new(
+                ApiKeys::new(KeyLocation::Query("api_key".into()), [b"a b/c".as_slice()]).unwrap(),
+            )),
+            ..open_policy()
+        };
+        let empty = HeaderMap::new();
+        assert!(matches!(
+            by_query
+                .decide(CLIENT, &empty, Some("x=1&api_key=a+b%2Fc"))
+                .await,
+            AuthDecision::Allow { .. }
+        ));
+        assert!(matches!(
+            by_query.decide(CLIENT, &empty, Some("api_key=a+b")).await,
+            AuthDecision::Unauthorized { .. }
+        ));
+        assert!(matches!(
+            by_query
+                .decide(CLIENT, &empty, Some("api_key=a+b%2Fc&api_key=x"))
+                .await,
+            AuthDecision::Unauthorized { .. }
+        ));
+        assert!(ApiKeys::new(KeyLocation::Query("k".into()), [b"".as_slice()]).is_err());
+    }
+
+    #[tokio::test]
+    async fn overlong_passwords_and_repeated_headers_are_refused_unverified() {
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let policy = AuthPolicy {
+            basic: Some(Arc::new(
+                BasicCredentials::from_htpasswd("r", &format!("ada:{hash}")).unwrap(),
+            )),
+            ..open_policy()
+        };
+        let long = "x".repeat(MAX_PASSWORD_BYTES + 1);
+        assert!(matches!(
+            policy
+                .decide(CLIENT, &basic_header("ada", &long), None)
+                .await,
+            AuthDecision::Unauthorized { .. }
+        ));
+        let mut twice = basic_header("ada", "pw");
+        let second = twice.get(AUTHORIZATION).unwrap().clone();
+        twice.append(AUTHORIZATION, second);
+        assert!(matches!(
+            policy.decide(CLIENT, &twice, None).await,
+            AuthDecision::Unauthorized {
+                method: AuthMethodLabel::basic,
+                ..
+            }
+        ));
+        // An unknown user is verified against a real user's hash, and fails.
+        assert!(matches!(
+            policy
+                .decide(CLIENT, &basic_header("eve", "pw"), None)
+                .await,
+            AuthDecision::Unauthorized { .. }
+        ));
+    }
+
+    #[test]
+    fn a_key_in_the_query_is_removed_from_the_upstream_uri() {
+        let policy = AuthPolicy {
+            api_key: Some(Arc::new(
+                ApiKeys::new(KeyLocation::Query("api_key".into()), [b"k".as_slice()]).unwrap(),
+            )),
+            ..open_policy()
+        };
+        let strip = |uri: &str| {
+            policy
+                .strip_query(&uri.parse().unwrap(), AuthMethodLabel::api_key)
+                .map(|stripped| stripped.to_string())
+        };
+        assert_eq!(strip("/a?x=1&api_key=k&y=2").as_deref(), Some("/a?x=1&y=2"));
+        assert_eq!(strip("/a?api_key=k").as_deref(), Some("/a"));
+        assert_eq!(strip("/a?x=1"), None);
+        assert_eq!(strip("/a"), None);
+        let kept = AuthPolicy {
+            strip_credentials: false,
+            ..policy.clone()
+        };
+        assert_eq!(
+            kept.strip_query(&"/a?api_key=k".parse().unwrap(), AuthMethodLabel::api_key),
+            None
+        );
+    }
+
+    #[test]
+    fn credentials_go_upstream_only_when_asked_and_only_those_that_passed() {
+        let keys = ApiKeys::new(
+            KeyLocation::Header(HeaderName::from_static("x-api-key")),
+            [b"key".as_slice()],
+        )
+        .unwrap();
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let keep = AuthPolicy {
+            basic: Some(Arc::new(
+                BasicCredentials::from_htpasswd("r", &format!("ada:{hash}")).unwrap(),
+            )),
+            api_key: Some(Arc::new(keys)),
+            strip_credentials: false,
+            ..open_policy()
+        };
+        let mut headers = basic_header("admin", "unchecked");
+        headers.insert("x-api-key", HeaderValue::from_static("key"));
+        keep.strip(&mut headers, AuthMethodLabel::api_key);
+        assert!(
+            headers.get("x-api-key").is_some(),
+            "the key that passed stays"
+        );
+        assert!(
+            headers.get(AUTHORIZATION).is_none(),
+            "unchecked Basic never goes upstream"
+        );
+        let strip = AuthPolicy {
+            strip_credentials: true,
+            ..keep
+        };
+        strip.strip(&mut headers, AuthMethodLabel::api_key);
+        assert!(headers.get("x-api-key").is_none());
+    }
+
+    #[tokio::test]
+    async fn networks_are_checked_before_credentials() {
+        let network = |text: &str| text.parse::<IpNet>().unwrap();
+        let policy = AuthPolicy {
+            ip_allow: vec![network("10.0.0.0/8")],
+            ip_deny: vec![network("10.9.0.0/16")],
+            ..open_policy()
+        };
+        let none = HeaderMap::new();
+        assert_eq!(
+            policy.decide(CLIENT, &none, None).await,
+            AuthDecision::Allow {
+                method: AuthMethodLabel::ip,
+                headers: Vec::new(),
+            }
+        );
+        for client in ["10.9.1.1", "192.0.2.1"] {
+            assert_eq!(
+                policy.decide(client.parse().unwrap(), &none, None).await,
+                AuthDecision::Forbidden {
+                    method: AuthMethodLabel::ip
+                },
+                "{client}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn require_all_needs_every_method_and_any_needs_one() {
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let any = AuthPolicy {
+            basic: Some(Arc::new(
+                BasicCredentials::from_htpasswd("r", &format!("ada:{hash}")).unwrap(),
+            )),
+            api_key: Some(Arc::new(
+                ApiKeys::new(
+                    KeyLocation::Header(HeaderName::from_static("x-api-key")),
+                    [b"key".as_slice()],
+                )
+                .unwrap(),
+            )),
+            ..open_policy()
+        };
+        let all = AuthPolicy {
+            require_all: true,
+            ..any.clone()
+        };
+        let mut both = basic_header("ada", "pw");
+        both.insert("x-api-key", HeaderValue::from_static("key"));
+        let only_basic = basic_header("ada", "pw");
+        let mut only_key = HeaderMap::new();
+        only_key.insert("x-api-key", HeaderValue::from_static("key"));
+        let allowed = |decision: AuthDecision| matches!(decision, AuthDecision::Allow { .. });
+        assert!(allowed(any.decide(CLIENT, &only_basic, None).await));
+        assert!(allowed(any.decide(CLIENT, &only_key, None).await));
+        assert!(allowed(all.decide(CLIENT, &both, None).await));
+        assert!(!allowed(all.decide(CLIENT, &only_basic, None).await));
+        match all.decide(CLIENT, &only_key, None).await {
+            AuthDecision::Unauthorized { challenges, .. } => assert_eq!(challenges.len(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
+}
