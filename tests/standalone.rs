@@ -1030,3 +1030,362 @@ async fn auth_basic_and_api_keys_guard_routes_and_missing_policies_fail_closed()
         assert_eq!(sluice.metric(&series).await, Some(expected), "{series}");
     }
 }
+
+/// Tokens for the JWT tests, signed with the test keys of dataplane/src/auth/testdata.
+mod tokens {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use serde_json::{Value, json};
+
+    pub const ISSUER: &str = "https://issuer.example";
+    pub const JWKS: &str = include_str!("../dataplane/src/auth/testdata/jwks.json");
+    pub const JWKS_OTHER: &str = include_str!("../dataplane/src/auth/testdata/jwks-other.json");
+
+    pub fn now() -> u64 {
+        jsonwebtoken::get_current_timestamp()
+    }
+
+    pub fn claims(jti: &str) -> Value {
+        json!({"iss": ISSUER, "aud": "shop", "sub": "ada", "scope": "read", "exp": now() + 600, "jti": jti})
+    }
+
+    pub fn sign(algorithm: Algorithm, kid: &str, claims: &Value) -> String {
+        let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+        let pem: &[u8] = match kid {
+            "rsa-1" => include_bytes!("../dataplane/src/auth/testdata/rsa.pem"),
+            "rsa-2" => include_bytes!("../dataplane/src/auth/testdata/rsa-other.pem"),
+            "ec-1" => include_bytes!("../dataplane/src/auth/testdata/ec.pem"),
+            _ => include_bytes!("../dataplane/src/auth/testdata/ed25519.pem"),
+        };
+        let key = match algorithm {
+            Algorithm::ES256 => EncodingKey::from_ec_pem(pem),
+            Algorithm::EdDSA => EncodingKey::from_ed_pem(pem),
+            _ => EncodingKey::from_rsa_pem(pem),
+        }
+        .unwrap();
+        let mut header = Header::new(algorithm);
+        header.kid = Some(kid.to_owned());
+        jsonwebtoken::encode(&header, claims, &key).unwrap()
+    }
+
+    pub fn rs256(claims: &Value) -> String {
+        sign(Algorithm::RS256, "rsa-1", claims)
+    }
+
+    /// `alg: none`, and HS256 "signed" with the RSA public key as the HMAC secret.
+    pub fn forgeries() -> [String; 2] {
+        use base64::Engine;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let body = b64(claims("t-forged").to_string().as_bytes());
+        let none = format!(
+            "{}.{body}.",
+            b64(br#"{"alg":"none","typ":"JWT","kid":"rsa-1"}"#)
+        );
+        let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("rsa-1".into());
+        let public = include_bytes!("../dataplane/src/auth/testdata/rsa-public.pem");
+        let hmac = jsonwebtoken::encode(
+            &header,
+            &claims("t-forged"),
+            &EncodingKey::from_secret(public).unwrap(),
+        )
+        .unwrap();
+        [none, hmac]
+    }
+}
+
+/// The JWT method with its key set in a Secret: each allowed algorithm passes, claims reach
+/// the upstream (a client's forged copy does not), every kind of bad token gets 401 with
+/// the bearer challenge, a jti revoked in a real Redis is refused, and with Redis gone the
+/// route fails closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_jwt_verifies_tokens_copies_claims_and_refuses_revoked_ones_in_redis() {
+    use jsonwebtoken::Algorithm;
+    use serde_json::json;
+    use tokens::*;
+
+    let mut redis = support::RedisServer::start();
+    let echo = Echo::start(&["127.0.0.42"]);
+    let dir = ManifestDir::new("auth-jwt");
+    dir.write("class.yaml", INGRESS_CLASS);
+    let mut objects = service_yaml("default", "up", 80, &echo.addrs, &[]);
+    objects += &support::tls::opaque_secret_yaml("default", "jwks", "jwks.json", JWKS);
+    objects += "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: keys\n  namespace: default\nstringData:\n  ci: key-for-ci\n";
+    objects += &format!(
+        "---\napiVersion: sluice.dev/v1alpha1\nkind: Auth\nmetadata:\n  name: tokens\n  namespace: default\nspec:\n  jwt:\n    issuer: {ISSUER}\n    audiences: [shop]\n    jwksSecretRef: {{name: jwks}}\n    algorithms: [RS256, ES256, EdDSA]\n    claimsToHeaders: {{sub: X-User, scope: X-Scope}}\n    revocationList: redis\n"
+    );
+    objects += &format!(
+        "---\napiVersion: sluice.dev/v1alpha1\nkind: Auth\nmetadata:\n  name: both\n  namespace: default\nspec:\n  require: all\n  apiKey: {{header: X-Api-Key, secretRef: {{name: keys}}}}\n  jwt:\n    issuer: {ISSUER}\n    audiences: [shop]\n    jwksSecretRef: {{name: jwks}}\n"
+    );
+    for (name, host, policy) in [
+        ("tokens", "tokens.test", "tokens"),
+        ("both", "both.test", "both"),
+    ] {
+        objects += &ingress(
+            name,
+            "2024-01-01T00:00:00Z",
+            "sluice",
+            &[("sluice.dev/auth", policy)],
+            &format!(
+                "  rules:\n  - host: {host}\n    http:\n      paths:\n{}",
+                path("/", "Prefix", "up")
+            ),
+        );
+    }
+    dir.write("objects.yaml", &objects);
+    let redis_url = redis.url();
+    let sluice = Sluice::start(&dir.0, &["--redis-url", &redis_url]).await;
+    let send = |host: &'static str, headers: Vec<(&'static str, String)>| {
+        let addr = sluice.http;
+        async move {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(name, value)| (*name, value.as_str()))
+                .collect();
+            support::send(addr, "GET", host, "/", &headers, Bytes::new())
+                .await
+                .unwrap()
+        }
+    };
+    let bearer = |token: &str| ("authorization", format!("Bearer {token}"));
+
+    let none = send("tokens.test", vec![]).await;
+    assert_eq!(none.status, 401);
+    assert_eq!(none.headers["www-authenticate"], r#"Bearer realm="tokens""#);
+
+    let passed = send(
+        "tokens.test",
+        vec![bearer(&rs256(&claims("t-1"))), ("x-user", "mallory".into())],
+    )
+    .await;
+    assert_eq!(passed.status, 200, "{}", passed.body);
+    let upstream_saw = passed.echo();
+    assert_eq!(upstream_saw["headers"]["x-user"], "ada", "{upstream_saw}");
+    assert_eq!(upstream_saw["headers"]["x-scope"], "read");
+    assert!(
+        upstream_saw["headers"].get("authorization").is_none(),
+        "the token is stripped: {upstream_saw}"
+    );
+    for (algorithm, kid) in [(Algorithm::ES256, "ec-1"), (Algorithm::EdDSA, "ed-1")] {
+        let reply = send(
+            "tokens.test",
+            vec![bearer(&sign(algorithm, kid, &claims("t-2")))],
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{algorithm:?}: {}", reply.body);
+    }
+
+    let with = |change: &dyn Fn(&mut serde_json::Value)| {
+        let mut changed = claims("t-3");
+        change(&mut changed);
+        rs256(&changed)
+    };
+    let mut bad = vec![
+        ("expired", with(&|c| c["exp"] = json!(now() - 300))),
+        ("not yet valid", with(&|c| c["nbf"] = json!(now() + 300))),
+        ("wrong audience", with(&|c| c["aud"] = json!("billing"))),
+        (
+            "wrong issuer",
+            with(&|c| c["iss"] = json!("https://evil.example")),
+        ),
+        (
+            "unknown key",
+            sign(Algorithm::RS256, "rsa-2", &claims("t-4")),
+        ),
+        ("garbage", "not.a.token".to_owned()),
+    ];
+    let [none_alg, hmac] = forgeries();
+    bad.push(("alg none", none_alg));
+    bad.push(("HMAC with the public key", hmac));
+    for (why, token) in &bad {
+        let refused = send("tokens.test", vec![bearer(token)]).await;
+        assert_eq!(refused.status, 401, "{why}");
+        assert_eq!(
+            refused.headers["www-authenticate"], r#"Bearer realm="tokens", error="invalid_token""#,
+            "{why}"
+        );
+        assert_eq!(refused.body, "401 unauthorized\n", "{why}: no reason given");
+    }
+
+    // Revocation: a jti put in the policy's Redis set is refused from then on.
+    let revoked = rs256(&claims("t-revoked"));
+    assert_eq!(
+        send("tokens.test", vec![bearer(&revoked)]).await.status,
+        200
+    );
+    let added = std::process::Command::new("redis-cli")
+        .args([
+            "-u",
+            &redis_url,
+            "SADD",
+            "sluice:auth:{default/tokens}:revoked-jti",
+            "t-revoked",
+        ])
+        .output()
+        .expect("redis-cli (package redis-tools, installed with redis-server)");
+    assert!(added.status.success(), "{added:?}");
+    assert_eq!(
+        send("tokens.test", vec![bearer(&revoked)]).await.status,
+        401
+    );
+    assert_eq!(
+        send("tokens.test", vec![bearer(&rs256(&claims("t-5")))])
+            .await
+            .status,
+        200
+    );
+    let without_jti = with(&|c| {
+        c.as_object_mut().unwrap().remove("jti");
+    });
+    assert_eq!(
+        send("tokens.test", vec![bearer(&without_jti)]).await.status,
+        401,
+        "a token that cannot be revoked is refused where revocation is on"
+    );
+
+    // `require: all`: the token alone is not enough.
+    let token = rs256(&claims("t-6"));
+    assert_eq!(send("both.test", vec![bearer(&token)]).await.status, 401);
+    let both = send(
+        "both.test",
+        vec![bearer(&token), ("x-api-key", "key-for-ci".into())],
+    )
+    .await;
+    assert_eq!(both.status, 200, "{}", both.body);
+
+    // No Redis to ask: the route fails closed rather than letting a revoked token in.
+    redis.stop();
+    let unavailable = send("tokens.test", vec![bearer(&rs256(&claims("t-7")))]).await;
+    assert_eq!(unavailable.status, 503, "{}", unavailable.body);
+
+    let decisions = |policy: &str, method: &str, result: &str| {
+        format!(
+            r#"sluice_auth_decisions_total{{namespace="default",policy="{policy}",method="{method}",result="{result}"}}"#
+        )
+    };
+    for (series, expected) in [
+        (decisions("tokens", "jwt", "allowed"), 5.0),
+        (decisions("tokens", "jwt", "unauthorized"), 10.0),
+        (decisions("tokens", "none", "unauthorized"), 1.0),
+        (decisions("tokens", "jwt", "error"), 1.0),
+        (decisions("both", "api_key", "allowed"), 1.0),
+    ] {
+        assert_eq!(sluice.metric(&series).await, Some(expected), "{series}");
+    }
+}
+
+/// `jwksUri`: the key set is fetched over HTTPS (trusting the CA of `jwksCaSecretRef`) in
+/// the background, kept when the server fails, and replaced without a restart when the
+/// server rotates its keys (a token with an unknown `kid` asks for the refresh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_jwt_keys_from_a_jwks_uri_rotate_without_a_restart_and_survive_a_failing_server() {
+    use std::sync::Mutex;
+    use tokens::*;
+
+    let ca = support::tls::TestCa::new("jwks test CA");
+    // What the JWKS server answers: a status and a document.
+    let served = Arc::new(Mutex::new((200u16, JWKS.to_owned())));
+    let fetches = Arc::new(AtomicU64::new(0));
+    let server = {
+        let served = Arc::clone(&served);
+        let fetches = Arc::clone(&fetches);
+        support::upstream_tls::serve_https(&ca, &["127.0.0.1"], move |_, _request| {
+            let (status, body) = served.lock().unwrap().clone();
+            fetches.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let mut response = hyper::Response::new(tonic::body::Body::new(
+                    http_body_util::Full::new(Bytes::from(body)),
+                ));
+                *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                response
+            }
+        })
+        .await
+    };
+    let uri = format!("https://127.0.0.1:{}/jwks", server.addr.port());
+
+    let echo = Echo::start(&["127.0.0.43"]);
+    let dir = ManifestDir::new("auth-jwks-uri");
+    dir.write("class.yaml", INGRESS_CLASS);
+    let mut objects = service_yaml("default", "up", 80, &echo.addrs, &[]);
+    objects += &support::tls::ca_secret_yaml("default", "jwks-ca", &ca.pem);
+    objects += &format!(
+        "---\napiVersion: sluice.dev/v1alpha1\nkind: Auth\nmetadata:\n  name: remote\n  namespace: default\nspec:\n  jwt:\n    issuer: {ISSUER}\n    audiences: [shop]\n    jwksUri: {uri}\n    jwksCaSecretRef: {{name: jwks-ca}}\n"
+    );
+    objects += &ingress(
+        "remote",
+        "2024-01-01T00:00:00Z",
+        "sluice",
+        &[("sluice.dev/auth", "remote")],
+        &format!(
+            "  rules:\n  - host: remote.test\n    http:\n      paths:\n{}",
+            path("/", "Prefix", "up")
+        ),
+    );
+    dir.write("objects.yaml", &objects);
+    let sluice = Sluice::start(&dir.0, &[]).await;
+    let status_with = |token: String| {
+        let addr = sluice.http;
+        async move {
+            let authorization = format!("Bearer {token}");
+            support::send(
+                addr,
+                "GET",
+                "remote.test",
+                "/",
+                &[("authorization", authorization.as_str())],
+                Bytes::new(),
+            )
+            .await
+            .unwrap()
+            .status
+        }
+    };
+    let first_key = || rs256(&claims("t-1"));
+    let second_key = || sign(jsonwebtoken::Algorithm::RS256, "rsa-2", &claims("t-2"));
+
+    let took = sluice
+        .eventually(Duration::from_secs(10), "the fetched key set", || async {
+            status_with(first_key()).await == 200
+        })
+        .await;
+    println!("jwksUri: first token accepted {took:?} after start");
+    let series = format!(r#"sluice_auth_jwks_keys{{uri="{uri}"}}"#);
+    assert_eq!(sluice.metric(&series).await, Some(3.0));
+
+    // The server fails: the last good set stays in use.
+    *served.lock().unwrap() = (500, "oops".into());
+    let before = fetches.load(Ordering::SeqCst);
+    assert_eq!(
+        status_with(second_key()).await,
+        401,
+        "rsa-2 is not known yet"
+    );
+    let errors = format!(r#"sluice_auth_jwks_refresh_errors_total{{uri="{uri}"}}"#);
+    sluice
+        .eventually(Duration::from_secs(5), "a failed refresh", || async {
+            sluice.metric(&errors).await.unwrap_or(0.0) >= 1.0
+        })
+        .await;
+    assert!(
+        fetches.load(Ordering::SeqCst) > before,
+        "the unknown kid asked for a refresh"
+    );
+    assert_eq!(status_with(first_key()).await, 200, "last good keys kept");
+
+    // The server rotates to rsa-2: the retry picks it up, no restart.
+    *served.lock().unwrap() = (200, JWKS_OTHER.to_owned());
+    let took = sluice
+        .eventually(Duration::from_secs(10), "the rotated key set", || async {
+            status_with(second_key()).await == 200
+        })
+        .await;
+    println!("jwksUri: rotated key accepted {took:?} after the server changed");
+    assert_eq!(status_with(first_key()).await, 401, "the old key is gone");
+    assert!(
+        server
+            .server_names()
+            .iter()
+            .all(|name| name.is_empty() || name == "127.0.0.1")
+    );
+}

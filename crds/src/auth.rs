@@ -143,14 +143,21 @@ pub struct JwtAuth {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^https://\S+$"), length(max = 2048))]
     pub jwks_uri: Option<String>,
+    /// A Secret whose key `ca.crt` holds the CA certificates (PEM) the `jwksUri` server's
+    /// certificate must chain to; without it, the public web roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_ca_secret_ref: Option<SecretRef>,
     /// Signature algorithms accepted; `none` and HMAC never are.
     #[serde(default = "default_algorithms")]
     #[schemars(length(min = 1, max = 8))]
     pub algorithms: Vec<JwtAlgorithm>,
-    /// Claims copied to request headers upstream (`sub: X-User`).
+    /// Claims copied to request headers upstream (`sub: X-User`). Client-sent headers of
+    /// these names are always removed. Arrays are joined with commas; objects are left out.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub claims_to_headers: BTreeMap<String, String>,
-    /// Refuse tokens whose `jti` is in a Redis set (needs `--redis-url`).
+    #[schemars(extend("maxProperties" = 32))]
+    pub claims_to_headers: BTreeMap<String, HeaderName>,
+    /// Refuse tokens whose `jti` is in the Redis set `sluice:auth:{NAMESPACE/NAME}:revoked-jti`
+    /// (needs `--redis-url`; tokens without a `jti` are then refused too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revocation_list: Option<RevocationList>,
 }

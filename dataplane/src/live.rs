@@ -12,6 +12,8 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use crate::auth::AuthContext;
+use crate::auth::jwks::{RemoteJwks, RemoteKeySets};
 use crate::balance::{BackendBalancer, BalancerClock, HealthConfig};
 use crate::metrics::{
     AuthCounters, BackendLabels, Metrics, RouteLabels, RouteSeries, TlsCertificateLabels,
@@ -37,6 +39,9 @@ pub struct LiveState {
     /// The counters of every rate-limit policy some route uses.
     limiters: HashMap<ObjectRef, Arc<PolicyLimiter>>,
     auth_counters: HashMap<ObjectRef, Arc<AuthCounters>>,
+    /// The key sets fetched for the routes' `jwksUri`s, each refreshed in the background.
+    remote_keys: Arc<RemoteKeySets>,
+    redis: Option<SharedRedis>,
     /// The upstream TLS configurations the routes need, built off the request path.
     pub upstreams: Arc<UpstreamTable>,
 }
@@ -100,6 +105,12 @@ impl LiveState {
             }
             _ => build_auth_counters(&snapshot.routes, settings),
         };
+        let remote_keys = match previous {
+            Some(previous) if Arc::ptr_eq(&previous.snapshot.routes, &snapshot.routes) => {
+                Arc::clone(&previous.remote_keys)
+            }
+            _ => Arc::new(build_remote_keys(&snapshot.routes, previous, settings)),
+        };
         let upstreams = match previous {
             Some(previous) if Arc::ptr_eq(&previous.snapshot.routes, &snapshot.routes) => {
                 Arc::clone(&previous.upstreams)
@@ -116,6 +127,8 @@ impl LiveState {
             route_series,
             limiters,
             auth_counters,
+            remote_keys,
+            redis: settings.redis.clone(),
             upstreams,
         }
     }
@@ -127,6 +140,14 @@ impl LiveState {
 
     pub fn auth_counters(&self, policy: &ObjectRef) -> Option<&Arc<AuthCounters>> {
         self.auth_counters.get(policy)
+    }
+
+    /// What Auth checks need besides the request.
+    pub fn auth_context(&self) -> AuthContext<'_> {
+        AuthContext {
+            remote_keys: Some(&self.remote_keys),
+            redis: self.redis.as_deref(),
+        }
     }
 
     pub fn balancer(&self, key: &BackendKey) -> Option<&Arc<BackendBalancer>> {
@@ -197,6 +218,37 @@ fn build_auth_counters(
             (policy.name.clone(), Arc::new(counters))
         })
         .collect()
+}
+
+/// A fetcher for every `jwksUri` the routes name: the previous state's when it had one for
+/// the same endpoint (its keys and schedule carry over), else a new one.
+fn build_remote_keys(
+    routes: &RouteTable,
+    previous: Option<&LiveState>,
+    settings: &LiveSettings,
+) -> RemoteKeySets {
+    let mut remote = RemoteKeySets::new();
+    let endpoints = routes
+        .targets()
+        .filter_map(|target| target.policies.as_deref()?.auth.as_ref()?.jwt.as_ref())
+        .filter_map(|rules| rules.remote.as_ref());
+    for endpoint in endpoints {
+        if remote.contains_key(endpoint) {
+            continue;
+        }
+        let kept = previous.and_then(|previous| previous.remote_keys.get(endpoint));
+        let fetcher = match kept {
+            Some(old) => Arc::clone(old),
+            None if tokio::runtime::Handle::try_current().is_ok() => RemoteJwks::start(
+                endpoint.clone(),
+                settings.metrics.jwks_counters(&endpoint.uri),
+            ),
+            // No runtime to fetch in (a state built outside one): tokens for it fail.
+            None => continue,
+        };
+        remote.insert(endpoint.clone(), fetcher);
+    }
+    remote
 }
 
 /// Problems found by the controller, one line each (`Ingress shop/web: …`).

@@ -61,6 +61,12 @@ pub struct AuthLabels {
     pub result: AuthResult,
 }
 
+/// A `jwksUri`, for the fetches of its key set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct JwksLabels {
+    pub uri: String,
+}
+
 /// An Auth policy's counters, one per (method, result) pair, each registered on first use
 /// (most pairs never happen: `ip` is never `unauthorized`), so a request touches no label
 /// map.
@@ -358,6 +364,9 @@ pub struct Metrics {
     pub endpoints: Family<BackendLabels, Gauge>,
     pub rate_limit_decisions: Family<RateLimitLabels, Counter>,
     pub auth_decisions: Family<AuthLabels, Counter>,
+    pub auth_jwks_refreshes: Family<JwksLabels, Counter>,
+    pub auth_jwks_refresh_errors: Family<JwksLabels, Counter>,
+    pub auth_jwks_keys: Family<JwksLabels, Gauge>,
     pub rate_limit_redis_seconds: Histogram,
     pub active_connections: Gauge,
     pub tls_handshakes: Family<TlsHandshakeLabels, Counter>,
@@ -425,6 +434,24 @@ impl Metrics {
             "auth_decisions",
             "Requests checked by an Auth policy, by policy, deciding method and result",
             auth_decisions.clone(),
+        );
+        let auth_jwks_refreshes = Family::<JwksLabels, Counter>::default();
+        registry.register(
+            "auth_jwks_refreshes",
+            "Successful fetches of a jwksUri",
+            auth_jwks_refreshes.clone(),
+        );
+        let auth_jwks_refresh_errors = Family::<JwksLabels, Counter>::default();
+        registry.register(
+            "auth_jwks_refresh_errors",
+            "Failed fetches of a jwksUri (the last good key set stays in use)",
+            auth_jwks_refresh_errors.clone(),
+        );
+        let auth_jwks_keys = Family::<JwksLabels, Gauge>::default();
+        registry.register(
+            "auth_jwks_keys",
+            "Keys in the key set in use for a jwksUri (0 before the first good fetch)",
+            auth_jwks_keys.clone(),
         );
         let rate_limit_redis_seconds = apply_duration_histogram();
         registry.register(
@@ -507,6 +534,9 @@ impl Metrics {
             endpoints,
             rate_limit_decisions,
             auth_decisions,
+            auth_jwks_refreshes,
+            auth_jwks_refresh_errors,
+            auth_jwks_keys,
             rate_limit_redis_seconds,
             active_connections,
             tls_handshakes,
@@ -551,6 +581,18 @@ impl Metrics {
             namespace: policy.namespace.as_str().into(),
             policy: policy.name.as_str().into(),
             cells: Arc::new(std::array::from_fn(|_| OnceLock::new())),
+        }
+    }
+
+    /// The fetch counters of a `jwksUri`.
+    pub fn jwks_counters(&self, uri: &str) -> crate::auth::jwks::JwksCounters {
+        let labels = JwksLabels {
+            uri: uri.to_owned(),
+        };
+        crate::auth::jwks::JwksCounters {
+            refreshes: self.auth_jwks_refreshes.get_or_create(&labels).clone(),
+            errors: self.auth_jwks_refresh_errors.get_or_create(&labels).clone(),
+            keys: self.auth_jwks_keys.get_or_create(&labels).clone(),
         }
     }
 

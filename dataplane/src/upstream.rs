@@ -145,7 +145,7 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn client_config(tls: &UpstreamTls) -> Result<PreparedTls, String> {
+pub(crate) fn client_config(tls: &UpstreamTls) -> Result<PreparedTls, String> {
     let server_name = ServerName::try_from(tls.server_name.clone())
         .map_err(|_| format!("{:?} is not a DNS name or IP address", tls.server_name))?;
     let provider = provider();

@@ -110,9 +110,14 @@ pub fn tls_secret_yaml(namespace: &str, name: &str, cert_pem: &str, key_pem: &st
 
 /// A Secret holding a CA bundle under `ca.crt`.
 pub fn ca_secret_yaml(namespace: &str, name: &str, bundle_pem: &str) -> String {
+    opaque_secret_yaml(namespace, name, "ca.crt", bundle_pem)
+}
+
+/// An Opaque Secret holding `text` under `key`.
+pub fn opaque_secret_yaml(namespace: &str, name: &str, key: &str, text: &str) -> String {
     format!(
-        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}}}\ntype: Opaque\nstringData:\n  ca.crt: |\n{}",
-        indented(bundle_pem)
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}}}\ntype: Opaque\nstringData:\n  {key}: |\n{}",
+        indented(text)
     )
 }
 

@@ -35,6 +35,28 @@ impl TlsUpstream {
 /// and `http/1.1`. `/test.Echo/*` is the gRPC echo service; anything else answers
 /// `tls ok <protocol>`.
 pub async fn start_tls_upstream(ca: &TestCa, names: &[&str]) -> TlsUpstream {
+    serve_https(ca, names, |protocol, request| async move {
+        if request.uri().path().starts_with("/test.Echo/") {
+            return grpc::handle(request).await;
+        }
+        let text = format!("tls ok {protocol}");
+        hyper::Response::new(tonic::body::Body::new(Full::new(Bytes::from(text))))
+    })
+    .await
+}
+
+/// Serves HTTPS on 127.0.0.1 with a certificate for `names` (DNS names or IP addresses)
+/// from `ca`, offering ALPN `h2` and `http/1.1`; `answer` gets the negotiated protocol and
+/// the request.
+pub async fn serve_https<F, Fut>(ca: &TestCa, names: &[&str], answer: F) -> TlsUpstream
+where
+    F: Fn(&'static str, hyper::Request<hyper::body::Incoming>) -> Fut
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    Fut: Future<Output = hyper::Response<tonic::body::Body>> + Send + 'static,
+{
     let issued = ca.server(names);
     let chain = vec![issued.der.clone()];
     let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).expect("key PEM");
@@ -56,6 +78,7 @@ pub async fn start_tls_upstream(ca: &TestCa, names: &[&str]) -> TlsUpstream {
         while let Ok((stream, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
             let names_seen = Arc::clone(&names_seen);
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(stream).await else {
                     return;
@@ -69,17 +92,10 @@ pub async fn start_tls_upstream(ca: &TestCa, names: &[&str]) -> TlsUpstream {
                     Some(b"h2") => "h2",
                     _ => "http/1.1",
                 };
-                let service = service_fn(
-                    move |request: hyper::Request<hyper::body::Incoming>| async move {
-                        if request.uri().path().starts_with("/test.Echo/") {
-                            return Ok::<_, Infallible>(grpc::handle(request).await);
-                        }
-                        let text = format!("tls ok {protocol}");
-                        Ok(hyper::Response::new(tonic::body::Body::new(Full::new(
-                            Bytes::from(text),
-                        ))))
-                    },
-                );
+                let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let answer = answer.clone();
+                    async move { Ok::<_, Infallible>(answer(protocol, request).await) }
+                });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), service)
                     .await;

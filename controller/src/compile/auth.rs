@@ -4,15 +4,20 @@
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use sluice_crds::{Auth, Cidr, SecretRef};
+use sluice_crds::{Auth, Cidr, JwtAlgorithm, JwtAuth, SecretRef};
+use sluice_dataplane::auth::jwt::{Algorithm, JwksEndpoint, JwtRules, KeySet};
 use sluice_dataplane::auth::{ApiKeys, AuthPolicy, BasicCredentials, KeyLocation};
 use sluice_dataplane::snapshot::ObjectRef;
+use sluice_dataplane::upstream::parse_ca_bundle;
 
-use super::tls::{SecretIndex, secret_bytes};
+use super::tls::{CA_KEY, SecretIndex, secret_bytes};
 use crate::error::CompileError;
 
 /// The htpasswd key of a Basic-auth Secret (ingress-nginx's name for it).
 const HTPASSWD_KEY: &str = "auth";
+
+/// The key set of a JWT Secret.
+const JWKS_KEY: &str = "jwks.json";
 
 /// The last policy each Auth compiled to, with the spec it came from: when a Secret it reads
 /// goes bad (but still exists) and the spec is unchanged, that policy keeps being enforced.
@@ -27,8 +32,9 @@ pub(crate) fn compile_auth_or_last_good(
     name: &ObjectRef,
     secrets: &SecretIndex<'_>,
     last_good: &LastGoodAuths,
+    redis_configured: bool,
 ) -> (Option<AuthPolicy>, Vec<CompileError>) {
-    match compile_auth(object, name, secrets) {
+    match compile_auth(object, name, secrets, redis_configured) {
         Ok(policy) => (Some(policy), Vec::new()),
         Err(mut errors) => {
             let only_bad_secrets = errors
@@ -59,6 +65,7 @@ pub(crate) fn compile_auth(
     object: &Auth,
     name: &ObjectRef,
     secrets: &SecretIndex<'_>,
+    redis_configured: bool,
 ) -> Result<AuthPolicy, Vec<CompileError>> {
     let spec = &object.spec;
     let mut errors = Vec::new();
@@ -162,14 +169,19 @@ pub(crate) fn compile_auth(
             .ok()
     });
 
+    let realm = spec
+        .basic
+        .as_ref()
+        .and_then(|basic| basic.realm.clone())
+        .unwrap_or_else(|| name.name.clone());
+    let jwt = spec.jwt.as_ref().and_then(|jwt| {
+        compile_jwt(jwt, name, &realm, secrets, redis_configured)
+            .map(Arc::new)
+            .map_err(|mut found| errors.append(&mut found))
+            .ok()
+    });
     // Not in this version yet: refused, so a policy is never accepted without enforcing
     // what it says.
-    if spec.jwt.is_some() {
-        errors.push(invalid(
-            "spec.jwt",
-            "not supported by this version of Sluice yet".into(),
-        ));
-    }
     if spec.forward.is_some() {
         errors.push(invalid(
             "spec.forward",
@@ -197,6 +209,7 @@ pub(crate) fn compile_auth(
         ip_allow,
         basic,
         api_key,
+        jwt,
         require_all: spec.require == sluice_crds::Require::All,
         strip_credentials: spec.strip_credentials,
     })
@@ -235,6 +248,28 @@ fn unmapped(network: IpNet) -> IpNet {
     network
 }
 
+/// The bytes under `key` of a Secret in `namespace`.
+fn secret_value<'s>(
+    reference: &SecretRef,
+    namespace: &str,
+    field: &str,
+    key: &str,
+    secrets: &SecretIndex<'s>,
+) -> Result<&'s [u8], CompileError> {
+    let secret = secrets.get(namespace, &reference.name).ok_or_else(|| {
+        CompileError::PolicySecretNotFound {
+            field: field.to_owned(),
+            secret: reference.name.clone(),
+        }
+    })?;
+    secret_bytes(secret, key).ok_or_else(|| CompileError::InvalidPolicySecret {
+        field: field.to_owned(),
+        secret: reference.name.clone(),
+        why: format!("it has no key {key:?}"),
+        serving_last_good: false,
+    })
+}
+
 /// The UTF-8 text under `key` of a Secret in `namespace`.
 fn secret_text(
     reference: &SecretRef,
@@ -243,23 +278,180 @@ fn secret_text(
     key: &str,
     secrets: &SecretIndex<'_>,
 ) -> Result<String, CompileError> {
-    let secret = secrets.get(namespace, &reference.name).ok_or_else(|| {
-        CompileError::PolicySecretNotFound {
-            field: field.to_owned(),
-            secret: reference.name.clone(),
-        }
-    })?;
-    let bytes = secret_bytes(secret, key).ok_or_else(|| CompileError::InvalidPolicySecret {
-        field: field.to_owned(),
-        secret: reference.name.clone(),
-        why: format!("it has no key {key:?}"),
-        serving_last_good: false,
-    })?;
+    let bytes = secret_value(reference, namespace, field, key, secrets)?;
     String::from_utf8(bytes.to_vec()).map_err(|_| CompileError::InvalidPolicySecret {
         field: field.to_owned(),
         secret: reference.name.clone(),
         why: format!("key {key:?} is not UTF-8 text"),
         serving_last_good: false,
+    })
+}
+
+/// Request headers a claim may not be copied into: hop-by-hop headers, framing, routing and
+/// the credentials themselves.
+const RESERVED_HEADERS: &[&str] = &[
+    "authorization",
+    "connection",
+    "content-length",
+    "cookie",
+    "host",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Validates `spec.jwt` and loads the Secret's key set and the `jwksUri`'s CA.
+fn compile_jwt(
+    jwt: &JwtAuth,
+    name: &ObjectRef,
+    realm: &str,
+    secrets: &SecretIndex<'_>,
+    redis_configured: bool,
+) -> Result<JwtRules, Vec<CompileError>> {
+    let mut errors = Vec::new();
+    let invalid = |field: &str, why: String| CompileError::InvalidPolicy {
+        field: field.to_owned(),
+        why,
+    };
+    if jwt.issuer.trim().is_empty() {
+        errors.push(invalid("spec.jwt.issuer", "must not be empty".into()));
+    }
+    if jwt.audiences.is_empty() || jwt.audiences.iter().any(|audience| audience.is_empty()) {
+        errors.push(invalid(
+            "spec.jwt.audiences",
+            "at least one, none empty".into(),
+        ));
+    }
+    let mut algorithms = Vec::new();
+    for algorithm in &jwt.algorithms {
+        let algorithm = match algorithm {
+            JwtAlgorithm::RS256 => Algorithm::RS256,
+            JwtAlgorithm::RS384 => Algorithm::RS384,
+            JwtAlgorithm::RS512 => Algorithm::RS512,
+            JwtAlgorithm::PS256 => Algorithm::PS256,
+            JwtAlgorithm::PS384 => Algorithm::PS384,
+            JwtAlgorithm::PS512 => Algorithm::PS512,
+            JwtAlgorithm::ES256 => Algorithm::ES256,
+            JwtAlgorithm::ES384 => Algorithm::ES384,
+            JwtAlgorithm::EdDSA => Algorithm::EdDSA,
+        };
+        if !algorithms.contains(&algorithm) {
+            algorithms.push(algorithm);
+        }
+    }
+    if algorithms.is_empty() {
+        errors.push(invalid(
+            "spec.jwt.algorithms",
+            "at least one algorithm".into(),
+        ));
+    }
+
+    let mut claims_to_headers = Vec::new();
+    for (claim, header) in &jwt.claims_to_headers {
+        let field = format!("spec.jwt.claimsToHeaders.{claim}");
+        match http::HeaderName::from_bytes(header.0.as_bytes()) {
+            Err(_) => errors.push(invalid(
+                &field,
+                format!("{:?} is not a header name", header.0),
+            )),
+            Ok(header) if RESERVED_HEADERS.contains(&header.as_str()) => errors.push(invalid(
+                &field,
+                format!("{header} cannot be set from a claim"),
+            )),
+            Ok(header) if claims_to_headers.iter().any(|(_, taken)| *taken == header) => {
+                errors.push(invalid(&field, format!("{header} is set by another claim")))
+            }
+            Ok(_) if claim.is_empty() => errors.push(invalid(&field, "empty claim name".into())),
+            Ok(header) => claims_to_headers.push((claim.clone(), header)),
+        }
+    }
+
+    let revocation = jwt.revocation_list.is_some();
+    if revocation && !redis_configured {
+        errors.push(invalid(
+            "spec.jwt.revocationList",
+            "redis needs Sluice to run with --redis-url".into(),
+        ));
+    }
+
+    let keys = jwt.jwks_secret_ref.as_ref().and_then(|reference| {
+        let field = "spec.jwt.jwksSecretRef";
+        let document = secret_value(reference, &name.namespace, field, JWKS_KEY, secrets)
+            .map_err(|error| errors.push(error))
+            .ok()?;
+        KeySet::parse(document)
+            .map(Arc::new)
+            .map_err(|error| {
+                errors.push(CompileError::InvalidPolicySecret {
+                    field: field.to_owned(),
+                    secret: reference.name.clone(),
+                    why: format!("key {JWKS_KEY:?}: {error}"),
+                    serving_last_good: false,
+                })
+            })
+            .ok()
+    });
+
+    let remote = jwt.jwks_uri.as_ref().and_then(|uri| {
+        let field = "spec.jwt.jwksUri";
+        let parsed = uri.parse::<http::Uri>().ok().filter(|parsed| {
+            parsed.scheme_str() == Some("https") && parsed.host().is_some_and(|h| !h.is_empty())
+        });
+        if parsed.is_none() {
+            errors.push(invalid(field, format!("{uri:?} is not an https:// URL")));
+            return None;
+        }
+        let ca = match &jwt.jwks_ca_secret_ref {
+            None => None,
+            Some(reference) => {
+                let field = "spec.jwt.jwksCaSecretRef";
+                let pem = secret_value(reference, &name.namespace, field, CA_KEY, secrets)
+                    .map_err(|error| errors.push(error))
+                    .ok()?;
+                match parse_ca_bundle(pem) {
+                    Ok(certificates) => Some(Arc::from(certificates)),
+                    Err(error) => {
+                        errors.push(CompileError::InvalidPolicySecret {
+                            field: field.to_owned(),
+                            secret: reference.name.clone(),
+                            why: format!("key {CA_KEY:?}: {error}"),
+                            serving_last_good: false,
+                        });
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(JwksEndpoint {
+            uri: uri.clone(),
+            ca,
+        })
+    });
+    if jwt.jwks_ca_secret_ref.is_some() && jwt.jwks_uri.is_none() {
+        errors.push(invalid(
+            "spec.jwt.jwksCaSecretRef",
+            "only applies with jwksUri".into(),
+        ));
+    }
+    if jwt.jwks_secret_ref.is_none() && jwt.jwks_uri.is_none() {
+        errors.push(invalid("spec.jwt", "needs jwksSecretRef or jwksUri".into()));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(JwtRules {
+        issuer: jwt.issuer.clone(),
+        audiences: jwt.audiences.clone(),
+        algorithms,
+        claims_to_headers,
+        revocation,
+        keys,
+        remote,
+        realm: realm.to_owned(),
     })
 }
 
@@ -302,7 +494,12 @@ mod tests {
         secrets: &[Secret],
     ) -> Result<AuthPolicy, Vec<CompileError>> {
         let index = SecretIndex::new(secrets.iter());
-        compile_auth(&auth(spec), &ObjectRef::new("shop", "members"), &index)
+        compile_auth(
+            &auth(spec),
+            &ObjectRef::new("shop", "members"),
+            &index,
+            true,
+        )
     }
 
     #[test]
@@ -349,7 +546,8 @@ mod tests {
                 "basic": {"secretRef": {"name": "missing"}},
                 "apiKey": {"query": "api_key", "secretRef": {"name": "plain"}},
                 "ipAllow": ["10.0.0.0/33"],
-                "jwt": {"issuer": "https://issuer.example", "audiences": ["shop"], "jwksUri": "https://issuer.example/jwks"},
+                "jwt": {"issuer": " ", "audiences": ["shop"], "jwksUri": "https://issuer.example/jwks",
+                        "claimsToHeaders": {"sub": "Host"}},
             }),
             &[secret("plain", &[("ci", "")])],
         )
@@ -360,7 +558,8 @@ mod tests {
             "spec.ipAllow[0]",
             "spec.basic.secretRef",
             "spec.apiKey.secretRef",
-            "spec.jwt",
+            "spec.jwt.issuer",
+            "spec.jwt.claimsToHeaders.sub",
         ] {
             assert!(joined.contains(wanted), "{wanted} in {joined}");
         }
@@ -392,7 +591,7 @@ mod tests {
         let good = [secret("htpasswd", &[("auth", &format!("ada:{hash}"))])];
         let index = SecretIndex::new(good.iter());
         let (policy, errors) =
-            compile_auth_or_last_good(&object, &name, &index, &LastGoodAuths::new());
+            compile_auth_or_last_good(&object, &name, &index, &LastGoodAuths::new(), true);
         assert!(errors.is_empty());
         let policy = Arc::new(policy.unwrap());
         let last_good =
@@ -401,7 +600,7 @@ mod tests {
         // Edited to plain text: still enforced with ada's bcrypt hash, and reported.
         let bad = [secret("htpasswd", &[("auth", "ada:hunter2")])];
         let index = SecretIndex::new(bad.iter());
-        let (kept, errors) = compile_auth_or_last_good(&object, &name, &index, &last_good);
+        let (kept, errors) = compile_auth_or_last_good(&object, &name, &index, &last_good, true);
         assert_eq!(kept.as_ref(), Some(policy.as_ref()));
         assert!(
             errors[0]
@@ -412,12 +611,12 @@ mod tests {
 
         // The spec changed meanwhile: the old credentials no longer describe it.
         let changed = auth(json!({"basic": {"secretRef": {"name": "htpasswd"}, "realm": "new"}}));
-        let (none, _) = compile_auth_or_last_good(&changed, &name, &index, &last_good);
+        let (none, _) = compile_auth_or_last_good(&changed, &name, &index, &last_good, true);
         assert!(none.is_none());
 
         // Deleted: withdrawn, so the routes fail closed (503).
         let index = SecretIndex::new(std::iter::empty());
-        let (none, errors) = compile_auth_or_last_good(&object, &name, &index, &last_good);
+        let (none, errors) = compile_auth_or_last_good(&object, &name, &index, &last_good, true);
         assert!(none.is_none());
         assert_eq!(errors[0].reason(), "SecretNotFound");
     }
@@ -432,5 +631,157 @@ mod tests {
         .unwrap();
         assert_eq!(policy.basic.unwrap().realm, "members");
         assert!(!policy.strip_credentials);
+    }
+
+    const JWKS: &str = include_str!("../../../dataplane/src/auth/testdata/jwks.json");
+
+    #[test]
+    fn jwt_rules_load_their_key_set_and_refuse_what_they_cannot_enforce() {
+        let spec = |extra: serde_json::Value| {
+            let mut jwt = json!({
+                "issuer": "https://issuer.example",
+                "audiences": ["shop"],
+                "jwksSecretRef": {"name": "jwks"},
+                "algorithms": ["RS256", "ES256", "RS256"],
+                "claimsToHeaders": {"sub": "X-User", "scope": "x-scope"},
+            });
+            for (key, value) in extra.as_object().unwrap() {
+                jwt[key] = value.clone();
+            }
+            json!({ "jwt": jwt })
+        };
+        let jwks = secret("jwks", &[("jwks.json", JWKS)]);
+        let policy = compile(spec(json!({})), std::slice::from_ref(&jwks)).unwrap();
+        let rules = policy.jwt.as_ref().unwrap();
+        assert_eq!(rules.algorithms, [Algorithm::RS256, Algorithm::ES256]);
+        assert_eq!(rules.keys.as_ref().unwrap().len(), 3);
+        assert_eq!(
+            rules.claims_to_headers,
+            [
+                ("scope".to_owned(), http::HeaderName::from_static("x-scope")),
+                ("sub".to_owned(), http::HeaderName::from_static("x-user")),
+            ]
+        );
+        assert_eq!(rules.realm, "members");
+        assert!(!rules.revocation);
+        assert!(rules.remote.is_none());
+
+        let problems = |spec: serde_json::Value, secrets: &[Secret], redis: bool| {
+            let index = SecretIndex::new(secrets.iter());
+            let errors = compile_auth(
+                &auth(spec),
+                &ObjectRef::new("shop", "members"),
+                &index,
+                redis,
+            )
+            .unwrap_err();
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let cases = [
+            (
+                spec(json!({"revocationList": "redis"})),
+                false,
+                "spec.jwt.revocationList: redis needs Sluice to run with --redis-url",
+            ),
+            (
+                spec(json!({"claimsToHeaders": {"sub": "X-User", "name": "x-user"}})),
+                true,
+                "is set by another claim",
+            ),
+            (
+                spec(json!({"claimsToHeaders": {"sub": "Authorization"}})),
+                true,
+                "authorization cannot be set from a claim",
+            ),
+            (
+                spec(json!({"jwksCaSecretRef": {"name": "ca"}})),
+                true,
+                "spec.jwt.jwksCaSecretRef: only applies with jwksUri",
+            ),
+            (
+                spec(json!({"jwksSecretRef": null, "jwksUri": "http://issuer.example/keys"})),
+                true,
+                "spec.jwt.jwksUri: \"http://issuer.example/keys\" is not an https:// URL",
+            ),
+            (
+                spec(
+                    json!({"jwksUri": "https://issuer.example/keys", "jwksCaSecretRef": {"name": "missing-ca"}}),
+                ),
+                true,
+                "spec.jwt.jwksCaSecretRef: Secret \"missing-ca\" does not exist",
+            ),
+        ];
+        for (spec, redis, wanted) in cases {
+            let text = problems(spec, std::slice::from_ref(&jwks), redis);
+            assert!(text.contains(wanted), "{wanted:?} in {text}");
+        }
+        // A key set that is not one, or holds only an HMAC secret, is the Secret's problem.
+        for (document, wanted) in [
+            ("[]", "not a JSON Web Key Set"),
+            (
+                r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#,
+                "no public signing key",
+            ),
+        ] {
+            let text = problems(
+                spec(json!({})),
+                &[secret("jwks", &[("jwks.json", document)])],
+                true,
+            );
+            assert!(
+                text.contains("spec.jwt.jwksSecretRef") && text.contains(wanted),
+                "{wanted:?} in {text}"
+            );
+            assert!(!text.contains("c2VjcmV0"), "key material stays out: {text}");
+        }
+        // The remote form, with a CA for its server.
+        let ca = rcgen::generate_simple_self_signed(vec!["issuer.example".to_owned()]).unwrap();
+        let remote = compile(
+            spec(
+                json!({"jwksSecretRef": null, "jwksUri": "https://issuer.example/keys",
+                        "jwksCaSecretRef": {"name": "ca"}}),
+            ),
+            &[secret("ca", &[("ca.crt", &ca.cert.pem())])],
+        )
+        .unwrap();
+        let endpoint = remote.jwt.as_ref().unwrap().remote.clone().unwrap();
+        assert_eq!(endpoint.uri, "https://issuer.example/keys");
+        assert_eq!(endpoint.ca.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_jwks_secret_gone_bad_keeps_the_last_good_key_set() {
+        let object = auth(json!({"jwt": {
+            "issuer": "https://issuer.example", "audiences": ["shop"],
+            "jwksSecretRef": {"name": "jwks"},
+        }}));
+        let name = ObjectRef::new("shop", "members");
+        let good = [secret("jwks", &[("jwks.json", JWKS)])];
+        let index = SecretIndex::new(good.iter());
+        let (policy, errors) =
+            compile_auth_or_last_good(&object, &name, &index, &LastGoodAuths::new(), true);
+        assert!(errors.is_empty(), "{errors:?}");
+        let policy = Arc::new(policy.unwrap());
+        let last_good: LastGoodAuths = [(name.clone(), (object.spec.clone(), Arc::clone(&policy)))]
+            .into_iter()
+            .collect();
+        let broken = [secret("jwks", &[("jwks.json", "{")])];
+        let index = SecretIndex::new(broken.iter());
+        let (kept, errors) = compile_auth_or_last_good(&object, &name, &index, &last_good, true);
+        assert_eq!(kept.as_ref(), Some(policy.as_ref()));
+        assert!(
+            errors.iter().any(|error| matches!(
+                error,
+                CompileError::InvalidPolicySecret {
+                    serving_last_good: true,
+                    ..
+                }
+            )),
+            "{errors:?}"
+        );
     }
 }

@@ -108,7 +108,15 @@ impl PolicyIndex {
             auths: compile_each(
                 auths,
                 ObjectKind::Auth,
-                |object, name| compile_auth_or_last_good(object, name, secrets, last_good_auths),
+                |object, name| {
+                    compile_auth_or_last_good(
+                        object,
+                        name,
+                        secrets,
+                        last_good_auths,
+                        redis_configured,
+                    )
+                },
                 errors_of,
             ),
         }

@@ -6,6 +6,8 @@
 
 mod api_key;
 mod basic;
+pub mod jwks;
+pub mod jwt;
 
 use std::sync::Arc;
 
@@ -17,8 +19,12 @@ pub use api_key::{ApiKeys, KeyLocation};
 use basic::BasicVerdict;
 pub use basic::{BasicCredentials, MAX_PASSWORD_BYTES, PasswordHash};
 
+use jwks::RemoteKeySets;
+use jwt::{JwtRules, TokenVerdict};
+
 pub use crate::metrics::{AuthMethodLabel, AuthResult};
 use crate::ratelimit::RequestView;
+use crate::ratelimit::redis::RedisBackend;
 use crate::snapshot::ObjectRef;
 
 /// A problem with credential material, found when a policy is built.
@@ -54,6 +60,7 @@ pub struct AuthPolicy {
     pub ip_allow: Vec<IpNet>,
     pub basic: Option<Arc<BasicCredentials>>,
     pub api_key: Option<Arc<ApiKeys>>,
+    pub jwt: Option<Arc<JwtRules>>,
     /// Every credential method must succeed (else one is enough).
     pub require_all: bool,
     pub strip_credentials: bool,
@@ -99,6 +106,14 @@ impl AuthDecision {
     }
 }
 
+/// What a check may need besides the request and the policy: the key sets fetched from
+/// `jwksUri`s, and Redis (revoked token ids).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuthContext<'a> {
+    pub remote_keys: Option<&'a RemoteKeySets>,
+    pub redis: Option<&'a RedisBackend>,
+}
+
 /// What one credential method says of a request.
 enum MethodVerdict {
     Passed(Vec<UpstreamHeader>),
@@ -118,13 +133,19 @@ impl AuthPolicy {
     fn methods(&self) -> impl Iterator<Item = AuthMethodLabel> {
         [
             (self.api_key.is_some(), AuthMethodLabel::api_key),
+            (self.jwt.is_some(), AuthMethodLabel::jwt),
             (self.basic.is_some(), AuthMethodLabel::basic),
         ]
         .into_iter()
         .filter_map(|(present, method)| present.then_some(method))
     }
 
-    async fn check(&self, method: AuthMethodLabel, request: &RequestView<'_>) -> MethodVerdict {
+    async fn check(
+        &self,
+        method: AuthMethodLabel,
+        request: &RequestView<'_>,
+        context: &AuthContext<'_>,
+    ) -> MethodVerdict {
         let failed = |carried| MethodVerdict::Failed {
             carried,
             challenge: None,
@@ -151,16 +172,80 @@ impl AuthPolicy {
                     BasicVerdict::Failed => failed(request.headers.contains_key(AUTHORIZATION)),
                 }
             }
-            AuthMethodLabel::ip
-            | AuthMethodLabel::jwt
-            | AuthMethodLabel::forward
-            | AuthMethodLabel::none => failed(false),
+            AuthMethodLabel::jwt => match &self.jwt {
+                Some(rules) => self.check_jwt(rules, request, context).await,
+                None => failed(false),
+            },
+            AuthMethodLabel::ip | AuthMethodLabel::forward | AuthMethodLabel::none => failed(false),
+        }
+    }
+
+    async fn check_jwt(
+        &self,
+        rules: &JwtRules,
+        request: &RequestView<'_>,
+        context: &AuthContext<'_>,
+    ) -> MethodVerdict {
+        let invalid = || MethodVerdict::Failed {
+            carried: true,
+            challenge: rules.challenge(true),
+        };
+        let token = match jwt::bearer_token(request.headers) {
+            Ok(Some(token)) => token,
+            Ok(None) => {
+                return MethodVerdict::Failed {
+                    carried: false,
+                    challenge: None,
+                };
+            }
+            Err(()) => return invalid(),
+        };
+        let remote = rules
+            .remote
+            .as_ref()
+            .and_then(|endpoint| context.remote_keys?.get(endpoint));
+        let fetched = remote.and_then(|remote| remote.keys());
+        match rules.verify(token, &rules.key_sets(fetched.as_deref())) {
+            TokenVerdict::Invalid { unknown_key } => {
+                if unknown_key && let Some(remote) = remote {
+                    remote.refresh_soon();
+                }
+                invalid()
+            }
+            TokenVerdict::Valid { claims, jti } => {
+                if rules.revocation {
+                    // A token that cannot be revoked is not accepted where revocation is
+                    // asked for.
+                    let Some(jti) = jti else {
+                        return invalid();
+                    };
+                    let unavailable = MethodVerdict::Decided(AuthDecision::Unavailable {
+                        method: AuthMethodLabel::jwt,
+                    });
+                    let Some(redis) = context.redis else {
+                        return unavailable;
+                    };
+                    match redis
+                        .is_member(&jwt::revocation_key(&self.name), &jti)
+                        .await
+                    {
+                        Ok(false) => {}
+                        Ok(true) => return invalid(),
+                        Err(_) => return unavailable,
+                    }
+                }
+                MethodVerdict::Passed(rules.claim_headers(&claims))
+            }
         }
     }
 
     /// Decides one request; `request.client_ip` is the client address as
     /// `--trusted-proxies` resolved it.
-    pub async fn authorize(&self, request: &RequestView<'_>) -> AuthDecision {
+    pub async fn authorize(
+        &self,
+        request: &RequestView<'_>,
+        context: &AuthContext<'_>,
+    ) -> AuthDecision {
         let client = request.client_ip;
         if self.ip_deny.iter().any(|network| network.contains(&client))
             || (!self.ip_allow.is_empty()
@@ -180,7 +265,7 @@ impl AuthPolicy {
         let mut failed = AuthMethodLabel::none;
         let mut challenges = Vec::new();
         for method in self.methods() {
-            match self.check(method, request).await {
+            match self.check(method, request, context).await {
                 MethodVerdict::Passed(set) => {
                     headers.extend(set);
                     passed_by.get_or_insert(method);
@@ -233,6 +318,7 @@ impl AuthPolicy {
                 }
                 let text = match each {
                     AuthMethodLabel::basic => self.basic.as_ref()?.challenge(),
+                    AuthMethodLabel::jwt => return self.jwt.as_ref()?.challenge(false),
                     AuthMethodLabel::api_key => match &self.api_key.as_ref()?.location {
                         KeyLocation::Header(name) => format!("ApiKey header=\"{name}\""),
                         KeyLocation::Query(parameter) => format!("ApiKey query=\"{parameter}\""),
@@ -271,8 +357,19 @@ impl AuthPolicy {
     /// checked them.
     pub fn strip(&self, headers: &mut HeaderMap, passed: AuthMethodLabel) {
         let keep = |method| !self.strip_credentials && passed == method;
-        if self.basic.is_some() && !keep(AuthMethodLabel::basic) {
+        // Basic and bearer credentials share the header; only one value is ever accepted.
+        if (self.basic.is_some() || self.jwt.is_some())
+            && !keep(AuthMethodLabel::basic)
+            && !keep(AuthMethodLabel::jwt)
+        {
             headers.remove(AUTHORIZATION);
+        }
+        // Identity headers are Sluice's to set: a client's copies never pass, whichever
+        // method let the request through.
+        if let Some(rules) = &self.jwt {
+            for (_, name) in &rules.claims_to_headers {
+                headers.remove(name);
+            }
         }
         if let Some(keys) = &self.api_key
             && let KeyLocation::Header(name) = &keys.location
@@ -307,6 +404,7 @@ mod tests {
             ip_allow: Vec::new(),
             basic: None,
             api_key: None,
+            jwt: None,
             require_all: false,
             strip_credentials: true,
         }
@@ -327,7 +425,7 @@ mod tests {
                 method: &http::Method::GET,
                 headers,
             };
-            self.authorize(&request).await
+            self.authorize(&request, &AuthContext::default()).await
         }
     }
 
@@ -597,6 +695,82 @@ mod tests {
         assert!(!allowed(all.decide(CLIENT, &only_basic, None).await));
         match all.decide(CLIENT, &only_key, None).await {
             AuthDecision::Unauthorized { challenges, .. } => assert_eq!(challenges.len(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn claim_headers_are_sluices_to_set_whichever_method_passes() {
+        use jwt::testing::{JWKS, good_claims, sign};
+        let rules = JwtRules {
+            issuer: jwt::testing::ISSUER.into(),
+            audiences: vec!["shop".into()],
+            algorithms: vec![jwt::Algorithm::RS256],
+            claims_to_headers: vec![("sub".into(), HeaderName::from_static("x-user"))],
+            revocation: false,
+            keys: Some(Arc::new(jwt::KeySet::parse(JWKS).unwrap())),
+            remote: None,
+            realm: "shop".into(),
+        };
+        let policy = AuthPolicy {
+            jwt: Some(Arc::new(rules)),
+            api_key: Some(Arc::new(
+                ApiKeys::new(
+                    KeyLocation::Header(HeaderName::from_static("x-api-key")),
+                    [b"key".as_slice()],
+                )
+                .unwrap(),
+            )),
+            ..open_policy()
+        };
+        let token = sign(jwt::Algorithm::RS256, "rsa-1", &good_claims());
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        headers.insert("x-user", HeaderValue::from_static("mallory"));
+        match policy.decide(CLIENT, &headers, None).await {
+            AuthDecision::Allow { method, headers } => {
+                assert_eq!(method, AuthMethodLabel::jwt);
+                assert_eq!(
+                    headers,
+                    [(
+                        HeaderName::from_static("x-user"),
+                        HeaderValue::from_static("ada")
+                    )]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Through by API key: the client's X-User must not pass either.
+        let mut by_key = HeaderMap::new();
+        by_key.insert("x-api-key", HeaderValue::from_static("key"));
+        by_key.insert("x-user", HeaderValue::from_static("mallory"));
+        let decision = policy.decide(CLIENT, &by_key, None).await;
+        assert!(matches!(
+            decision,
+            AuthDecision::Allow {
+                method: AuthMethodLabel::api_key,
+                ..
+            }
+        ));
+        policy.strip(&mut by_key, AuthMethodLabel::api_key);
+        assert!(by_key.get("x-user").is_none());
+        // A bad token: the bearer challenge carries the error code, the key's stays plain.
+        let mut bad = HeaderMap::new();
+        bad.insert(AUTHORIZATION, HeaderValue::from_static("Bearer a.b.c"));
+        match policy.decide(CLIENT, &bad, None).await {
+            AuthDecision::Unauthorized { challenges, method } => {
+                assert_eq!(method, AuthMethodLabel::jwt);
+                assert_eq!(
+                    challenges,
+                    [
+                        HeaderValue::from_static(r#"ApiKey header="x-api-key""#),
+                        HeaderValue::from_static(r#"Bearer realm="shop", error="invalid_token""#),
+                    ]
+                );
+            }
             other => panic!("{other:?}"),
         }
     }

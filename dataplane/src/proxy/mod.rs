@@ -811,7 +811,7 @@ async fn enforce_policies(
     let mut passed = None;
     let mut auth_headers = Vec::new();
     if let Some(auth) = &policies.auth {
-        let decision = auth.authorize(request).await;
+        let decision = auth.authorize(request, &live.auth_context()).await;
         if let Some(counters) = live.auth_counters(&auth.name) {
             let (method, result) = decision.outcome();
             counters.count(method, result);

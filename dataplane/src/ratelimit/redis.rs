@@ -172,7 +172,9 @@ impl RedisBackend {
     fn succeeded(&self) {
         self.consecutive_failures.store(0, Ordering::Release);
         if self.open_until_ms.swap(0, Ordering::AcqRel) != 0 {
-            tracing::info!("Redis answers again; global rate limits resume");
+            tracing::info!(
+                "Redis answers again; global rate limits and token revocation checks resume"
+            );
         }
         self.probing.store(false, Ordering::Release);
     }
@@ -187,7 +189,7 @@ impl RedisBackend {
                 Ordering::AcqRel,
             );
             if previous == 0 {
-                tracing::warn!(%error, "Redis unavailable; rate limits fall back to each policy's onBackendFailure");
+                tracing::warn!(%error, "Redis unavailable; rate limits fall back to each policy's onBackendFailure, token revocation checks answer 503");
             }
         }
     }
@@ -198,13 +200,6 @@ impl RedisBackend {
         policy: &RateLimitPolicy,
         request: &RequestView<'_>,
     ) -> Result<Verdict, RedisCheckError> {
-        let _probe = match self.admit() {
-            Admission::Refused => return Err(RedisCheckError::BreakerOpen),
-            Admission::Closed => None,
-            // A probe whose request is dropped half-way (the client went away) must not leave
-            // the flag set, or no probe would ever run again.
-            Admission::Probe => Some(ProbeGuard(&self.probing)),
-        };
         let mut invocation = self.script.prepare_invoke();
         for (index, rule) in policy.limits.iter().enumerate() {
             invocation.key(redis_key(policy, index, request));
@@ -215,17 +210,50 @@ impl RedisBackend {
         }
         let mut connection = self.connection.clone();
         let started = Instant::now();
-        let answer = tokio::time::timeout(
-            self.settings.timeout,
-            invocation.invoke_async::<Vec<i64>>(&mut connection),
-        )
-        .await;
+        let outcome = self
+            .guarded(async move {
+                let reply = invocation
+                    .invoke_async::<Vec<i64>>(&mut connection)
+                    .await
+                    .map_err(|error| RedisCheckError::Failed(error.to_string()))?;
+                verdict(policy, &reply)
+                    .ok_or_else(|| RedisCheckError::Failed(format!("unexpected reply {reply:?}")))
+            })
+            .await;
         self.latency.observe(started.elapsed().as_secs_f64());
-        let outcome = match answer {
+        outcome
+    }
+
+    /// Whether `member` is in the set at `key` (revoked token ids), under the same timeout
+    /// and breaker as rate limits.
+    pub async fn is_member(&self, key: &str, member: &str) -> Result<bool, RedisCheckError> {
+        let mut connection = self.connection.clone();
+        let mut command = redis::cmd("SISMEMBER");
+        command.arg(key).arg(member);
+        self.guarded(async move {
+            command
+                .query_async::<bool>(&mut connection)
+                .await
+                .map_err(|error| RedisCheckError::Failed(error.to_string()))
+        })
+        .await
+    }
+
+    /// Runs one Redis exchange through the breaker and the timeout, and records how it went.
+    async fn guarded<T>(
+        &self,
+        exchange: impl Future<Output = Result<T, RedisCheckError>>,
+    ) -> Result<T, RedisCheckError> {
+        let _probe = match self.admit() {
+            Admission::Refused => return Err(RedisCheckError::BreakerOpen),
+            Admission::Closed => None,
+            // A probe whose request is dropped half-way (the client went away) must not leave
+            // the flag set, or no probe would ever run again.
+            Admission::Probe => Some(ProbeGuard(&self.probing)),
+        };
+        let outcome = match tokio::time::timeout(self.settings.timeout, exchange).await {
             Err(_) => Err(RedisCheckError::Timeout),
-            Ok(Err(error)) => Err(RedisCheckError::Failed(error.to_string())),
-            Ok(Ok(reply)) => verdict(policy, &reply)
-                .ok_or_else(|| RedisCheckError::Failed(format!("unexpected reply {reply:?}"))),
+            Ok(outcome) => outcome,
         };
         match &outcome {
             Ok(_) => self.succeeded(),
