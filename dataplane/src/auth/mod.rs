@@ -1,4 +1,5 @@
-//! `Auth` policies on the request path: client networks, Basic credentials, API keys.
+//! `Auth` policies on the request path: client networks, Basic credentials, API keys, an
+//! external authorization service.
 //!
 //! The controller builds these from validated specs (parsing every hash and key once, at
 //! compile time); a request only looks things up and verifies. Secrets never appear in
@@ -6,6 +7,7 @@
 
 mod api_key;
 mod basic;
+mod forward;
 
 use std::sync::Arc;
 
@@ -16,6 +18,7 @@ use ipnet::IpNet;
 pub use api_key::{ApiKeys, KeyLocation};
 use basic::BasicVerdict;
 pub use basic::{BasicCredentials, MAX_PASSWORD_BYTES, PasswordHash};
+pub use forward::{AuthRedirect, ForwardAuth};
 
 pub use crate::metrics::{AuthMethodLabel, AuthResult};
 use crate::ratelimit::RequestView;
@@ -54,6 +57,7 @@ pub struct AuthPolicy {
     pub ip_allow: Vec<IpNet>,
     pub basic: Option<Arc<BasicCredentials>>,
     pub api_key: Option<Arc<ApiKeys>>,
+    pub forward: Option<Arc<ForwardAuth>>,
     /// Every credential method must succeed (else one is enough).
     pub require_all: bool,
     pub strip_credentials: bool,
@@ -84,6 +88,11 @@ pub enum AuthDecision {
     Busy,
     /// 503: something `method` needs to decide did not answer; never open access.
     Unavailable { method: AuthMethodLabel },
+    /// An authorization service sends the client elsewhere (to sign in).
+    Redirect {
+        method: AuthMethodLabel,
+        redirect: AuthRedirect,
+    },
 }
 
 impl AuthDecision {
@@ -95,6 +104,7 @@ impl AuthDecision {
             AuthDecision::Unauthorized { method, .. } => (*method, AuthResult::unauthorized),
             AuthDecision::Busy => (AuthMethodLabel::basic, AuthResult::busy),
             AuthDecision::Unavailable { method } => (*method, AuthResult::error),
+            AuthDecision::Redirect { method, .. } => (*method, AuthResult::redirected),
         }
     }
 }
@@ -108,17 +118,18 @@ enum MethodVerdict {
         carried: bool,
         challenge: Option<HeaderValue>,
     },
-    /// The method answers the request itself (503, a service's 403).
+    /// The method answers the request itself (503, a service's 403 or redirect).
     Decided(AuthDecision),
 }
 
 impl AuthPolicy {
     /// The credential methods in the order they are tried: cheap lookups first, password
-    /// hashing after them.
+    /// hashing after them, a round trip to an authorization service last.
     fn methods(&self) -> impl Iterator<Item = AuthMethodLabel> {
         [
             (self.api_key.is_some(), AuthMethodLabel::api_key),
             (self.basic.is_some(), AuthMethodLabel::basic),
+            (self.forward.is_some(), AuthMethodLabel::forward),
         ]
         .into_iter()
         .filter_map(|(present, method)| present.then_some(method))
@@ -151,10 +162,15 @@ impl AuthPolicy {
                     BasicVerdict::Failed => failed(request.headers.contains_key(AUTHORIZATION)),
                 }
             }
-            AuthMethodLabel::ip
-            | AuthMethodLabel::jwt
-            | AuthMethodLabel::forward
-            | AuthMethodLabel::none => failed(false),
+            AuthMethodLabel::forward => {
+                let Some(forward) = &self.forward else {
+                    return failed(false);
+                };
+                forward
+                    .check(request, self.query_for_service(request.query).as_deref())
+                    .await
+            }
+            AuthMethodLabel::ip | AuthMethodLabel::jwt | AuthMethodLabel::none => failed(false),
         }
     }
 
@@ -245,6 +261,21 @@ impl AuthPolicy {
         AuthDecision::Unauthorized { challenges, method }
     }
 
+    /// The query an authorization service is told of: without the API key parameter, a
+    /// credential of another method that nothing may have checked.
+    fn query_for_service<'a>(&self, query: Option<&'a str>) -> Option<std::borrow::Cow<'a, str>> {
+        let query = query?;
+        let kept = self
+            .api_key
+            .as_ref()
+            .and_then(|keys| keys.query_without_key(query));
+        match kept {
+            Some(kept) if kept.is_empty() => None,
+            Some(kept) => Some(std::borrow::Cow::Owned(kept)),
+            None => Some(std::borrow::Cow::Borrowed(query)),
+        }
+    }
+
     /// The path and query without the API key parameter, when the key is sent in the query
     /// and must not reach the upstream (nor its access log); `None` when nothing changes.
     pub fn strip_query(
@@ -268,8 +299,14 @@ impl AuthPolicy {
     /// Removes the credentials this policy reads, so they do not reach the upstream.
     /// With `stripCredentials: false` the credentials of the method that let the request
     /// through (`passed`) go upstream; those of other methods never do, since nothing
-    /// checked them.
+    /// checked them. Client copies of the headers an authorization service sets are always
+    /// removed, whichever method passed: only the service's values may reach the upstream.
     pub fn strip(&self, headers: &mut HeaderMap, passed: AuthMethodLabel) {
+        if let Some(forward) = &self.forward {
+            for name in &forward.response_headers {
+                headers.remove(name);
+            }
+        }
         let keep = |method| !self.strip_credentials && passed == method;
         if self.basic.is_some() && !keep(AuthMethodLabel::basic) {
             headers.remove(AUTHORIZATION);
@@ -307,6 +344,7 @@ mod tests {
             ip_allow: Vec::new(),
             basic: None,
             api_key: None,
+            forward: None,
             require_all: false,
             strip_credentials: true,
         }
@@ -326,6 +364,7 @@ mod tests {
                 query,
                 method: &http::Method::GET,
                 headers,
+                https: false,
             };
             self.authorize(&request).await
         }
