@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{
-    CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, LOCATION, PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VIA,
-    WWW_AUTHENTICATE,
+    CONTENT_LENGTH, HOST, HeaderName, HeaderValue, LOCATION, SET_COOKIE, TE, VIA, WWW_AUTHENTICATE,
 };
 use http::{HeaderMap, Request, StatusCode, Uri};
 use http_body::Body as _;
@@ -22,13 +20,13 @@ use tokio::time::Instant;
 
 use super::{AuthDecision, MethodVerdict, UpstreamHeader};
 use crate::metrics::AuthMethodLabel;
+use crate::proxy::headers::{
+    HOP_BY_HOP, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REAL_IP,
+};
 use crate::ratelimit::RequestView;
 
 static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
 
 /// The most of an answer's body read, so its connection can be kept; a longer body is
@@ -66,27 +64,12 @@ impl ForwardAuth {
     /// Why `name` cannot be copied to or from the service, if it cannot: it describes one
     /// connection only, or Sluice sets it itself on the request to the service or upstream.
     pub fn reserved_header(name: &HeaderName) -> Option<&'static str> {
-        let hop_by_hop = [
-            CONNECTION,
-            HeaderName::from_static("keep-alive"),
-            HeaderName::from_static("proxy-connection"),
-            PROXY_AUTHENTICATE,
-            PROXY_AUTHORIZATION,
-            TE,
-            TRAILER,
-            TRANSFER_ENCODING,
-            UPGRADE,
-        ];
-        let set_by_sluice = [
-            HOST,
-            CONTENT_LENGTH,
-            VIA,
-            HeaderName::from_static("x-real-ip"),
-        ];
+        let set_by_sluice = [HOST, CONTENT_LENGTH, VIA, X_REAL_IP.clone()];
         // Prefixes as well as names: a client sending another header of these families
         // could pass it off as Sluice's (ingress-nginx's `ssl-client-cert`, say).
         let families = ["x-forwarded-", "x-original-", "ssl-client-"];
-        if hop_by_hop.contains(name) {
+        // `TE` too, which the proxy passes on only as `TE: trailers`.
+        if HOP_BY_HOP.contains(name) || name == TE {
             Some("a hop-by-hop header, which describes one connection only")
         } else if set_by_sluice.contains(name)
             || families

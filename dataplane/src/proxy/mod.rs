@@ -3,7 +3,7 @@
 mod body;
 mod clients;
 mod grpc;
-mod headers;
+pub(crate) mod headers;
 mod tunnel;
 
 use std::borrow::Cow;
