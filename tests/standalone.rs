@@ -889,6 +889,20 @@ async fn assert_quick(sluice: &Sluice, skip: usize) {
     );
 }
 
+/// `Authorization` for Basic credentials.
+fn basic_authorization(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {encoded}")
+}
+
+/// The series of one Auth policy's decisions by `method` with `result`, in namespace default.
+fn auth_decisions(policy: &str, method: &str, result: &str) -> String {
+    format!(
+        r#"sluice_auth_decisions_total{{namespace="default",policy="{policy}",method="{method}",result="{result}"}}"#
+    )
+}
+
 /// An Auth with Basic credentials and API keys, checked against real requests: 401 with a
 /// challenge, the right credentials pass and are not forwarded, a missing Auth is a 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -937,12 +951,7 @@ async fn auth_basic_and_api_keys_guard_routes_and_missing_policies_fail_closed()
                 .unwrap()
         }
     };
-    let basic = |user: &str, password: &str| {
-        use base64::Engine;
-        let encoded =
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        ("authorization", format!("Basic {encoded}"))
-    };
+    let basic = |user: &str, password: &str| ("authorization", basic_authorization(user, password));
 
     let refused = send("members.test", vec![]).await;
     assert_eq!(refused.status, 401);
@@ -1013,19 +1022,269 @@ async fn auth_basic_and_api_keys_guard_routes_and_missing_policies_fail_closed()
 
     // Outcomes per policy and method; a 401 counts once, under the method whose
     // credentials the request carried (none: it carried none).
-    let decisions = |policy: &str, method: &str, result: &str| {
-        format!(
-            r#"sluice_auth_decisions_total{{namespace="default",policy="{policy}",method="{method}",result="{result}"}}"#
-        )
-    };
     for (series, expected) in [
-        (decisions("members", "basic", "allowed"), 1.0),
-        (decisions("members", "api_key", "allowed"), 1.0),
-        (decisions("members", "none", "unauthorized"), 1.0),
-        (decisions("members", "basic", "unauthorized"), 2.0),
-        (decisions("members", "api_key", "unauthorized"), 1.0),
-        (decisions("office", "ip", "allowed"), 1.0),
-        (decisions("office", "ip", "forbidden"), 3.0),
+        (auth_decisions("members", "basic", "allowed"), 1.0),
+        (auth_decisions("members", "api_key", "allowed"), 1.0),
+        (auth_decisions("members", "none", "unauthorized"), 1.0),
+        (auth_decisions("members", "basic", "unauthorized"), 2.0),
+        (auth_decisions("members", "api_key", "unauthorized"), 1.0),
+        (auth_decisions("office", "ip", "allowed"), 1.0),
+        (auth_decisions("office", "ip", "forbidden"), 3.0),
+    ] {
+        assert_eq!(sluice.metric(&series).await, Some(expected), "{series}");
+    }
+}
+
+/// An authorization service on 127.0.0.1 for forward auth, answering by the `X-Token` it is
+/// sent: `ada` passes as user ada, `anon` passes with no user, `bob` is forbidden, `browser`
+/// is sent to sign in, `sleepy` answers after 3 s, anything else is 401. It keeps the
+/// headers of every request, and stops with the test's runtime.
+struct AuthService {
+    addr: std::net::SocketAddr,
+    seen: Arc<std::sync::Mutex<Vec<hyper::HeaderMap>>>,
+}
+
+impl AuthService {
+    async fn start() -> AuthService {
+        use http_body_util::Full;
+        use hyper::Response;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen_by_server = Arc::clone(&seen);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = Arc::clone(&seen_by_server);
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let headers = request.headers().clone();
+                        seen.lock().unwrap().push(headers.clone());
+                        async move {
+                            let token = headers.get("x-token").map(|value| value.as_bytes());
+                            let answer = Response::builder();
+                            let answer = match token {
+                                Some(b"ada") => answer.header("x-user", "ada"),
+                                Some(b"anon") => answer,
+                                Some(b"bob") => answer.status(403),
+                                Some(b"browser") => answer
+                                    .status(302)
+                                    .header(
+                                        "location",
+                                        format!(
+                                            "https://sso.test/start?rd={}",
+                                            headers["x-original-url"].to_str().unwrap()
+                                        ),
+                                    )
+                                    .header("set-cookie", "csrf=abc; Path=/; HttpOnly"),
+                                Some(b"sleepy") => {
+                                    tokio::time::sleep(Duration::from_secs(3)).await;
+                                    answer.header("x-user", "ada")
+                                }
+                                _ => answer
+                                    .status(401)
+                                    .header("www-authenticate", "Bearer realm=\"sso\""),
+                            };
+                            let body = Full::new(Bytes::from_static(b"the service's own body"));
+                            Ok::<_, std::convert::Infallible>(answer.body(body).unwrap())
+                        }
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        AuthService { addr, seen }
+    }
+
+    fn asked(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+/// An Auth with `forward`, against a real authorization service: its 2xx passes with the
+/// header it sets (a client's copy never reaches the upstream), its 401, 403 and redirect
+/// reach the client without its body, a service slower than the timeout is a 503, and with
+/// `require: any` Basic or the service is enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_asks_a_service_whose_answer_decides_and_fails_closed() {
+    let service = AuthService::start().await;
+    let echo = Echo::start(&["127.0.0.42"]);
+    let dir = ManifestDir::new("forward-auth");
+    dir.write("class.yaml", INGRESS_CLASS);
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    let mut objects = service_yaml("default", "up", 80, &echo.addrs, &[]);
+    objects += &format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: htpasswd\n  namespace: default\nstringData:\n  auth: |\n    ada:{hash}\n"
+    );
+    let forward = format!(
+        "  forward:\n    url: http://{}/verify?app=shop\n    timeout: 300ms\n    requestHeaders: [X-Token]\n    responseHeaders: [X-User]\n",
+        service.addr
+    );
+    objects += &format!(
+        "---\napiVersion: sluice.dev/v1alpha1\nkind: Auth\nmetadata:\n  name: sso\n  namespace: default\nspec:\n{forward}"
+    );
+    objects += &format!(
+        "---\napiVersion: sluice.dev/v1alpha1\nkind: Auth\nmetadata:\n  name: either\n  namespace: default\nspec:\n  require: any\n  basic: {{secretRef: {{name: htpasswd}}, realm: shop}}\n{forward}"
+    );
+    for (name, host) in [("sso", "sso.test"), ("either", "either.test")] {
+        objects += &ingress(
+            name,
+            "2024-01-01T00:00:00Z",
+            "sluice",
+            &[("sluice.dev/auth", name)],
+            &format!(
+                "  rules:\n  - host: {host}\n    http:\n      paths:\n{}",
+                path("/", "Prefix", "up")
+            ),
+        );
+    }
+    dir.write("objects.yaml", &objects);
+    let sluice = Sluice::start(&dir.0, &[]).await;
+    let send = |host: &'static str, path: &'static str, headers: &[(&'static str, &str)]| {
+        let addr = sluice.http;
+        let headers: Vec<(&'static str, String)> = headers
+            .iter()
+            .map(|(name, value)| (*name, (*value).to_owned()))
+            .collect();
+        async move {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(name, value)| (*name, value.as_str()))
+                .collect();
+            support::send(addr, "GET", host, path, &headers, Bytes::new())
+                .await
+                .unwrap()
+        }
+    };
+
+    // Allowed: the upstream gets the service's X-User, the service gets Sluice's account
+    // of the request and not the client's forged one.
+    let passed = send(
+        "sso.test",
+        "/orders?page=2",
+        &[
+            ("x-token", "ada"),
+            ("x-user", "mallory"),
+            ("x-forwarded-uri", "/public"),
+            ("x-original-url", "http://evil.test/"),
+        ],
+    )
+    .await;
+    assert_eq!(passed.status, 200, "{}", passed.body);
+    assert_eq!(passed.echo()["headers"]["x-user"], "ada");
+    let asked = service.seen.lock().unwrap().last().cloned().unwrap();
+    let values = |name: &str| -> Vec<String> {
+        asked
+            .get_all(name)
+            .iter()
+            .map(|value| value.to_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(values("x-forwarded-method"), ["GET"]);
+    assert_eq!(values("x-forwarded-proto"), ["http"]);
+    assert_eq!(values("x-forwarded-host"), ["sso.test"]);
+    assert_eq!(values("x-forwarded-uri"), ["/orders?page=2"]);
+    assert_eq!(values("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(values("x-original-url"), ["http://sso.test/orders?page=2"]);
+    assert_eq!(values("x-token"), ["ada"]);
+    assert!(values("x-user").is_empty(), "only requestHeaders are sent");
+
+    // A 2xx that sets no X-User: the client's own never reaches the upstream.
+    let anonymous = send(
+        "sso.test",
+        "/",
+        &[("x-token", "anon"), ("x-user", "mallory")],
+    )
+    .await;
+    assert_eq!(anonymous.status, 200, "{}", anonymous.body);
+    assert!(anonymous.echo()["headers"].get("x-user").is_none());
+
+    // The service's 401 with its challenge, its 403 and its redirect; never its body.
+    let refused = send("sso.test", "/", &[("x-user", "ada")]).await;
+    assert_eq!(
+        (refused.status, refused.body.as_str()),
+        (401, "401 unauthorized\n")
+    );
+    assert_eq!(refused.headers["www-authenticate"], r#"Bearer realm="sso""#);
+    let forbidden = send("sso.test", "/", &[("x-token", "bob")]).await;
+    assert_eq!(
+        (forbidden.status, forbidden.body.as_str()),
+        (403, "403 forbidden\n")
+    );
+    let sign_in = send("sso.test", "/app", &[("x-token", "browser")]).await;
+    assert_eq!(
+        (sign_in.status, sign_in.body.as_str()),
+        (302, "302 found\n")
+    );
+    assert_eq!(
+        sign_in.headers["location"],
+        "https://sso.test/start?rd=http://sso.test/app"
+    );
+    assert_eq!(sign_in.headers["set-cookie"], "csrf=abc; Path=/; HttpOnly");
+
+    // Slower than the 300 ms timeout: 503 at the timeout, not after the service.
+    let started = std::time::Instant::now();
+    let slow = send("sso.test", "/", &[("x-token", "sleepy")]).await;
+    assert_eq!(slow.status, 503, "{}", slow.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // `require: any`: Basic passes without asking the service, and still no client X-User
+    // goes upstream; the service's pass is enough alone; neither gives both challenges.
+    let asked_before = service.asked();
+    let by_basic = send(
+        "either.test",
+        "/",
+        &[
+            ("authorization", &basic_authorization("ada", "s3cret")),
+            ("x-user", "mallory"),
+        ],
+    )
+    .await;
+    assert_eq!(by_basic.status, 200, "{}", by_basic.body);
+    assert!(by_basic.echo()["headers"].get("x-user").is_none());
+    assert_eq!(service.asked(), asked_before, "Basic passed first");
+    let by_service = send("either.test", "/", &[("x-token", "ada")]).await;
+    assert_eq!(by_service.status, 200, "{}", by_service.body);
+    assert_eq!(by_service.echo()["headers"]["x-user"], "ada");
+    let neither = send("either.test", "/", &[]).await;
+    assert_eq!(neither.status, 401);
+    let challenges: Vec<&str> = neither
+        .headers
+        .get_all("www-authenticate")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect();
+    assert_eq!(
+        challenges,
+        [
+            r#"Basic realm="shop", charset="UTF-8""#,
+            r#"Bearer realm="sso""#
+        ]
+    );
+    let wrong_password = send(
+        "either.test",
+        "/",
+        &[("authorization", &basic_authorization("ada", "guess"))],
+    )
+    .await;
+    assert_eq!(wrong_password.status, 401);
+
+    for (series, expected) in [
+        (auth_decisions("sso", "forward", "allowed"), 2.0),
+        (auth_decisions("sso", "forward", "unauthorized"), 1.0),
+        (auth_decisions("sso", "forward", "forbidden"), 1.0),
+        (auth_decisions("sso", "forward", "redirected"), 1.0),
+        (auth_decisions("sso", "forward", "error"), 1.0),
+        (auth_decisions("either", "basic", "allowed"), 1.0),
+        (auth_decisions("either", "forward", "allowed"), 1.0),
+        (auth_decisions("either", "forward", "unauthorized"), 1.0),
+        (auth_decisions("either", "basic", "unauthorized"), 1.0),
     ] {
         assert_eq!(sluice.metric(&series).await, Some(expected), "{series}");
     }

@@ -189,20 +189,25 @@ pub enum RevocationList {
 #[derive(JsonSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ForwardAuth {
-    /// The authorization service (http:// or https://): 2xx lets the request through,
-    /// 401/403 are passed to the client, anything else (or no answer) is a 503.
+    /// The authorization service (http:// or https://), asked with a `GET`: 2xx lets the
+    /// request through, 401/403 are passed to the client, and so is a 3xx redirect with a
+    /// `Location` (to a sign-in page); anything else (or no answer) is a 503.
     #[schemars(regex(pattern = r"^https?://\S+$"), length(max = 2048))]
     pub url: String,
     /// How long to wait for its answer: `500ms`, `2s` (at most 60 s).
     #[serde(default = "default_forward_timeout")]
     #[schemars(regex(pattern = r"^[1-9][0-9]{0,4}(ms|s)$"))]
     pub timeout: String,
-    /// Request headers sent to the service (the method, URI and client address always go,
-    /// as `X-Forwarded-Method`, `X-Forwarded-Uri`, `X-Forwarded-For`).
+    /// Request headers sent to the service (the request itself always goes, as
+    /// `X-Forwarded-Method`, `-Proto`, `-Host`, `-Uri`, `-For` and `X-Original-URL`).
+    /// Hop-by-hop headers and those Sluice sets itself (`Host`, `Content-Length`, `Via`,
+    /// `X-Real-IP`, `SSL-Client-*`, any `X-Forwarded-*` or `X-Original-*`) cannot be listed,
+    /// here or below.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub request_headers: Vec<HeaderName>,
-    /// Headers of its 2xx answer copied onto the upstream request.
+    /// Headers of its 2xx answer copied onto the upstream request; a client's own copies of
+    /// these never reach the upstream.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub response_headers: Vec<HeaderName>,

@@ -2,11 +2,12 @@
 //! read from Secrets in the policy's namespace.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ipnet::IpNet;
 use sluice_crds::{Auth, Cidr, JwtAlgorithm, JwtAuth, SecretRef};
 use sluice_dataplane::auth::jwt::{Algorithm, JwksEndpoint, JwtRules, KeySet};
-use sluice_dataplane::auth::{ApiKeys, AuthPolicy, BasicCredentials, KeyLocation};
+use sluice_dataplane::auth::{ApiKeys, AuthPolicy, BasicCredentials, ForwardAuth, KeyLocation};
 use sluice_dataplane::snapshot::ObjectRef;
 use sluice_dataplane::upstream::parse_ca_bundle;
 
@@ -180,14 +181,12 @@ pub(crate) fn compile_auth(
             .map_err(|mut found| errors.append(&mut found))
             .ok()
     });
-    // Not in this version yet: refused, so a policy is never accepted without enforcing
-    // what it says.
-    if spec.forward.is_some() {
-        errors.push(invalid(
-            "spec.forward",
-            "not supported by this version of Sluice yet".into(),
-        ));
-    }
+    let forward = spec
+        .forward
+        .as_ref()
+        .and_then(|forward| forward_auth(forward, &mut errors))
+        .map(Arc::new);
+
     let has_rules = spec.basic.is_some()
         || spec.api_key.is_some()
         || spec.jwt.is_some()
@@ -210,9 +209,123 @@ pub(crate) fn compile_auth(
         basic,
         api_key,
         jwt,
+        forward,
         require_all: spec.require == sluice_crds::Require::All,
         strip_credentials: spec.strip_credentials,
     })
+}
+
+/// The longest service URL accepted, as the CRD says.
+const MAX_FORWARD_URL: usize = 2048;
+/// The most headers copied either way, as the CRD says.
+const MAX_FORWARD_HEADERS: usize = 32;
+
+/// `spec.forward`, every problem an error naming its field.
+fn forward_auth(
+    spec: &sluice_crds::ForwardAuth,
+    errors: &mut Vec<CompileError>,
+) -> Option<ForwardAuth> {
+    let invalid = |field: &str, why: String| CompileError::InvalidPolicy {
+        field: format!("spec.forward.{field}"),
+        why,
+    };
+    let url = forward_url(&spec.url)
+        .map_err(|why| errors.push(invalid("url", why)))
+        .ok();
+    let timeout = forward_timeout(&spec.timeout)
+        .map_err(|why| errors.push(invalid("timeout", why)))
+        .ok();
+    let request_headers = forward_headers(&spec.request_headers, "requestHeaders", errors);
+    let response_headers = forward_headers(&spec.response_headers, "responseHeaders", errors);
+    Some(ForwardAuth {
+        url: url?,
+        timeout: timeout?,
+        request_headers: request_headers?,
+        response_headers: response_headers?,
+    })
+}
+
+/// An absolute `http` or `https` URL with a host and no user info.
+fn forward_url(text: &str) -> Result<http::Uri, String> {
+    if text.len() > MAX_FORWARD_URL {
+        return Err(format!("longer than {MAX_FORWARD_URL} characters"));
+    }
+    let url: http::Uri = text.parse().map_err(|_| format!("{text:?} is not a URL"))?;
+    if !matches!(url.scheme_str(), Some("http" | "https")) {
+        return Err(format!("{text:?} is not an http:// or https:// URL"));
+    }
+    let Some(authority) = url.authority() else {
+        return Err(format!("{text:?} has no host"));
+    };
+    // Not echoed: user info holds a password.
+    if authority.as_str().contains('@') {
+        return Err(
+            "user info (user:password@) is refused: Sluice does not send it, and a \
+                    password does not belong in a spec"
+                .into(),
+        );
+    }
+    if authority.host().is_empty() {
+        return Err(format!("{text:?} has no host"));
+    }
+    // The URI parser leaves a port unchecked; the connector would fail on every request.
+    if authority.as_str().len() > authority.host().len() && authority.port_u16().is_none() {
+        return Err(format!("{text:?} has no valid port"));
+    }
+    Ok(url)
+}
+
+/// `NNNms` or `NNs`, from 1 ms to 60 s.
+fn forward_timeout(text: &str) -> Result<Duration, String> {
+    let wrong = || format!("{text:?} is not like 500ms or 2s");
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|at| text.split_at(at))
+        .ok_or_else(wrong)?;
+    let number: u64 = number.parse().map_err(|_| wrong())?;
+    let timeout = match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        _ => return Err(wrong()),
+    };
+    if timeout < Duration::from_millis(1) || timeout > ForwardAuth::MAX_TIMEOUT {
+        return Err(format!("{text:?} is not between 1ms and 60s"));
+    }
+    Ok(timeout)
+}
+
+/// Header names to copy to or from the service: valid, each once, none that Sluice sets
+/// itself or that describes one connection only.
+fn forward_headers(
+    names: &[sluice_crds::HeaderName],
+    field: &str,
+    errors: &mut Vec<CompileError>,
+) -> Option<Vec<http::HeaderName>> {
+    let before = errors.len();
+    let invalid = |field: String, why: String| CompileError::InvalidPolicy { field, why };
+    if names.len() > MAX_FORWARD_HEADERS {
+        errors.push(invalid(
+            format!("spec.forward.{field}"),
+            format!("at most {MAX_FORWARD_HEADERS} headers"),
+        ));
+    }
+    let mut parsed: Vec<http::HeaderName> = Vec::with_capacity(names.len());
+    for (index, name) in names.iter().enumerate() {
+        let at = format!("spec.forward.{field}[{index}]");
+        let Ok(header) = http::HeaderName::from_bytes(name.0.as_bytes()) else {
+            errors.push(invalid(at, format!("{:?} is not a header name", name.0)));
+            continue;
+        };
+        if let Some(why) = ForwardAuth::reserved_header(&header) {
+            errors.push(invalid(at, format!("{:?} cannot be copied: {why}", name.0)));
+        } else if parsed.contains(&header) {
+            // Listed twice, its values would be copied twice.
+            errors.push(invalid(at, format!("{:?} is listed twice", name.0)));
+        } else {
+            parsed.push(header);
+        }
+    }
+    (errors.len() == before).then_some(parsed)
 }
 
 /// CIDRs (or bare addresses, as /32 or /128), each bad one an error naming its index.
@@ -783,5 +896,124 @@ mod tests {
             )),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn a_forward_policy_compiles_with_its_url_timeout_and_headers() {
+        let policy = compile(
+            json!({"forward": {
+                "url": "https://auth.shop.svc:9091/verify?app=shop",
+                "timeout": "2s",
+                "requestHeaders": ["Cookie", "Authorization"],
+                "responseHeaders": ["X-User", "Remote-Groups"],
+            }}),
+            &[],
+        )
+        .unwrap();
+        let forward = policy.forward.unwrap();
+        assert_eq!(forward.url, "https://auth.shop.svc:9091/verify?app=shop");
+        assert_eq!(forward.timeout, Duration::from_secs(2));
+        assert_eq!(forward.request_headers, ["cookie", "authorization"]);
+        assert_eq!(forward.response_headers, ["x-user", "remote-groups"]);
+
+        let defaults = compile(json!({"forward": {"url": "http://auth"}}), &[]).unwrap();
+        let forward = defaults.forward.unwrap();
+        assert_eq!(forward.timeout, Duration::from_millis(500));
+        assert!(forward.request_headers.is_empty() && forward.response_headers.is_empty());
+
+        for (text, timeout) in [
+            ("1ms", Duration::from_millis(1)),
+            ("60000ms", Duration::from_secs(60)),
+            ("60s", Duration::from_secs(60)),
+        ] {
+            assert_eq!(forward_timeout(text), Ok(timeout), "{text}");
+        }
+    }
+
+    #[test]
+    fn forward_problems_are_reported_with_their_fields() {
+        let errors = compile(
+            json!({"forward": {
+                "url": "ftp://auth.shop.svc/",
+                "timeout": "61s",
+                "requestHeaders": ["Cookie", "Host", "X-Forwarded-Uri", "cookie", "Connection"],
+                "responseHeaders": ["X-User", "Transfer-Encoding", "bad header"],
+            }}),
+            &[],
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = errors.iter().filter_map(CompileError::field).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.forward.url",
+                "spec.forward.timeout",
+                "spec.forward.requestHeaders[1]",
+                "spec.forward.requestHeaders[2]",
+                "spec.forward.requestHeaders[3]",
+                "spec.forward.requestHeaders[4]",
+                "spec.forward.responseHeaders[1]",
+                "spec.forward.responseHeaders[2]",
+            ]
+        );
+        assert!(errors.iter().all(|error| error.reason() == "InvalidSpec"));
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(
+            text[2].contains("Sluice sets this header itself"),
+            "{}",
+            text[2]
+        );
+        assert!(
+            text[3].contains("Sluice sets this header itself"),
+            "{}",
+            text[3]
+        );
+        assert!(text[4].contains("listed twice"), "{}", text[4]);
+        assert!(text[5].contains("hop-by-hop"), "{}", text[5]);
+
+        for (url, why) in [
+            ("https://", "not a URL"),
+            ("/verify", "not an http:// or https:// URL"),
+            ("http://auth.shop.svc:port/", "no valid port"),
+            ("http://auth.shop.svc:99999/", "no valid port"),
+        ] {
+            let errors = compile(json!({"forward": {"url": url}}), &[]).unwrap_err();
+            assert_eq!(errors[0].field(), Some("spec.forward.url"), "{url}");
+            assert!(errors[0].to_string().contains(why), "{url}: {}", errors[0]);
+        }
+        let long = format!("http://auth/{}", "a".repeat(2048));
+        assert!(compile(json!({"forward": {"url": long}}), &[]).is_err());
+        for timeout in [
+            "0ms",
+            "0s",
+            "1m",
+            "500",
+            "ms",
+            "1.5s",
+            "-1s",
+            "99999999999999999999s",
+        ] {
+            let errors = compile(
+                json!({"forward": {"url": "http://auth", "timeout": timeout}}),
+                &[],
+            )
+            .unwrap_err();
+            assert_eq!(errors[0].field(), Some("spec.forward.timeout"), "{timeout}");
+        }
+    }
+
+    #[test]
+    fn a_password_in_the_service_url_is_refused_without_echoing_it() {
+        let errors = compile(
+            json!({"forward": {"url": "https://ada:hunter2@auth.shop.svc/verify"}}),
+            &[],
+        )
+        .unwrap_err();
+        let message = errors[0].to_string();
+        assert!(
+            message.starts_with("spec.forward.url: user info"),
+            "{message}"
+        );
+        assert!(!message.contains("hunter2"), "{message}");
     }
 }

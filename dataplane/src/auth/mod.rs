@@ -1,4 +1,5 @@
-//! `Auth` policies on the request path: client networks, Basic credentials, API keys.
+//! `Auth` policies on the request path: client networks, Basic credentials, API keys, an
+//! external authorization service.
 //!
 //! The controller builds these from validated specs (parsing every hash and key once, at
 //! compile time); a request only looks things up and verifies. Secrets never appear in
@@ -6,6 +7,7 @@
 
 mod api_key;
 mod basic;
+mod forward;
 pub mod jwks;
 pub mod jwt;
 
@@ -18,6 +20,7 @@ use ipnet::IpNet;
 pub use api_key::{ApiKeys, KeyLocation};
 use basic::BasicVerdict;
 pub use basic::{BasicCredentials, MAX_PASSWORD_BYTES, PasswordHash};
+pub use forward::{AuthRedirect, ForwardAuth};
 
 use jwks::RemoteKeySets;
 use jwt::{JwtRules, TokenVerdict};
@@ -61,6 +64,7 @@ pub struct AuthPolicy {
     pub basic: Option<Arc<BasicCredentials>>,
     pub api_key: Option<Arc<ApiKeys>>,
     pub jwt: Option<Arc<JwtRules>>,
+    pub forward: Option<Arc<ForwardAuth>>,
     /// Every credential method must succeed (else one is enough).
     pub require_all: bool,
     pub strip_credentials: bool,
@@ -91,6 +95,11 @@ pub enum AuthDecision {
     Busy,
     /// 503: something `method` needs to decide did not answer; never open access.
     Unavailable { method: AuthMethodLabel },
+    /// An authorization service sends the client elsewhere (to sign in).
+    Redirect {
+        method: AuthMethodLabel,
+        redirect: AuthRedirect,
+    },
 }
 
 impl AuthDecision {
@@ -102,6 +111,7 @@ impl AuthDecision {
             AuthDecision::Unauthorized { method, .. } => (*method, AuthResult::unauthorized),
             AuthDecision::Busy => (AuthMethodLabel::basic, AuthResult::busy),
             AuthDecision::Unavailable { method } => (*method, AuthResult::error),
+            AuthDecision::Redirect { method, .. } => (*method, AuthResult::redirected),
         }
     }
 }
@@ -123,18 +133,19 @@ enum MethodVerdict {
         carried: bool,
         challenge: Option<HeaderValue>,
     },
-    /// The method answers the request itself (503, a service's 403).
+    /// The method answers the request itself (503, a service's 403 or redirect).
     Decided(AuthDecision),
 }
 
 impl AuthPolicy {
     /// The credential methods in the order they are tried: cheap lookups first, password
-    /// hashing after them.
+    /// hashing after them, a round trip to an authorization service last.
     fn methods(&self) -> impl Iterator<Item = AuthMethodLabel> {
         [
             (self.api_key.is_some(), AuthMethodLabel::api_key),
             (self.jwt.is_some(), AuthMethodLabel::jwt),
             (self.basic.is_some(), AuthMethodLabel::basic),
+            (self.forward.is_some(), AuthMethodLabel::forward),
         ]
         .into_iter()
         .filter_map(|(present, method)| present.then_some(method))
@@ -176,7 +187,15 @@ impl AuthPolicy {
                 Some(rules) => self.check_jwt(rules, request, context).await,
                 None => failed(false),
             },
-            AuthMethodLabel::ip | AuthMethodLabel::forward | AuthMethodLabel::none => failed(false),
+            AuthMethodLabel::forward => {
+                let Some(forward) = &self.forward else {
+                    return failed(false);
+                };
+                forward
+                    .check(request, self.query_for_service(request.query).as_deref())
+                    .await
+            }
+            AuthMethodLabel::ip | AuthMethodLabel::none => failed(false),
         }
     }
 
@@ -331,6 +350,21 @@ impl AuthPolicy {
         AuthDecision::Unauthorized { challenges, method }
     }
 
+    /// The query an authorization service is told of: without the API key parameter, a
+    /// credential of another method that nothing may have checked.
+    fn query_for_service<'a>(&self, query: Option<&'a str>) -> Option<std::borrow::Cow<'a, str>> {
+        let query = query?;
+        let kept = self
+            .api_key
+            .as_ref()
+            .and_then(|keys| keys.query_without_key(query));
+        match kept {
+            Some(kept) if kept.is_empty() => None,
+            Some(kept) => Some(std::borrow::Cow::Owned(kept)),
+            None => Some(std::borrow::Cow::Borrowed(query)),
+        }
+    }
+
     /// The path and query without the API key parameter, when the key is sent in the query
     /// and must not reach the upstream (nor its access log); `None` when nothing changes.
     pub fn strip_query(
@@ -354,7 +388,8 @@ impl AuthPolicy {
     /// Removes the credentials this policy reads, so they do not reach the upstream.
     /// With `stripCredentials: false` the credentials of the method that let the request
     /// through (`passed`) go upstream; those of other methods never do, since nothing
-    /// checked them.
+    /// checked them. Client copies of the headers an authorization service sets are always
+    /// removed, whichever method passed: only the service's values may reach the upstream.
     pub fn strip(&self, headers: &mut HeaderMap, passed: AuthMethodLabel) {
         let keep = |method| !self.strip_credentials && passed == method;
         // Basic and bearer credentials share the header; only one value is ever accepted.
@@ -366,10 +401,13 @@ impl AuthPolicy {
         }
         // Identity headers are Sluice's to set: a client's copies never pass, whichever
         // method let the request through.
-        if let Some(rules) = &self.jwt {
-            for (_, name) in &rules.claims_to_headers {
-                headers.remove(name);
-            }
+        let claims = self.jwt.iter().flat_map(|rules| &rules.claims_to_headers);
+        let answers = self
+            .forward
+            .iter()
+            .flat_map(|forward| &forward.response_headers);
+        for name in claims.map(|(_, name)| name).chain(answers) {
+            headers.remove(name);
         }
         if let Some(keys) = &self.api_key
             && let KeyLocation::Header(name) = &keys.location
@@ -405,6 +443,7 @@ mod tests {
             basic: None,
             api_key: None,
             jwt: None,
+            forward: None,
             require_all: false,
             strip_credentials: true,
         }
@@ -424,6 +463,7 @@ mod tests {
                 query,
                 method: &http::Method::GET,
                 headers,
+                https: false,
             };
             self.authorize(&request, &AuthContext::default()).await
         }

@@ -75,7 +75,7 @@ impl LocalAnswer {
             LocalAnswer::Unauthorized => GrpcCode::Unauthenticated,
             LocalAnswer::MisdirectedRequest => GrpcCode::Unavailable,
             // gRPC clients do not follow redirects; the spec maps other statuses to UNKNOWN.
-            LocalAnswer::HttpsRedirect => GrpcCode::Unknown,
+            LocalAnswer::HttpsRedirect | LocalAnswer::AuthRedirect(_) => GrpcCode::Unknown,
             LocalAnswer::NoEndpoints
             | LocalAnswer::UpstreamFailed
             | LocalAnswer::PolicyUnavailable

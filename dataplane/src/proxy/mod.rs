@@ -3,7 +3,7 @@
 mod body;
 mod clients;
 mod grpc;
-mod headers;
+pub(crate) mod headers;
 mod tunnel;
 
 use std::borrow::Cow;
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{
-    CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderName, HeaderValue, LOCATION,
+    CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderName, HeaderValue, LOCATION, SET_COOKIE,
     STRICT_TRANSPORT_SECURITY, VIA,
 };
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -148,6 +148,9 @@ enum LocalAnswer {
     Forbidden,
     /// The route's Auth policy: every password verification slot is busy.
     AuthBusy,
+    /// The route's Auth policy: its authorization service sends the client elsewhere (to
+    /// sign in) with this redirect status, and `Location`.
+    AuthRedirect(StatusCode),
 }
 
 impl LocalAnswer {
@@ -169,6 +172,7 @@ impl LocalAnswer {
             LocalAnswer::Unauthorized => StatusCode::UNAUTHORIZED,
             LocalAnswer::Forbidden => StatusCode::FORBIDDEN,
             LocalAnswer::AuthBusy => StatusCode::SERVICE_UNAVAILABLE,
+            LocalAnswer::AuthRedirect(status) => status,
         }
     }
 
@@ -205,6 +209,15 @@ impl LocalAnswer {
             LocalAnswer::Unauthorized => "401 unauthorized\n",
             LocalAnswer::Forbidden => "403 forbidden\n",
             LocalAnswer::AuthBusy => "503 service unavailable: too many logins at once\n",
+            // Only redirect statuses get here (see `AuthRedirect`); the service's own body
+            // is never passed on.
+            LocalAnswer::AuthRedirect(status) => match status {
+                StatusCode::MOVED_PERMANENTLY => "301 moved permanently\n",
+                StatusCode::SEE_OTHER => "303 see other\n",
+                StatusCode::TEMPORARY_REDIRECT => "307 temporary redirect\n",
+                StatusCode::PERMANENT_REDIRECT => "308 permanent redirect\n",
+                _ => "302 found\n",
+            },
         }
     }
 
@@ -400,6 +413,7 @@ impl Proxy {
                 query: path_and_query.query(),
                 method: &parts.method,
                 headers: &parts.headers,
+                https: connection.tls.is_some() || self.forwarded_https(connection, &parts.headers),
             };
             match enforce_policies(&live, policies, &view).await {
                 Ok(admitted) => {
@@ -424,6 +438,9 @@ impl Proxy {
                         response
                             .headers_mut()
                             .append(http::header::WWW_AUTHENTICATE, challenge);
+                    }
+                    for (name, value) in refusal.headers {
+                        response.headers_mut().append(name, value);
                     }
                     return (response, Some(series));
                 }
@@ -780,6 +797,8 @@ struct Refusal {
     report: Option<LimitReport>,
     /// `WWW-Authenticate` challenges of a 401.
     challenges: Vec<HeaderValue>,
+    /// Other headers of the answer: a redirect's `Location` and cookies.
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// What a route's policies let through: the Auth method that passed the request, and the
@@ -802,6 +821,7 @@ async fn enforce_policies(
         answer,
         report: None,
         challenges: Vec::new(),
+        headers: Vec::new(),
     };
     let unavailable = refusal(LocalAnswer::PolicyUnavailable);
     if policies.unavailable {
@@ -828,6 +848,18 @@ async fn enforce_policies(
                 return Err(Refusal {
                     challenges,
                     ..refusal(LocalAnswer::Unauthorized)
+                });
+            }
+            AuthDecision::Redirect { redirect, .. } => {
+                let cookies = redirect
+                    .cookies
+                    .into_iter()
+                    .map(|cookie| (SET_COOKIE, cookie));
+                return Err(Refusal {
+                    headers: std::iter::once((LOCATION, redirect.location))
+                        .chain(cookies)
+                        .collect(),
+                    ..refusal(LocalAnswer::AuthRedirect(redirect.status))
                 });
             }
         }
@@ -1007,6 +1039,9 @@ mod tests {
             LocalAnswer::UpstreamFailed,
             LocalAnswer::UpstreamTimeout,
             LocalAnswer::PayloadTooLarge,
+            LocalAnswer::AuthRedirect(StatusCode::FOUND),
+            LocalAnswer::AuthRedirect(StatusCode::SEE_OTHER),
+            LocalAnswer::AuthRedirect(StatusCode::PERMANENT_REDIRECT),
         ] {
             let response = answer.response();
             assert_eq!(

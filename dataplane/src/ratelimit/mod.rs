@@ -40,6 +40,9 @@ pub struct RequestView<'a> {
     pub query: Option<&'a str>,
     pub method: &'a Method,
     pub headers: &'a HeaderMap,
+    /// The client reached Sluice over HTTPS: its own TLS, or a trusted proxy's
+    /// `X-Forwarded-Proto: https`.
+    pub https: bool,
 }
 
 /// The state of the limit that decided, for the response headers.
@@ -494,6 +497,7 @@ mod tests {
             query: None,
             method: &Method::GET,
             headers,
+            https: false,
         }
     }
 

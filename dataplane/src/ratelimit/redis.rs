@@ -351,6 +351,7 @@ mod tests {
             query: None,
             method: &http::Method::GET,
             headers: &headers,
+            https: false,
         };
         assert_eq!(
             backend.check(&policy, &request).await,
