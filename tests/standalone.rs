@@ -1308,7 +1308,7 @@ mod tokens {
     }
 
     pub fn sign(algorithm: Algorithm, kid: &str, claims: &Value) -> String {
-        let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+        sluice_dataplane::auth::jwt_ring::install();
         let pem: &[u8] = match kid {
             "rsa-1" => include_bytes!("../dataplane/src/auth/testdata/rsa.pem"),
             "rsa-2" => include_bytes!("../dataplane/src/auth/testdata/rsa-other.pem"),
@@ -1339,16 +1339,16 @@ mod tokens {
             "{}.{body}.",
             b64(br#"{"alg":"none","typ":"JWT","kid":"rsa-1"}"#)
         );
-        let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
-        let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some("rsa-1".into());
         let public = include_bytes!("../dataplane/src/auth/testdata/rsa-public.pem");
-        let hmac = jsonwebtoken::encode(
-            &header,
-            &claims("t-forged"),
-            &EncodingKey::from_secret(public).unwrap(),
-        )
-        .unwrap();
+        let message = format!(
+            "{}.{body}",
+            b64(br#"{"alg":"HS256","typ":"JWT","kid":"rsa-1"}"#)
+        );
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, public);
+        let hmac = format!(
+            "{message}.{}",
+            b64(ring::hmac::sign(&key, message.as_bytes()).as_ref())
+        );
         [none, hmac]
     }
 }

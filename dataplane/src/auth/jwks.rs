@@ -89,6 +89,11 @@ impl RemoteJwks {
     /// Asks for an early refresh (a token named a key the set lacks); rate limited, never
     /// waited for.
     pub fn refresh_soon(&self) {
+        // Until a first fetch succeeds the task retries on its own schedule; a request now
+        // would only use up the allowance meant for a key rotation.
+        if self.keys.load().is_none() {
+            return;
+        }
         let now = self.clock.now_ms().max(1);
         let last = self.last_forced_ms.load(Ordering::Acquire);
         let interval = u64::try_from(MIN_FORCED_INTERVAL.as_millis()).unwrap_or(u64::MAX);

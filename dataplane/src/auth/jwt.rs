@@ -243,7 +243,7 @@ impl JwtRules {
 
     /// Verifies `token` against `sets` (the Secret's keys, then the fetched ones).
     pub fn verify(&self, token: &str, sets: &[&KeySet]) -> TokenVerdict {
-        install_crypto_provider();
+        super::jwt_ring::install();
         let invalid = TokenVerdict::Invalid { unknown_key: false };
         // `alg: none` (and any name jsonwebtoken does not know) fails here.
         let Ok(header) = jsonwebtoken::decode_header(token) else {
@@ -353,15 +353,6 @@ pub fn revocation_key(policy: &crate::snapshot::ObjectRef) -> String {
     )
 }
 
-/// jsonwebtoken picks its crypto backend from its features; naming it removes any doubt
-/// should another crate enable a second one (then it would panic on first use).
-fn install_crypto_provider() {
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(|| {
-        let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
-    });
-}
-
 /// Signing helpers for tests here and in the policy's tests.
 #[cfg(test)]
 pub(crate) mod testing {
@@ -377,7 +368,7 @@ pub(crate) mod testing {
 
     /// A token for `kid` (`rsa-1`, `rsa-2`, `ec-1`, `ed-1`) with `claims`.
     pub fn sign(algorithm: super::Algorithm, kid: &str, claims: &Value) -> String {
-        super::install_crypto_provider();
+        super::super::jwt_ring::install();
         let key = match kid {
             "rsa-1" => EncodingKey::from_rsa_pem(include_bytes!("testdata/rsa.pem")),
             "rsa-2" => EncodingKey::from_rsa_pem(include_bytes!("testdata/rsa-other.pem")),
@@ -388,6 +379,22 @@ pub(crate) mod testing {
         let mut header = Header::new(algorithm);
         header.kid = Some(kid.to_owned());
         jsonwebtoken::encode(&header, claims, &key).unwrap()
+    }
+
+    /// An HS256 token, kid `rsa-1`, whose "signature" is an HMAC keyed with `secret` (the
+    /// RSA public key, in the key-confusion attack). Made by hand: Sluice's provider has no
+    /// HMAC at all.
+    pub fn hmac_forgery(secret: &[u8]) -> String {
+        use base64::Engine;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let message = format!(
+            "{}.{}",
+            b64(br#"{"alg":"HS256","typ":"JWT","kid":"rsa-1"}"#),
+            b64(good_claims().to_string().as_bytes())
+        );
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+        let tag = ring::hmac::sign(&key, message.as_bytes());
+        format!("{message}.{}", b64(tag.as_ref()))
     }
 
     /// Claims that pass the rules of [`rules`].
@@ -520,16 +527,8 @@ mod tests {
             );
         }
         // HS256 "signed" with the RSA public key as the HMAC secret: the classic confusion.
-        install_crypto_provider();
         let public_pem = include_bytes!("testdata/rsa-public.pem");
-        let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
-        header.kid = Some("rsa-1".into());
-        let forged = jsonwebtoken::encode(
-            &header,
-            &good_claims(),
-            &jsonwebtoken::EncodingKey::from_secret(public_pem).unwrap(),
-        )
-        .unwrap();
+        let forged = hmac_forgery(public_pem);
         assert_eq!(
             verify(&rules, &forged),
             TokenVerdict::Invalid { unknown_key: false }

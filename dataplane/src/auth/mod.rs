@@ -10,6 +10,7 @@ mod basic;
 mod forward;
 pub mod jwks;
 pub mod jwt;
+pub mod jwt_ring;
 
 use std::sync::Arc;
 
