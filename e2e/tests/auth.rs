@@ -10,8 +10,9 @@ use kube::Api;
 use serde_json::json;
 use sluice_crds::Auth;
 
-use crate::harness::{Cluster, Endpoint, apply, eventually, ingress_json};
-use crate::support::{self, Echo, Sluice};
+use crate::harness::{Cluster, apply, eventually, ingress_json};
+use crate::support::jwt::{ISSUER, JWKS, JWKS_OTHER, claims, now, rs256, sign};
+use crate::support::{self, Sluice};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -54,13 +55,8 @@ fn htpasswd(ns: &str, text: &str) -> serde_json::Value {
 #[ignore = "needs a Kubernetes API server: run e2e/run"]
 async fn e2e_12_an_auth_policy_guards_an_ingress_and_a_missing_one_fails_closed() {
     let cluster = Cluster::connect().await;
-    let ns = cluster.namespace("auth").await;
+    let (ns, _echo) = cluster.namespace_with_web("auth", "127.0.0.171").await;
     let class = "e2e-auth";
-    let echo = Echo::start(&["127.0.0.171"]);
-    cluster.service(&ns, "web").await;
-    cluster
-        .endpoints(&ns, "web", &[Endpoint::ready(echo.addrs[0])])
-        .await;
     let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &ns);
     let first = bcrypt::hash("first-password", 4).expect("bcrypt");
     apply(
@@ -196,5 +192,129 @@ async fn e2e_12_an_auth_policy_guards_an_ingress_and_a_missing_one_fails_closed(
         )
         .await,
         401
+    );
+}
+
+fn jwks_secret(ns: &str, document: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "jwks", "namespace": ns},
+        "stringData": {"jwks.json": document},
+    })
+}
+
+/// A JWT Auth with its key set in a Secret, through the real API server: accepted, tokens
+/// verified with their claims sent upstream, and a rotated key set applied live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes API server: run e2e/run"]
+async fn e2e_13_a_jwt_auth_verifies_tokens_and_its_key_set_rotates_live() {
+    let cluster = Cluster::connect().await;
+    let (ns, _echo) = cluster.namespace_with_web("jwt", "127.0.0.172").await;
+    let class = "e2e-jwt";
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &ns);
+    apply(&secrets, "jwks", jwks_secret(&ns, JWKS)).await;
+    let auths: Api<Auth> = Api::namespaced(cluster.client.clone(), &ns);
+    apply(
+        &auths,
+        "tokens",
+        json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "Auth",
+               "metadata": {"name": "tokens", "namespace": ns},
+               "spec": {"jwt": {"issuer": ISSUER, "audiences": ["shop"],
+                                "jwksSecretRef": {"name": "jwks"},
+                                "algorithms": ["RS256", "ES256"],
+                                "claimsToHeaders": {"sub": "X-User"}}}}),
+    )
+    .await;
+    let mut ingress = ingress_json(&ns, "api", class, "api.e2e.test", &[("/", "web")], "http");
+    ingress["metadata"]["annotations"] = json!({"sluice.dev/auth": "tokens"});
+    apply(&cluster.ingresses(&ns), "api", ingress).await;
+    let sluice = cluster
+        .sluice(
+            class,
+            &["--leader-elect=false", "--publish-address", "203.0.113.13"],
+        )
+        .await;
+    let bearer = |token: &str| format!("Bearer {token}");
+    let first = bearer(&rs256(&claims("e2e-1")));
+    eventually(5 * SECOND, "a valid token is let through", async || {
+        status_with(&sluice, "api.e2e.test", Some(&first)).await == 200
+    })
+    .await;
+    let reply = support::send(
+        sluice.http,
+        "GET",
+        "api.e2e.test",
+        "/",
+        &[("authorization", first.as_str()), ("x-user", "mallory")],
+        Bytes::new(),
+    )
+    .await
+    .expect("reply");
+    assert_eq!(
+        reply.echo()["headers"]["x-user"],
+        "ada",
+        "the claim, not the client's"
+    );
+    let es256 = bearer(&sign(
+        jsonwebtoken::Algorithm::ES256,
+        "ec-1",
+        &claims("e2e-2"),
+    ));
+    assert_eq!(
+        status_with(&sluice, "api.e2e.test", Some(&es256)).await,
+        200
+    );
+    let mut expired = claims("e2e-3");
+    expired["exp"] = json!(now() - 300);
+    assert_eq!(
+        status_with(&sluice, "api.e2e.test", Some(&bearer(&rs256(&expired)))).await,
+        401
+    );
+    assert_eq!(status_with(&sluice, "api.e2e.test", None).await, 401);
+    eventually(
+        10 * SECOND,
+        "Accepted and Programmed on the Auth",
+        async || {
+            auths.get("tokens").await.ok().is_some_and(|policy| {
+                condition(&policy, "Accepted") == Some(("True".into(), "Accepted".into()))
+                    && condition(&policy, "Programmed")
+                        == Some(("True".into(), "Programmed".into()))
+            })
+        },
+    )
+    .await;
+
+    // The issuer rotates its keys: the new set through the API server, no restart.
+    apply(&secrets, "jwks", jwks_secret(&ns, JWKS_OTHER)).await;
+    let rotated = bearer(&sign(
+        jsonwebtoken::Algorithm::RS256,
+        "rsa-2",
+        &claims("e2e-4"),
+    ));
+    let took = eventually(
+        5 * SECOND,
+        "a token of the new key is accepted",
+        async || status_with(&sluice, "api.e2e.test", Some(&rotated)).await == 200,
+    )
+    .await;
+    assert_eq!(
+        status_with(&sluice, "api.e2e.test", Some(&first)).await,
+        401,
+        "the old key is gone"
+    );
+    println!("JWKS Secret rotation enforced {took:?} after the apply");
+
+    // A key set that is not one: the Auth says so, the last good set keeps working.
+    apply(&secrets, "jwks", jwks_secret(&ns, "{\"keys\": 7}")).await;
+    eventually(10 * SECOND, "InvalidSecret on the Auth", async || {
+        auths.get("tokens").await.ok().is_some_and(|policy| {
+            condition(&policy, "Accepted") == Some(("False".into(), "InvalidSecret".into()))
+        })
+    })
+    .await;
+    assert_eq!(
+        status_with(&sluice, "api.e2e.test", Some(&rotated)).await,
+        200
     );
 }

@@ -178,6 +178,16 @@ impl Cluster {
         assert!(run.success, "e2e/cluster {verb} failed: {}", run.stderr);
     }
 
+    /// A namespace `NAME-PID` with Service `web` on one echo backend at `ip`.
+    pub async fn namespace_with_web(&self, name: &str, ip: &str) -> (String, Echo) {
+        let ns = self.namespace(name).await;
+        let echo = Echo::start(&[ip]);
+        self.service(&ns, "web").await;
+        self.endpoints(&ns, "web", &[Endpoint::ready(echo.addrs[0])])
+            .await;
+        (ns, echo)
+    }
+
     /// The common start of a test: a namespace `NAME-PID`, Service `web` on one echo
     /// backend at `ip`, Ingress `web` of class `e2e-NAME` for `host` and Prefix `path`, and
     /// Sluice (with `sluice_args`) serving it.
@@ -189,12 +199,8 @@ impl Cluster {
         path: &str,
         sluice_args: &[&str],
     ) -> Scenario {
-        let ns = self.namespace(name).await;
+        let (ns, echo) = self.namespace_with_web(name, ip).await;
         let class = format!("e2e-{name}");
-        let echo = Echo::start(&[ip]);
-        self.service(&ns, "web").await;
-        self.endpoints(&ns, "web", &[Endpoint::ready(echo.addrs[0])])
-            .await;
         self.ingress(&ns, "web", &class, host, &[(path, "web")])
             .await;
         let sluice = self.sluice(&class, sluice_args).await;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod grpc;
+pub mod jwt;
 pub mod tls;
 pub mod upstream_tls;
 pub mod websocket;
