@@ -1292,8 +1292,8 @@ async fn forward_auth_asks_a_service_whose_answer_decides_and_fails_closed() {
 
 /// The JWT method with its key set in a Secret: each allowed algorithm passes, claims reach
 /// the upstream (a client's forged copy does not), every kind of bad token gets 401 with
-/// the bearer challenge, a jti revoked in a real Redis is refused, and with Redis gone the
-/// route fails closed.
+/// the bearer challenge, a jti revoked in a real Redis is refused, API keys kept in that
+/// Redis pass once added, and with Redis gone both routes fail closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_jwt_verifies_tokens_copies_claims_and_refuses_revoked_ones_in_redis() {
     use jsonwebtoken::Algorithm;
@@ -1313,9 +1313,11 @@ async fn auth_jwt_verifies_tokens_copies_claims_and_refuses_revoked_ones_in_redi
     objects += &format!(
         "---\napiVersion: sluice.dev/v1alpha1\nkind: Auth\nmetadata:\n  name: both\n  namespace: default\nspec:\n  require: all\n  apiKey: {{header: X-Api-Key, secretRef: {{name: keys}}}}\n  jwt:\n    issuer: {ISSUER}\n    audiences: [shop]\n    jwksSecretRef: {{name: jwks}}\n"
     );
+    objects += "---\napiVersion: sluice.dev/v1alpha1\nkind: Auth\nmetadata:\n  name: store\n  namespace: default\nspec:\n  apiKey: {header: X-Api-Key, redisSet: true}\n";
     for (name, host, policy) in [
         ("tokens", "tokens.test", "tokens"),
         ("both", "both.test", "both"),
+        ("store", "store.test", "store"),
     ] {
         objects += &ingress(
             name,
@@ -1449,10 +1451,42 @@ async fn auth_jwt_verifies_tokens_copies_claims_and_refuses_revoked_ones_in_redi
     .await;
     assert_eq!(both.status, 200, "{}", both.body);
 
-    // No Redis to ask: the route fails closed rather than letting a revoked token in.
+    // API keys kept in Redis, as SHA-256 digests: valid once added to the policy's set.
+    let key = "key-from-the-store";
+    let digest: String = ring::digest::digest(&ring::digest::SHA256, key.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    let with_key = || vec![("x-api-key", key.to_owned())];
+    assert_eq!(send("store.test", with_key()).await.status, 401);
+    let added = std::process::Command::new("redis-cli")
+        .args([
+            "-u",
+            &redis_url,
+            "SADD",
+            "sluice:auth:{default/store}:api-keys",
+            &digest,
+        ])
+        .output()
+        .expect("redis-cli");
+    assert!(added.status.success(), "{added:?}");
+    let stored = send("store.test", with_key()).await;
+    assert_eq!(stored.status, 200, "{}", stored.body);
+    assert!(stored.echo()["headers"].get("x-api-key").is_none());
+    assert_eq!(
+        send("store.test", vec![("x-api-key", "another".into())])
+            .await
+            .status,
+        401
+    );
+
+    // No Redis to ask: the routes fail closed rather than letting a revoked token (or an
+    // unknown key) in.
     redis.stop();
     let unavailable = send("tokens.test", vec![bearer(&rs256(&claims("t-7")))]).await;
     assert_eq!(unavailable.status, 503, "{}", unavailable.body);
+    assert_eq!(send("store.test", with_key()).await.status, 503);
 
     let decisions = |policy: &str, method: &str, result: &str| {
         format!(
@@ -1465,6 +1499,9 @@ async fn auth_jwt_verifies_tokens_copies_claims_and_refuses_revoked_ones_in_redi
         (decisions("tokens", "none", "unauthorized"), 1.0),
         (decisions("tokens", "jwt", "error"), 1.0),
         (decisions("both", "api_key", "allowed"), 1.0),
+        (decisions("store", "api_key", "allowed"), 1.0),
+        (decisions("store", "api_key", "unauthorized"), 2.0),
+        (decisions("store", "api_key", "error"), 1.0),
     ] {
         assert_eq!(sluice.metric(&series).await, Some(expected), "{series}");
     }

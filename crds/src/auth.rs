@@ -108,6 +108,9 @@ pub struct BasicAuth {
 #[schemars(extend("x-kubernetes-validations" = [{
     "rule": "has(self.header) != has(self.query)",
     "message": "apiKey needs exactly one of header or query"
+}, {
+    "rule": "has(self.secretRef) || (has(self.redisSet) && self.redisSet)",
+    "message": "apiKey needs secretRef, redisSet: true, or both"
 }]))]
 pub struct ApiKeyAuth {
     /// The request header carrying the key.
@@ -120,7 +123,13 @@ pub struct ApiKeyAuth {
     pub query: Option<String>,
     /// Every value of the Secret's data is one valid key (the key names are labels, for
     /// example who the key belongs to). Sluice keeps only SHA-256 digests in memory.
-    pub secret_ref: SecretRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+    /// Also accept keys whose SHA-256 digest (lower-case hex) is in the Redis set
+    /// `sluice:auth:{NAMESPACE/NAME}:api-keys`, for key stores too large or too busy for a
+    /// Secret (needs `--redis-url`; when Redis cannot answer, such keys get 503).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redis_set: bool,
 }
 
 #[derive(JsonSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

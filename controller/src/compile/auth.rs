@@ -134,35 +134,56 @@ pub(crate) fn compile_auth(
                 return None;
             }
         };
-        let secret = match secrets.get(&name.namespace, &api_key.secret_ref.name) {
-            Some(secret) => secret,
-            None => {
-                errors.push(CompileError::PolicySecretNotFound {
-                    field: field.to_owned(),
-                    secret: api_key.secret_ref.name.clone(),
-                });
-                return None;
-            }
+        if api_key.secret_ref.is_none() && !api_key.redis_set {
+            errors.push(invalid(
+                "spec.apiKey",
+                "needs secretRef, redisSet: true, or both".into(),
+            ));
+            return None;
+        }
+        if api_key.redis_set && !redis_configured {
+            errors.push(invalid(
+                "spec.apiKey.redisSet",
+                "needs Sluice to run with --redis-url".into(),
+            ));
+            return None;
+        }
+        let secret = match &api_key.secret_ref {
+            None => None,
+            Some(reference) => match secrets.get(&name.namespace, &reference.name) {
+                Some(secret) => Some((reference, secret)),
+                None => {
+                    errors.push(CompileError::PolicySecretNotFound {
+                        field: field.to_owned(),
+                        secret: reference.name.clone(),
+                    });
+                    return None;
+                }
+            },
         };
         // `data` as the API server keeps it, `stringData` as a standalone file may give it.
-        let values = secret
-            .data
-            .iter()
-            .flatten()
-            .map(|(_, value)| value.0.as_slice())
-            .chain(
-                secret
-                    .string_data
-                    .iter()
-                    .flatten()
-                    .map(|(_, value)| value.as_bytes()),
-            );
-        ApiKeys::new(location, values)
+        let values = secret.iter().flat_map(|(_, secret)| {
+            secret
+                .data
+                .iter()
+                .flatten()
+                .map(|(_, value)| value.0.as_slice())
+                .chain(
+                    secret
+                        .string_data
+                        .iter()
+                        .flatten()
+                        .map(|(_, value)| value.as_bytes()),
+                )
+        });
+        ApiKeys::new(location, values, api_key.redis_set)
             .map(Arc::new)
             .map_err(|_| {
                 errors.push(CompileError::InvalidPolicySecret {
                     field: field.to_owned(),
-                    secret: api_key.secret_ref.name.clone(),
+                    secret: secret
+                        .map(|(reference, _)| reference.name.clone())
+                        .unwrap_or_default(),
                     why: "it holds no key (every data value is one key)".into(),
                     serving_last_good: false,
                 })
@@ -1015,5 +1036,32 @@ mod tests {
             "{message}"
         );
         assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    #[test]
+    fn api_keys_may_live_in_redis_when_sluice_has_one() {
+        let spec = json!({"apiKey": {"header": "X-Api-Key", "redisSet": true}});
+        let policy = compile(spec.clone(), &[]).unwrap();
+        assert!(policy.api_key.as_ref().unwrap().redis_set);
+        let index = SecretIndex::new([].iter());
+        let errors = compile_auth(
+            &auth(spec),
+            &ObjectRef::new("shop", "members"),
+            &index,
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors[0].to_string(),
+            "spec.apiKey.redisSet: needs Sluice to run with --redis-url; the policy is not accepted"
+        );
+        let neither = compile(json!({"apiKey": {"header": "X-Api-Key"}}), &[]).unwrap_err();
+        assert!(
+            neither[0]
+                .to_string()
+                .starts_with("spec.apiKey: needs secretRef, redisSet: true, or both"),
+            "{}",
+            neither[0]
+        );
     }
 }

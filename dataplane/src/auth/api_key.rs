@@ -1,6 +1,7 @@
 //! API keys in a header or a query parameter, kept as SHA-256 digests.
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 
 use http::HeaderMap;
 use http::header::HeaderName;
@@ -20,6 +21,17 @@ pub enum KeyLocation {
 pub struct ApiKeys {
     pub location: KeyLocation,
     digests: HashSet<[u8; 32]>,
+    /// Keys not among `digests` are looked up in the policy's Redis set.
+    pub redis_set: bool,
+}
+
+/// Whether a presented key is valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum KeyLookup {
+    Valid,
+    Invalid,
+    /// Not in memory: its digest (hex) is to be looked up in Redis.
+    AskRedis(String),
 }
 
 impl std::fmt::Debug for ApiKeys {
@@ -27,25 +39,32 @@ impl std::fmt::Debug for ApiKeys {
         f.debug_struct("ApiKeys")
             .field("location", &self.location)
             .field("keys", &self.digests.len())
+            .field("redis_set", &self.redis_set)
             .finish()
     }
 }
 
 impl ApiKeys {
-    /// Each value is one key; empty values are refused.
+    /// Each value is one key; empty values are refused. Without `redis_set`, some key is
+    /// needed.
     pub fn new<'a>(
         location: KeyLocation,
         keys: impl IntoIterator<Item = &'a [u8]>,
+        redis_set: bool,
     ) -> Result<ApiKeys, CredentialError> {
         let digests: HashSet<[u8; 32]> = keys
             .into_iter()
             .filter(|key| !key.is_empty())
             .map(|key| Sha256::digest(key).into())
             .collect();
-        if digests.is_empty() {
+        if digests.is_empty() && !redis_set {
             return Err(CredentialError::Empty);
         }
-        Ok(ApiKeys { location, digests })
+        Ok(ApiKeys {
+            location,
+            digests,
+            redis_set,
+        })
     }
 
     /// The presented key, if the request carries exactly one (two are refused: the
@@ -93,12 +112,31 @@ impl ApiKeys {
         removed.then(|| kept.join("&"))
     }
 
-    pub(super) fn accepts(&self, key: &[u8]) -> bool {
+    pub(super) fn lookup(&self, key: &[u8]) -> KeyLookup {
         let digest: [u8; 32] = Sha256::digest(key).into();
         // Looked up by digest: timing can at most tell how a digest compares to the stored
         // ones, and aiming at a digest needs a SHA-256 preimage.
-        self.digests.contains(&digest)
+        if self.digests.contains(&digest) {
+            KeyLookup::Valid
+        } else if self.redis_set {
+            let mut hex = String::with_capacity(64);
+            for byte in digest {
+                let _ = write!(hex, "{byte:02x}");
+            }
+            KeyLookup::AskRedis(hex)
+        } else {
+            KeyLookup::Invalid
+        }
     }
+}
+
+/// The Redis set of valid API key digests of a policy (`redisSet: true`):
+/// `sluice:auth:{namespace/name}:api-keys`.
+pub fn api_key_set(policy: &crate::snapshot::ObjectRef) -> String {
+    format!(
+        "sluice:auth:{{{}/{}}}:api-keys",
+        policy.namespace, policy.name
+    )
 }
 
 /// `name=value` pairs of a raw query string (a pair without `=` has an empty value).

@@ -543,7 +543,11 @@ mod tests {
     async fn an_api_key_in_the_query_is_not_told_to_the_service() {
         bounded(async {
             let service = AuthService::start().await;
-            let keys = ApiKeys::new(KeyLocation::Query("api_key".into()), [b"k".as_slice()]);
+            let keys = ApiKeys::new(
+                KeyLocation::Query("api_key".into()),
+                [b"k".as_slice()],
+                false,
+            );
             let both = AuthPolicy {
                 api_key: Some(Arc::new(keys.unwrap())),
                 ..policy(service.forward("/allow"))
@@ -693,6 +697,7 @@ mod tests {
         let keys = ApiKeys::new(
             KeyLocation::Header(HeaderName::from_static("x-api-key")),
             [b"k".as_slice()],
+            false,
         )
         .unwrap();
         let policy = AuthPolicy {

@@ -345,7 +345,7 @@ impl JwtRules {
 }
 
 /// The Redis set of revoked token ids of a policy: `sluice:auth:{namespace/name}:revoked-jti`
-/// (the braces keep a policy's keys in one Redis Cluster slot).
+/// (the braces keep a policy's keys in one Redis Cluster slot, with its API key set).
 pub fn revocation_key(policy: &crate::snapshot::ObjectRef) -> String {
     format!(
         "sluice:auth:{{{}/{}}}:revoked-jti",

@@ -18,7 +18,8 @@ use http::HeaderMap;
 use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-pub use api_key::{ApiKeys, KeyLocation};
+use api_key::KeyLookup;
+pub use api_key::{ApiKeys, KeyLocation, api_key_set};
 use basic::BasicVerdict;
 pub use basic::{BasicCredentials, MAX_PASSWORD_BYTES, PasswordHash};
 pub use forward::{AuthRedirect, ForwardAuth};
@@ -167,10 +168,24 @@ impl AuthPolicy {
                 let Some(keys) = &self.api_key else {
                     return failed(false);
                 };
-                match keys.presented(request.headers, request.query) {
-                    Some(key) if keys.accepts(&key) => MethodVerdict::Passed(Vec::new()),
-                    presented => {
-                        failed(presented.is_some() || keys.carried(request.headers, request.query))
+                let Some(key) = keys.presented(request.headers, request.query) else {
+                    return failed(keys.carried(request.headers, request.query));
+                };
+                match keys.lookup(&key) {
+                    KeyLookup::Valid => MethodVerdict::Passed(Vec::new()),
+                    KeyLookup::Invalid => failed(true),
+                    KeyLookup::AskRedis(digest) => {
+                        let unavailable = MethodVerdict::Decided(AuthDecision::Unavailable {
+                            method: AuthMethodLabel::api_key,
+                        });
+                        let Some(redis) = context.redis else {
+                            return unavailable;
+                        };
+                        match redis.is_member(&api_key_set(&self.name), &digest).await {
+                            Ok(true) => MethodVerdict::Passed(Vec::new()),
+                            Ok(false) => failed(true),
+                            Err(_) => unavailable,
+                        }
                     }
                 }
             }
@@ -519,6 +534,7 @@ mod tests {
         let keys = ApiKeys::new(
             KeyLocation::Header(HeaderName::from_static("x-api-key")),
             [b"k-123".as_slice(), b"k-456".as_slice()],
+            false,
         )
         .unwrap();
         let policy = AuthPolicy {
@@ -556,7 +572,12 @@ mod tests {
 
         let by_query = AuthPolicy {
             api_key: Some(Arc::new(
-                ApiKeys::new(KeyLocation::Query("api_key".into()), [b"a b/c".as_slice()]).unwrap(),
+                ApiKeys::new(
+                    KeyLocation::Query("api_key".into()),
+                    [b"a b/c".as_slice()],
+                    false,
+                )
+                .unwrap(),
             )),
             ..open_policy()
         };
@@ -577,7 +598,7 @@ mod tests {
                 .await,
             AuthDecision::Unauthorized { .. }
         ));
-        assert!(ApiKeys::new(KeyLocation::Query("k".into()), [b"".as_slice()]).is_err());
+        assert!(ApiKeys::new(KeyLocation::Query("k".into()), [b"".as_slice()], false).is_err());
     }
 
     #[tokio::test]
@@ -619,7 +640,12 @@ mod tests {
     fn a_key_in_the_query_is_removed_from_the_upstream_uri() {
         let policy = AuthPolicy {
             api_key: Some(Arc::new(
-                ApiKeys::new(KeyLocation::Query("api_key".into()), [b"k".as_slice()]).unwrap(),
+                ApiKeys::new(
+                    KeyLocation::Query("api_key".into()),
+                    [b"k".as_slice()],
+                    false,
+                )
+                .unwrap(),
             )),
             ..open_policy()
         };
@@ -647,6 +673,7 @@ mod tests {
         let keys = ApiKeys::new(
             KeyLocation::Header(HeaderName::from_static("x-api-key")),
             [b"key".as_slice()],
+            false,
         )
         .unwrap();
         let hash = bcrypt::hash("pw", 4).unwrap();
@@ -715,6 +742,7 @@ mod tests {
                 ApiKeys::new(
                     KeyLocation::Header(HeaderName::from_static("x-api-key")),
                     [b"key".as_slice()],
+                    false,
                 )
                 .unwrap(),
             )),
@@ -759,6 +787,7 @@ mod tests {
                 ApiKeys::new(
                     KeyLocation::Header(HeaderName::from_static("x-api-key")),
                     [b"key".as_slice()],
+                    false,
                 )
                 .unwrap(),
             )),
