@@ -1351,14 +1351,25 @@ async fn auth_jwt_verifies_tokens_copies_claims_and_refuses_revoked_ones_in_redi
     assert_eq!(none.status, 401);
     assert_eq!(none.headers["www-authenticate"], r#"Bearer realm="tokens""#);
 
+    // A forged X-User, its CGI look-alike, and a Connection header naming X-User (which
+    // would make the hop-by-hop cleanup drop the value Sluice set).
     let passed = send(
         "tokens.test",
-        vec![bearer(&rs256(&claims("t-1"))), ("x-user", "mallory".into())],
+        vec![
+            bearer(&rs256(&claims("t-1"))),
+            ("x-user", "mallory".into()),
+            ("x_user", "mallory".into()),
+            ("connection", "x-user".into()),
+        ],
     )
     .await;
     assert_eq!(passed.status, 200, "{}", passed.body);
     let upstream_saw = passed.echo();
     assert_eq!(upstream_saw["headers"]["x-user"], "ada", "{upstream_saw}");
+    assert!(
+        upstream_saw["headers"].get("x_user").is_none(),
+        "{upstream_saw}"
+    );
     assert_eq!(upstream_saw["headers"]["x-scope"], "read");
     assert!(
         upstream_saw["headers"].get("authorization").is_none(),
@@ -1545,16 +1556,24 @@ async fn auth_jwt_keys_from_a_jwks_uri_rotate_without_a_restart_and_survive_a_fa
     objects += &format!(
         "---\napiVersion: sluice.dev/v1alpha1\nkind: Auth\nmetadata:\n  name: remote\n  namespace: default\nspec:\n  jwt:\n    issuer: {ISSUER}\n    audiences: [shop]\n    jwksUri: {uri}\n    jwksCaSecretRef: {{name: jwks-ca}}\n"
     );
-    objects += &ingress(
-        "remote",
-        "2024-01-01T00:00:00Z",
-        "sluice",
-        &[("sluice.dev/auth", "remote")],
-        &format!(
-            "  rules:\n  - host: remote.test\n    http:\n      paths:\n{}",
-            path("/", "Prefix", "up")
-        ),
+    // A key server that never answers: tokens get 503 (no key to check them with yet), not
+    // a 401 that would tell clients their token is bad.
+    let silent = closed_port("127.0.0.1");
+    objects += &format!(
+        "---\napiVersion: sluice.dev/v1alpha1\nkind: Auth\nmetadata:\n  name: unreachable\n  namespace: default\nspec:\n  jwt:\n    issuer: {ISSUER}\n    audiences: [shop]\n    jwksUri: https://{silent}/jwks\n"
     );
+    for (name, policy) in [("remote", "remote"), ("unreachable", "unreachable")] {
+        objects += &ingress(
+            name,
+            "2024-01-01T00:00:00Z",
+            "sluice",
+            &[("sluice.dev/auth", policy)],
+            &format!(
+                "  rules:\n  - host: {name}.test\n    http:\n      paths:\n{}",
+                path("/", "Prefix", "up")
+            ),
+        );
+    }
     dir.write("objects.yaml", &objects);
     let sluice = Sluice::start(&dir.0, &[]).await;
     let status_with = |token: String| {
@@ -1585,6 +1604,17 @@ async fn auth_jwt_keys_from_a_jwks_uri_rotate_without_a_restart_and_survive_a_fa
     println!("jwksUri: first token accepted {took:?} after start");
     let series = format!(r#"sluice_auth_jwks_keys{{uri="{uri}"}}"#);
     assert_eq!(sluice.metric(&series).await, Some(3.0));
+    let unreachable = support::send(
+        sluice.http,
+        "GET",
+        "unreachable.test",
+        "/",
+        &[("authorization", &format!("Bearer {}", first_key()))],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(unreachable.status, 503, "{}", unreachable.body);
 
     // The server fails: the last good set stays in use.
     *served.lock().unwrap() = (500, "oops".into());

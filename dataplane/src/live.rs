@@ -241,7 +241,7 @@ fn build_remote_keys(
             Some(old) => Arc::clone(old),
             None if tokio::runtime::Handle::try_current().is_ok() => RemoteJwks::start(
                 endpoint.clone(),
-                settings.metrics.jwks_counters(&endpoint.uri),
+                settings.metrics.jwks_counters(endpoint.label()),
             ),
             // No runtime to fetch in (a state built outside one): tokens for it fail.
             None => continue,

@@ -208,6 +208,23 @@ pub(crate) fn compile_auth(
         .and_then(|forward| forward_auth(forward, &mut errors))
         .map(Arc::new);
 
+    if spec.require == sluice_crds::Require::All && spec.basic.is_some() && spec.jwt.is_some() {
+        errors.push(invalid(
+            "spec.require",
+            "all cannot be met with both basic and jwt: they share the one Authorization header"
+                .into(),
+        ));
+    }
+    if let (Some(jwt), Some(forward)) = (&jwt, &forward) {
+        for (claim, header) in &jwt.claims_to_headers {
+            if forward.response_headers.contains(header) {
+                errors.push(invalid(
+                    &format!("spec.jwt.claimsToHeaders.{claim}"),
+                    format!("{header} is also one of spec.forward.responseHeaders"),
+                ));
+            }
+        }
+    }
     let has_rules = spec.basic.is_some()
         || spec.api_key.is_some()
         || spec.jwt.is_some()
@@ -421,22 +438,16 @@ fn secret_text(
     })
 }
 
-/// Request headers a claim may not be copied into: hop-by-hop headers, framing, routing and
-/// the credentials themselves.
-const RESERVED_HEADERS: &[&str] = &[
-    "authorization",
-    "connection",
-    "content-length",
-    "cookie",
-    "host",
-    "keep-alive",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+/// Why a claim cannot be copied into `header`, if it cannot: what an authorization service
+/// may not set either, and the credentials themselves.
+fn claim_target_refusal(header: &http::HeaderName) -> Option<&'static str> {
+    use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
+    ForwardAuth::reserved_header(header).or_else(|| {
+        [AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION]
+            .contains(header)
+            .then_some("a credential header")
+    })
+}
 
 /// Validates `spec.jwt` and loads the Secret's key set and the `jwksUri`'s CA.
 fn compile_jwt(
@@ -492,9 +503,12 @@ fn compile_jwt(
                 &field,
                 format!("{:?} is not a header name", header.0),
             )),
-            Ok(header) if RESERVED_HEADERS.contains(&header.as_str()) => errors.push(invalid(
+            Ok(header) if claim_target_refusal(&header).is_some() => errors.push(invalid(
                 &field,
-                format!("{header} cannot be set from a claim"),
+                format!(
+                    "{header} cannot be set from a claim: {}",
+                    claim_target_refusal(&header).unwrap_or_default()
+                ),
             )),
             Ok(header) if claims_to_headers.iter().any(|(_, taken)| *taken == header) => {
                 errors.push(invalid(&field, format!("{header} is set by another claim")))
@@ -535,8 +549,19 @@ fn compile_jwt(
         let parsed = uri.parse::<http::Uri>().ok().filter(|parsed| {
             parsed.scheme_str() == Some("https") && parsed.host().is_some_and(|h| !h.is_empty())
         });
-        if parsed.is_none() {
+        let Some(parsed) = parsed else {
             errors.push(invalid(field, format!("{uri:?} is not an https:// URL")));
+            return None;
+        };
+        // The URL is logged and labels metrics: no credentials in it.
+        if parsed
+            .authority()
+            .is_some_and(|authority| authority.as_str().contains('@'))
+        {
+            errors.push(invalid(
+                field,
+                "user info (user:password@) is refused: it would be logged".into(),
+            ));
             return None;
         }
         let ca = match &jwt.jwks_ca_secret_ref {
@@ -829,7 +854,24 @@ mod tests {
             (
                 spec(json!({"claimsToHeaders": {"sub": "Authorization"}})),
                 true,
-                "authorization cannot be set from a claim",
+                "authorization cannot be set from a claim: a credential header",
+            ),
+            (
+                spec(json!({"claimsToHeaders": {"sub": "X-Forwarded-For"}})),
+                true,
+                "x-forwarded-for cannot be set from a claim: Sluice sets this header itself",
+            ),
+            (
+                spec(json!({"claimsToHeaders": {"sub": "Proxy-Authenticate"}})),
+                true,
+                "proxy-authenticate cannot be set from a claim: a hop-by-hop header",
+            ),
+            (
+                spec(
+                    json!({"jwksSecretRef": null, "jwksUri": "https://user:hunter2@issuer.example/keys"}),
+                ),
+                true,
+                "spec.jwt.jwksUri: user info (user:password@) is refused",
             ),
             (
                 spec(json!({"jwksCaSecretRef": {"name": "ca"}})),
@@ -852,7 +894,32 @@ mod tests {
         for (spec, redis, wanted) in cases {
             let text = problems(spec, std::slice::from_ref(&jwks), redis);
             assert!(text.contains(wanted), "{wanted:?} in {text}");
+            assert!(!text.contains("hunter2"), "{text}");
         }
+        // Policy-wide: `all` with Basic and JWT (one Authorization header cannot carry
+        // both), and a header both a claim and the authorization service would set.
+        let mut both = spec(json!({}));
+        both["basic"] = json!({"secretRef": {"name": "htpasswd"}});
+        both["require"] = json!("all");
+        let htpasswd = secret(
+            "htpasswd",
+            &[("auth", &format!("ada:{}", bcrypt::hash("pw", 4).unwrap()))],
+        );
+        let text = problems(both, &[jwks.clone(), htpasswd], true);
+        assert!(
+            text.contains("spec.require: all cannot be met with both basic and jwt"),
+            "{text}"
+        );
+        let mut overlap = spec(json!({}));
+        overlap["forward"] =
+            json!({"url": "http://auth.shop.svc/check", "responseHeaders": ["X-User"]});
+        let text = problems(overlap, std::slice::from_ref(&jwks), true);
+        assert!(
+            text.contains(
+                "spec.jwt.claimsToHeaders.sub: x-user is also one of spec.forward.responseHeaders"
+            ),
+            "{text}"
+        );
         // A key set that is not one, or holds only an HMAC secret, is the Secret's problem.
         for (document, wanted) in [
             ("[]", "not a JSON Web Key Set"),

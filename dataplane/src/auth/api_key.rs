@@ -76,7 +76,7 @@ impl ApiKeys {
             }
             KeyLocation::Query(parameter) => {
                 let mut values = query_pairs(query?)
-                    .filter(|(name, _)| name == parameter)
+                    .filter(|(name, _)| names_parameter(name, parameter))
                     .map(|(_, value)| percent_decode(value));
                 let first = values.next()?;
                 values.next().is_none().then_some(first)
@@ -88,9 +88,9 @@ impl ApiKeys {
     pub(super) fn carried(&self, headers: &HeaderMap, query: Option<&str>) -> bool {
         match &self.location {
             KeyLocation::Header(name) => headers.contains_key(name),
-            KeyLocation::Query(parameter) => {
-                query.is_some_and(|query| query_pairs(query).any(|(name, _)| name == parameter))
-            }
+            KeyLocation::Query(parameter) => query.is_some_and(|query| {
+                query_pairs(query).any(|(name, _)| names_parameter(name, parameter))
+            }),
         }
     }
 
@@ -104,7 +104,7 @@ impl ApiKeys {
         let kept: Vec<&str> = query
             .split('&')
             .filter(|pair| {
-                let is_key = pair_name(pair) == parameter;
+                let is_key = names_parameter(pair_name(pair), parameter);
                 removed |= is_key;
                 !is_key
             })
@@ -144,6 +144,12 @@ fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
     query
         .split('&')
         .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
+/// Whether a raw parameter name is `parameter` once percent-decoded: `api%5Fkey` is
+/// `api_key` to an upstream that decodes names, so it is one here too.
+fn names_parameter(raw: &str, parameter: &str) -> bool {
+    raw == parameter || (raw.contains(['%', '+']) && percent_decode(raw) == parameter.as_bytes())
 }
 
 fn pair_name(pair: &str) -> &str {

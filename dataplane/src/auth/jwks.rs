@@ -117,13 +117,13 @@ async fn refresh_loop(remote: Weak<RemoteJwks>, wake: Arc<Notify>, counters: Jwk
     let mut retry = Duration::from_secs(1);
     loop {
         let Some(current) = remote.upgrade() else {
-            return;
+            break;
         };
         let endpoint = current.endpoint.clone();
         drop(current);
         let outcome = fetch(&endpoint).await;
         let Some(current) = remote.upgrade() else {
-            return;
+            break;
         };
         let wait = match outcome {
             Ok(set) => {
@@ -133,7 +133,7 @@ async fn refresh_loop(remote: Weak<RemoteJwks>, wake: Arc<Notify>, counters: Jwk
                     .set(i64::try_from(set.len()).unwrap_or(i64::MAX));
                 let changed = current.keys.load().as_deref().is_none_or(|old| *old != set);
                 if changed {
-                    tracing::info!(uri = %endpoint.uri, keys = set.len(), "JWKS loaded");
+                    tracing::info!(uri = endpoint.label(), keys = set.len(), "JWKS loaded");
                     current.keys.store(Some(Arc::new(set)));
                 }
                 retry = Duration::from_secs(1);
@@ -141,7 +141,7 @@ async fn refresh_loop(remote: Weak<RemoteJwks>, wake: Arc<Notify>, counters: Jwk
             }
             Err(error) => {
                 counters.errors.inc();
-                tracing::warn!(uri = %endpoint.uri, %error, retry_in = ?retry,
+                tracing::warn!(uri = endpoint.label(), %error, retry_in = ?retry,
                     "JWKS fetch failed; the last good key set (if any) stays in use");
                 let wait = retry;
                 retry = (retry * 2).min(MAX_RETRY_INTERVAL);
@@ -154,6 +154,8 @@ async fn refresh_loop(remote: Weak<RemoteJwks>, wake: Arc<Notify>, counters: Jwk
             _ = wake.notified() => {}
         }
     }
+    // No route names this endpoint any more.
+    counters.keys.set(0);
 }
 
 /// Why a fetch failed.

@@ -26,6 +26,21 @@ const MAX_CLAIM_HEADER_BYTES: usize = 4 * 1024;
 /// Keys tried for one token without a matching `kid`: bounds the work a token can cause.
 const MAX_KEYS_TRIED: usize = 8;
 
+/// Smaller RSA keys are refused (ring would refuse every signature of theirs anyway).
+const MIN_RSA_BITS: usize = 2048;
+
+/// The bit length of a JWK's base64url modulus; 0 when it does not decode.
+fn rsa_modulus_bits(modulus: &str) -> usize {
+    use base64::Engine;
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(modulus) else {
+        return 0;
+    };
+    match bytes.iter().position(|byte| *byte != 0) {
+        Some(first) => (bytes.len() - first) * 8 - bytes[first].leading_zeros() as usize,
+        None => 0,
+    }
+}
+
 /// Why a key set cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JwksError {
@@ -82,7 +97,15 @@ impl KeySet {
                 continue;
             }
             let family = match &jwk.algorithm {
-                AlgorithmParameters::RSA(_) => AlgorithmFamily::Rsa,
+                AlgorithmParameters::RSA(params) => {
+                    if rsa_modulus_bits(&params.n) < MIN_RSA_BITS {
+                        return Err(JwksError::BadKey {
+                            index,
+                            why: format!("RSA keys under {MIN_RSA_BITS} bits are refused"),
+                        });
+                    }
+                    AlgorithmFamily::Rsa
+                }
                 AlgorithmParameters::EllipticCurve(params) => match params.curve {
                     EllipticCurve::P256 | EllipticCurve::P384 => AlgorithmFamily::Ec,
                     _ => continue,
@@ -154,12 +177,27 @@ impl KeySet {
 }
 
 /// Where a remote key set comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwksEndpoint {
     /// An `https://` URL.
     pub uri: String,
     /// Trust anchors (DER) for its certificate; `None`: the public web roots.
     pub ca: Option<Arc<[Vec<u8>]>>,
+}
+
+// Hashed by URL alone (equal endpoints have equal URLs): a request's lookup must not hash
+// the CA bundle. Comparing finds the same `Arc` first, so it does not compare bytes either.
+impl std::hash::Hash for JwksEndpoint {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.uri.hash(state);
+    }
+}
+
+impl JwksEndpoint {
+    /// The URL without its query, for logs and metric labels (a query may carry a token).
+    pub fn label(&self) -> &str {
+        self.uri.split(['?', '#']).next().unwrap_or_default()
+    }
 }
 
 /// A validated `spec.jwt`.
@@ -267,6 +305,13 @@ impl JwtRules {
                 &key.key,
                 &validation,
             ) {
+                // jsonwebtoken also takes an `iss` list naming the issuer; a token has one.
+                Ok(data)
+                    if data.claims.get("iss").and_then(|iss| iss.as_str())
+                        != Some(self.issuer.as_str()) =>
+                {
+                    return invalid;
+                }
                 Ok(data) => {
                     let jti = data
                         .claims
@@ -288,8 +333,15 @@ impl JwtRules {
                 }
             }
         }
+        // Worth fetching the remote set again: no key could even be tried, or the token
+        // names a `kid` no set has (keys without a `kid` were tried and failed).
+        let kid_unknown = header.kid.as_deref().is_some_and(|kid| {
+            !sets
+                .iter()
+                .any(|set| set.keys.iter().any(|key| key.kid.as_deref() == Some(kid)))
+        });
         TokenVerdict::Invalid {
-            unknown_key: tried == 0,
+            unknown_key: tried == 0 || kid_unknown,
         }
     }
 
@@ -508,6 +560,11 @@ mod tests {
             refused,
             "malformed exp"
         );
+        assert_eq!(
+            with(&|c| c["iss"] = json!([ISSUER, "https://evil.example"])),
+            refused,
+            "an issuer list, even one naming ours"
+        );
     }
 
     #[test]
@@ -593,6 +650,26 @@ mod tests {
             ),
             TokenVerdict::Invalid { unknown_key: true }
         );
+        // A set whose keys have no `kid`: they are tried for a token naming an unknown one,
+        // and that still asks for a refresh (the issuer may have rotated).
+        let mut unnamed: serde_json::Value = serde_json::from_slice(JWKS).unwrap();
+        for key in unnamed["keys"].as_array_mut().unwrap() {
+            key.as_object_mut().unwrap().remove("kid");
+        }
+        let unnamed = JwtRules {
+            keys: Some(Arc::new(
+                KeySet::parse(unnamed.to_string().as_bytes()).unwrap(),
+            )),
+            ..rules.clone()
+        };
+        assert!(valid(&verify(
+            &unnamed,
+            &sign(Algorithm::RS256, "rsa-1", &good_claims())
+        )));
+        assert_eq!(
+            verify(&unnamed, &sign(Algorithm::RS256, "rsa-2", &good_claims())),
+            TokenVerdict::Invalid { unknown_key: true }
+        );
         // A token whose signature was altered.
         let token = sign(Algorithm::RS256, "rsa-1", &good_claims());
         let (head, _) = token.rsplit_once('.').unwrap();
@@ -614,6 +691,16 @@ mod tests {
         keys.push(json!({"kty":"oct","k":"c2VjcmV0"}));
         let document = json!({ "keys": keys }).to_string();
         assert_eq!(KeySet::parse(document.as_bytes()).unwrap().len(), 2);
+        // A 1024-bit modulus.
+        let small = format!(
+            r#"{{"keys":[{{"kty":"RSA","n":"{}","e":"AQAB"}}]}}"#,
+            "w".repeat(171) + "Q"
+        );
+        match KeySet::parse(small.as_bytes()) {
+            Err(JwksError::BadKey { index: 0, why }) => assert!(why.contains("2048"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(rsa_modulus_bits("AQAB"), 17);
         let broken = br#"{"keys":[{"kty":"RSA","n":"!!","e":"AQAB"}]}"#;
         assert!(matches!(
             KeySet::parse(broken),

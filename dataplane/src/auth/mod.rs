@@ -240,6 +240,13 @@ impl AuthPolicy {
             .as_ref()
             .and_then(|endpoint| context.remote_keys?.get(endpoint));
         let fetched = remote.and_then(|remote| remote.keys());
+        if rules.keys.is_none() && fetched.is_none() {
+            // No key to check with yet (the jwksUri has not answered): the token may well be
+            // good, so this is Sluice's problem, not the client's.
+            return MethodVerdict::Decided(AuthDecision::Unavailable {
+                method: AuthMethodLabel::jwt,
+            });
+        }
         match rules.verify(token, &rules.key_sets(fetched.as_deref())) {
             TokenVerdict::Invalid { unknown_key } => {
                 if unknown_key && let Some(remote) = remote {
@@ -381,6 +388,17 @@ impl AuthPolicy {
         }
     }
 
+    /// The headers only Sluice sets for this policy's routes: claim headers and the
+    /// authorization service's answer headers.
+    pub fn identity_headers(&self) -> impl Iterator<Item = &HeaderName> {
+        let claims = self.jwt.iter().flat_map(|rules| &rules.claims_to_headers);
+        let answers = self
+            .forward
+            .iter()
+            .flat_map(|forward| &forward.response_headers);
+        claims.map(|(_, name)| name).chain(answers)
+    }
+
     /// The path and query without the API key parameter, when the key is sent in the query
     /// and must not reach the upstream (nor its access log); `None` when nothing changes.
     pub fn strip_query(
@@ -417,13 +435,25 @@ impl AuthPolicy {
         }
         // Identity headers are Sluice's to set: a client's copies never pass, whichever
         // method let the request through.
-        let claims = self.jwt.iter().flat_map(|rules| &rules.claims_to_headers);
-        let answers = self
-            .forward
-            .iter()
-            .flat_map(|forward| &forward.response_headers);
-        for name in claims.map(|(_, name)| name).chain(answers) {
-            headers.remove(name);
+        let mut protected = self.identity_headers().peekable();
+        if protected.peek().is_some() {
+            for name in self.identity_headers() {
+                headers.remove(name);
+            }
+            // Upstreams behind CGI-style gateways (PHP, WSGI, Rack) read `X_User` as
+            // `X-User`: such look-alikes of an identity header go too.
+            let look_alikes: Vec<HeaderName> = headers
+                .keys()
+                .filter(|name| name.as_str().contains('_'))
+                .filter(|name| {
+                    self.identity_headers()
+                        .any(|protected| same_but_underscores(name.as_str(), protected.as_str()))
+                })
+                .cloned()
+                .collect();
+            for name in look_alikes {
+                headers.remove(name);
+            }
         }
         if let Some(keys) = &self.api_key
             && let KeyLocation::Header(name) = &keys.location
@@ -434,10 +464,47 @@ impl AuthPolicy {
     }
 }
 
+/// `x_user` against `x-user`: equal once underscores are read as hyphens (both lower case).
+fn same_but_underscores(name: &str, protected: &str) -> bool {
+    name.len() == protected.len()
+        && name
+            .bytes()
+            .zip(protected.bytes())
+            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+}
+
+/// Sets `headers` (what the Auth methods that passed gave) again, as the only values of
+/// their names: the hop-by-hop cleanup removes whatever the client's `Connection` header
+/// names, and that must not include what Sluice vouches for.
+pub fn restore_identity_headers(target: &mut HeaderMap, headers: &[UpstreamHeader]) {
+    for (name, _) in headers {
+        target.remove(name);
+    }
+    for (name, value) in headers {
+        target.append(name.clone(), value.clone());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use base64::Engine;
+
+    #[test]
+    fn identity_headers_are_set_again_after_a_connection_header_named_them() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-user", HeaderValue::from_static("client"));
+        let set = [(
+            HeaderName::from_static("x-user"),
+            HeaderValue::from_static("ada"),
+        )];
+        restore_identity_headers(&mut headers, &set);
+        assert_eq!(headers.get_all("x-user").iter().count(), 1);
+        assert_eq!(headers["x-user"], "ada");
+        assert!(same_but_underscores("x_user", "x-user"));
+        assert!(!same_but_underscores("x_users", "x-user"));
+        assert!(!same_but_underscores("x-user", "x_user"));
+    }
     use std::net::IpAddr;
 
     fn basic_header(user: &str, password: &str) -> HeaderMap {
@@ -598,6 +665,13 @@ mod tests {
                 .await,
             AuthDecision::Unauthorized { .. }
         ));
+        // A second copy under an encoded name: the upstream might read that one.
+        assert!(matches!(
+            by_query
+                .decide(CLIENT, &empty, Some("api_key=a+b%2Fc&api%5Fkey=x"))
+                .await,
+            AuthDecision::Unauthorized { .. }
+        ));
         assert!(ApiKeys::new(KeyLocation::Query("k".into()), [b"".as_slice()], false).is_err());
     }
 
@@ -657,6 +731,11 @@ mod tests {
         assert_eq!(strip("/a?x=1&api_key=k&y=2").as_deref(), Some("/a?x=1&y=2"));
         assert_eq!(strip("/a?api_key=k").as_deref(), Some("/a"));
         assert_eq!(strip("/a?x=1"), None);
+        // A name that decodes to the parameter's is the parameter.
+        assert_eq!(
+            strip("/a?api_key=k&api%5Fkey=other&x=1").as_deref(),
+            Some("/a?x=1")
+        );
         assert_eq!(strip("/a"), None);
         let kept = AuthPolicy {
             strip_credentials: false,
@@ -825,8 +904,15 @@ mod tests {
                 ..
             }
         ));
+        by_key.insert("x_user", HeaderValue::from_static("mallory"));
+        by_key.insert("x_api", HeaderValue::from_static("kept"));
         policy.strip(&mut by_key, AuthMethodLabel::api_key);
         assert!(by_key.get("x-user").is_none());
+        assert!(by_key.get("x_user").is_none(), "a CGI look-alike goes too");
+        assert!(
+            by_key.get("x_api").is_some(),
+            "other underscored headers stay"
+        );
         // A bad token: the bearer challenge carries the error code, the key's stays plain.
         let mut bad = HeaderMap::new();
         bad.insert(AUTHORIZATION, HeaderValue::from_static("Bearer a.b.c"));

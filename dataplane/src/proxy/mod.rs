@@ -405,6 +405,7 @@ impl Proxy {
             .trusted_proxies
             .client_ip(connection.peer.ip(), &parts.headers);
         let mut limit_report = None;
+        let mut identity_headers = Vec::new();
         if let Some(policies) = target.policies.as_deref() {
             let view = RequestView {
                 client_ip,
@@ -424,9 +425,10 @@ impl Proxy {
                             path_and_query = stripped;
                         }
                         // `strip` removed every client copy of these names.
-                        for (name, value) in admitted.auth_headers {
-                            parts.headers.append(name, value);
+                        for (name, value) in &admitted.auth_headers {
+                            parts.headers.append(name.clone(), value.clone());
                         }
+                        identity_headers = admitted.auth_headers;
                     }
                 }
                 Err(refusal) => {
@@ -484,6 +486,9 @@ impl Proxy {
             client_ip,
             verified_client,
         );
+        if !identity_headers.is_empty() {
+            crate::auth::restore_identity_headers(&mut parts.headers, &identity_headers);
+        }
         if extended_connect {
             tunnel::extended_connect_to_http11(&mut parts);
         } else if let Some(upgrade) = &upgrade {
