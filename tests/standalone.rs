@@ -644,22 +644,20 @@ async fn rate_limits_missing_and_invalid_policies() {
         "needs-redis",
         "  backend: redis\n  limits:\n  - {requests: 1, period: 1m}\n",
     );
-    let route = |name: &str, host: &str, policy: &str| {
-        ingress(
-            name,
-            "2024-01-01T00:00:00Z",
-            "sluice",
-            &[("sluice.dev/rate-limit", policy)],
-            &format!(
-                "  rules:\n  - host: {host}\n    http:\n      paths:\n{}",
-                path("/", "Prefix", "up")
-            ),
-        )
-    };
-    objects += &route("limited", "limited.test", "ten");
-    objects += &route("keyed", "keyed.test", "per-key");
-    objects += &route("missing", "missing.test", "nowhere");
-    objects += &route("invalid", "invalid.test", "needs-redis");
+    objects += &annotated_route("limited", "limited.test", "ten", "sluice.dev/rate-limit");
+    objects += &annotated_route("keyed", "keyed.test", "per-key", "sluice.dev/rate-limit");
+    objects += &annotated_route(
+        "missing",
+        "missing.test",
+        "nowhere",
+        "sluice.dev/rate-limit",
+    );
+    objects += &annotated_route(
+        "invalid",
+        "invalid.test",
+        "needs-redis",
+        "sluice.dev/rate-limit",
+    );
     dir.write("objects.yaml", &objects);
     let sluice = Sluice::start(&dir.0, &[]).await;
 
@@ -896,6 +894,41 @@ fn basic_authorization(user: &str, password: &str) -> String {
     format!("Basic {encoded}")
 }
 
+/// Ingress `name` routing `host` to Service `up`, naming `policy` in `annotation`.
+fn annotated_route(name: &str, host: &str, policy: &str, annotation: &str) -> String {
+    ingress(
+        name,
+        "2024-01-01T00:00:00Z",
+        "sluice",
+        &[(annotation, policy)],
+        &format!(
+            "  rules:\n  - host: {host}\n    http:\n      paths:\n{}",
+            path("/", "Prefix", "up")
+        ),
+    )
+}
+
+/// Ingress `name` routing `host` to Service `up`, guarded by the Auth `policy`.
+fn guarded_ingress(name: &str, host: &str, policy: &str) -> String {
+    annotated_route(name, host, policy, "sluice.dev/auth")
+}
+
+/// A GET of `host` `path` with these headers.
+async fn get_with(
+    addr: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+    headers: Vec<(&'static str, String)>,
+) -> support::Reply {
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
+    support::send(addr, "GET", host, path, &headers, Bytes::new())
+        .await
+        .unwrap()
+}
+
 /// The series of one Auth policy's decisions by `method` with `result`, in namespace default.
 fn auth_decisions(policy: &str, method: &str, result: &str) -> String {
     format!(
@@ -917,40 +950,17 @@ async fn auth_basic_and_api_keys_guard_routes_and_missing_policies_fail_closed()
     );
     objects += "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: keys\n  namespace: default\nstringData:\n  ci: key-for-ci\n";
     objects += "---\napiVersion: sluice.dev/v1alpha1\nkind: Auth\nmetadata:\n  name: members\n  namespace: default\nspec:\n  basic: {secretRef: {name: htpasswd}, realm: shop}\n  apiKey: {header: X-Api-Key, secretRef: {name: keys}}\n";
-    let route = |name: &str, host: &str, policy: &str| {
-        ingress(
-            name,
-            "2024-01-01T00:00:00Z",
-            "sluice",
-            &[("sluice.dev/auth", policy)],
-            &format!(
-                "  rules:\n  - host: {host}\n    http:\n      paths:\n{}",
-                path("/", "Prefix", "up")
-            ),
-        )
-    };
     objects += "---\napiVersion: sluice.dev/v1alpha1\nkind: Auth\nmetadata:\n  name: office\n  namespace: default\nspec:\n  ipAllow: [203.0.113.0/24]\n  ipDeny: [203.0.113.66]\n";
-    objects += &route("members", "members.test", "members");
+    objects += &guarded_ingress("members", "members.test", "members");
     objects += "---\napiVersion: sluice.dev/v1alpha1\nkind: Auth\nmetadata:\n  name: by-query\n  namespace: default\nspec:\n  apiKey: {query: api_key, secretRef: {name: keys}}\n";
-    objects += &route("office", "office.test", "office");
-    objects += &route("by-query", "query.test", "by-query");
-    objects += &route("orphan", "orphan.test", "nowhere");
+    objects += &guarded_ingress("office", "office.test", "office");
+    objects += &guarded_ingress("by-query", "query.test", "by-query");
+    objects += &guarded_ingress("orphan", "orphan.test", "nowhere");
     dir.write("objects.yaml", &objects);
     // The test client connects from 127.0.0.1, a trusted proxy: X-Forwarded-For names
     // the client the networks are checked against.
     let sluice = Sluice::start(&dir.0, &["--trusted-proxies", "127.0.0.0/8"]).await;
-    let send = |host: &'static str, headers: Vec<(&'static str, String)>| {
-        let addr = sluice.http;
-        async move {
-            let headers: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(name, value)| (*name, value.as_str()))
-                .collect();
-            support::send(addr, "GET", host, "/", &headers, Bytes::new())
-                .await
-                .unwrap()
-        }
-    };
+    let send = |host: &'static str, headers| get_with(sluice.http, host, "/", headers);
     let basic = |user: &str, password: &str| ("authorization", basic_authorization(user, password));
 
     let refused = send("members.test", vec![]).await;
@@ -1129,34 +1139,16 @@ async fn forward_auth_asks_a_service_whose_answer_decides_and_fails_closed() {
         "---\napiVersion: sluice.dev/v1alpha1\nkind: Auth\nmetadata:\n  name: either\n  namespace: default\nspec:\n  require: any\n  basic: {{secretRef: {{name: htpasswd}}, realm: shop}}\n{forward}"
     );
     for (name, host) in [("sso", "sso.test"), ("either", "either.test")] {
-        objects += &ingress(
-            name,
-            "2024-01-01T00:00:00Z",
-            "sluice",
-            &[("sluice.dev/auth", name)],
-            &format!(
-                "  rules:\n  - host: {host}\n    http:\n      paths:\n{}",
-                path("/", "Prefix", "up")
-            ),
-        );
+        objects += &guarded_ingress(name, host, name);
     }
     dir.write("objects.yaml", &objects);
     let sluice = Sluice::start(&dir.0, &[]).await;
     let send = |host: &'static str, path: &'static str, headers: &[(&'static str, &str)]| {
-        let addr = sluice.http;
-        let headers: Vec<(&'static str, String)> = headers
+        let headers = headers
             .iter()
             .map(|(name, value)| (*name, (*value).to_owned()))
             .collect();
-        async move {
-            let headers: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(name, value)| (*name, value.as_str()))
-                .collect();
-            support::send(addr, "GET", host, path, &headers, Bytes::new())
-                .await
-                .unwrap()
-        }
+        get_with(sluice.http, host, path, headers)
     };
 
     // Allowed: the upstream gets the service's X-User, the service gets Sluice's account
@@ -1319,32 +1311,12 @@ async fn auth_jwt_verifies_tokens_copies_claims_and_refuses_revoked_ones_in_redi
         ("both", "both.test", "both"),
         ("store", "store.test", "store"),
     ] {
-        objects += &ingress(
-            name,
-            "2024-01-01T00:00:00Z",
-            "sluice",
-            &[("sluice.dev/auth", policy)],
-            &format!(
-                "  rules:\n  - host: {host}\n    http:\n      paths:\n{}",
-                path("/", "Prefix", "up")
-            ),
-        );
+        objects += &guarded_ingress(name, host, policy);
     }
     dir.write("objects.yaml", &objects);
     let redis_url = redis.url();
     let sluice = Sluice::start(&dir.0, &["--redis-url", &redis_url]).await;
-    let send = |host: &'static str, headers: Vec<(&'static str, String)>| {
-        let addr = sluice.http;
-        async move {
-            let headers: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(name, value)| (*name, value.as_str()))
-                .collect();
-            support::send(addr, "GET", host, "/", &headers, Bytes::new())
-                .await
-                .unwrap()
-        }
-    };
+    let send = |host: &'static str, headers| get_with(sluice.http, host, "/", headers);
     let bearer = |token: &str| ("authorization", format!("Bearer {token}"));
 
     let none = send("tokens.test", vec![]).await;
@@ -1499,20 +1471,15 @@ async fn auth_jwt_verifies_tokens_copies_claims_and_refuses_revoked_ones_in_redi
     assert_eq!(unavailable.status, 503, "{}", unavailable.body);
     assert_eq!(send("store.test", with_key()).await.status, 503);
 
-    let decisions = |policy: &str, method: &str, result: &str| {
-        format!(
-            r#"sluice_auth_decisions_total{{namespace="default",policy="{policy}",method="{method}",result="{result}"}}"#
-        )
-    };
     for (series, expected) in [
-        (decisions("tokens", "jwt", "allowed"), 5.0),
-        (decisions("tokens", "jwt", "unauthorized"), 10.0),
-        (decisions("tokens", "none", "unauthorized"), 1.0),
-        (decisions("tokens", "jwt", "error"), 1.0),
-        (decisions("both", "api_key", "allowed"), 1.0),
-        (decisions("store", "api_key", "allowed"), 1.0),
-        (decisions("store", "api_key", "unauthorized"), 2.0),
-        (decisions("store", "api_key", "error"), 1.0),
+        (auth_decisions("tokens", "jwt", "allowed"), 5.0),
+        (auth_decisions("tokens", "jwt", "unauthorized"), 10.0),
+        (auth_decisions("tokens", "none", "unauthorized"), 1.0),
+        (auth_decisions("tokens", "jwt", "error"), 1.0),
+        (auth_decisions("both", "api_key", "allowed"), 1.0),
+        (auth_decisions("store", "api_key", "allowed"), 1.0),
+        (auth_decisions("store", "api_key", "unauthorized"), 2.0),
+        (auth_decisions("store", "api_key", "error"), 1.0),
     ] {
         assert_eq!(sluice.metric(&series).await, Some(expected), "{series}");
     }
@@ -1562,17 +1529,8 @@ async fn auth_jwt_keys_from_a_jwks_uri_rotate_without_a_restart_and_survive_a_fa
     objects += &format!(
         "---\napiVersion: sluice.dev/v1alpha1\nkind: Auth\nmetadata:\n  name: unreachable\n  namespace: default\nspec:\n  jwt:\n    issuer: {ISSUER}\n    audiences: [shop]\n    jwksUri: https://{silent}/jwks\n"
     );
-    for (name, policy) in [("remote", "remote"), ("unreachable", "unreachable")] {
-        objects += &ingress(
-            name,
-            "2024-01-01T00:00:00Z",
-            "sluice",
-            &[("sluice.dev/auth", policy)],
-            &format!(
-                "  rules:\n  - host: {name}.test\n    http:\n      paths:\n{}",
-                path("/", "Prefix", "up")
-            ),
-        );
+    for name in ["remote", "unreachable"] {
+        objects += &guarded_ingress(name, &format!("{name}.test"), name);
     }
     dir.write("objects.yaml", &objects);
     let sluice = Sluice::start(&dir.0, &[]).await;
