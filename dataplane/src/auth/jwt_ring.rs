@@ -162,6 +162,18 @@ impl JwtSigner for RingSigner {
     }
 }
 
+fn rsa_encoding(algorithm: Algorithm) -> Option<&'static dyn ring_signature::RsaEncoding> {
+    Some(match algorithm {
+        Algorithm::RS256 => &ring_signature::RSA_PKCS1_SHA256,
+        Algorithm::RS384 => &ring_signature::RSA_PKCS1_SHA384,
+        Algorithm::RS512 => &ring_signature::RSA_PKCS1_SHA512,
+        Algorithm::PS256 => &ring_signature::RSA_PSS_SHA256,
+        Algorithm::PS384 => &ring_signature::RSA_PSS_SHA384,
+        Algorithm::PS512 => &ring_signature::RSA_PSS_SHA512,
+        _ => return None,
+    })
+}
+
 fn new_signer(
     algorithm: &Algorithm,
     key: &EncodingKey,
@@ -171,31 +183,15 @@ fn new_signer(
         return Err(Error::from(ErrorKind::InvalidAlgorithm));
     }
     let der = key.as_bytes();
+    if let Some(encoding) = rsa_encoding(*algorithm) {
+        let pair = ring_signature::RsaKeyPair::from_der(der)
+            .map_err(invalid(ErrorKind::InvalidRsaKey("not PKCS#1".into())))?;
+        return Ok(Box::new(RingSigner {
+            algorithm: *algorithm,
+            key: KeyPair::Rsa(encoding, pair),
+        }));
+    }
     let pair = match algorithm {
-        Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => {
-            let encoding: &'static dyn ring_signature::RsaEncoding = match algorithm {
-                Algorithm::RS256 => &ring_signature::RSA_PKCS1_SHA256,
-                Algorithm::RS384 => &ring_signature::RSA_PKCS1_SHA384,
-                _ => &ring_signature::RSA_PKCS1_SHA512,
-            };
-            KeyPair::Rsa(
-                encoding,
-                ring_signature::RsaKeyPair::from_der(der)
-                    .map_err(invalid(ErrorKind::InvalidRsaKey("not PKCS#1".into())))?,
-            )
-        }
-        Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => {
-            let encoding: &'static dyn ring_signature::RsaEncoding = match algorithm {
-                Algorithm::PS256 => &ring_signature::RSA_PSS_SHA256,
-                Algorithm::PS384 => &ring_signature::RSA_PSS_SHA384,
-                _ => &ring_signature::RSA_PSS_SHA512,
-            };
-            KeyPair::Rsa(
-                encoding,
-                ring_signature::RsaKeyPair::from_der(der)
-                    .map_err(invalid(ErrorKind::InvalidRsaKey("not PKCS#1".into())))?,
-            )
-        }
         Algorithm::ES256 | Algorithm::ES384 => {
             let signing = if *algorithm == Algorithm::ES256 {
                 &ring_signature::ECDSA_P256_SHA256_FIXED_SIGNING

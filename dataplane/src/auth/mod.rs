@@ -552,6 +552,10 @@ mod tests {
         }
     }
 
+    fn api_keys(location: KeyLocation, keys: &[&[u8]]) -> Arc<ApiKeys> {
+        Arc::new(ApiKeys::new(location, keys.iter().copied(), false).unwrap())
+    }
+
     const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 2, 3));
 
     #[tokio::test]
@@ -638,13 +642,9 @@ mod tests {
         ));
 
         let by_query = AuthPolicy {
-            api_key: Some(Arc::new(
-                ApiKeys::new(
-                    KeyLocation::Query("api_key".into()),
-                    [b"a b/c".as_slice()],
-                    false,
-                )
-                .unwrap(),
+            api_key: Some(api_keys(
+                KeyLocation::Query("api_key".into()),
+                &[b"a b/c".as_slice()],
             )),
             ..open_policy()
         };
@@ -713,13 +713,9 @@ mod tests {
     #[test]
     fn a_key_in_the_query_is_removed_from_the_upstream_uri() {
         let policy = AuthPolicy {
-            api_key: Some(Arc::new(
-                ApiKeys::new(
-                    KeyLocation::Query("api_key".into()),
-                    [b"k".as_slice()],
-                    false,
-                )
-                .unwrap(),
+            api_key: Some(api_keys(
+                KeyLocation::Query("api_key".into()),
+                &[b"k".as_slice()],
             )),
             ..open_policy()
         };
@@ -817,13 +813,9 @@ mod tests {
             basic: Some(Arc::new(
                 BasicCredentials::from_htpasswd("r", &format!("ada:{hash}")).unwrap(),
             )),
-            api_key: Some(Arc::new(
-                ApiKeys::new(
-                    KeyLocation::Header(HeaderName::from_static("x-api-key")),
-                    [b"key".as_slice()],
-                    false,
-                )
-                .unwrap(),
+            api_key: Some(api_keys(
+                KeyLocation::Header(HeaderName::from_static("x-api-key")),
+                &[b"key".as_slice()],
             )),
             ..open_policy()
         };
@@ -862,13 +854,9 @@ mod tests {
         };
         let policy = AuthPolicy {
             jwt: Some(Arc::new(rules)),
-            api_key: Some(Arc::new(
-                ApiKeys::new(
-                    KeyLocation::Header(HeaderName::from_static("x-api-key")),
-                    [b"key".as_slice()],
-                    false,
-                )
-                .unwrap(),
+            api_key: Some(api_keys(
+                KeyLocation::Header(HeaderName::from_static("x-api-key")),
+                &[b"key".as_slice()],
             )),
             ..open_policy()
         };
