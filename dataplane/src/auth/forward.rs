@@ -446,25 +446,20 @@ mod tests {
             let service = AuthService::start().await;
             let forward = service.forward("/allow");
             let headers = HeaderMap::new();
+            let header = |name, value| {
+                (
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                )
+            };
+            let expected = vec![
+                header("x-user", "ada"),
+                header("x-groups", "staff"),
+                header("x-groups", "ops"),
+            ];
             for _ in 0..2 {
                 match forward.check(&view(&headers, None), None).await {
-                    MethodVerdict::Passed(set) => assert_eq!(
-                        set,
-                        [
-                            (
-                                HeaderName::from_static("x-user"),
-                                HeaderValue::from_static("ada")
-                            ),
-                            (
-                                HeaderName::from_static("x-groups"),
-                                HeaderValue::from_static("staff")
-                            ),
-                            (
-                                HeaderName::from_static("x-groups"),
-                                HeaderValue::from_static("ops")
-                            ),
-                        ]
-                    ),
+                    MethodVerdict::Passed(set) => assert_eq!(set, expected.clone()),
                     _ => panic!("not passed"),
                 }
             }
@@ -476,20 +471,7 @@ mod tests {
                     .await,
                 AuthDecision::Allow {
                     method: AuthMethodLabel::forward,
-                    headers: vec![
-                        (
-                            HeaderName::from_static("x-user"),
-                            HeaderValue::from_static("ada")
-                        ),
-                        (
-                            HeaderName::from_static("x-groups"),
-                            HeaderValue::from_static("staff")
-                        ),
-                        (
-                            HeaderName::from_static("x-groups"),
-                            HeaderValue::from_static("ops")
-                        ),
-                    ],
+                    headers: expected,
                 }
             );
         })
