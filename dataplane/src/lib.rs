@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod auth;
 pub mod balance;
+pub mod cache;
 pub mod live;
 pub mod metrics;
 pub mod proxy;

@@ -1,0 +1,4 @@
+//! The response cache of `Cache` policies (issue 10), built bottom up: the HTTP caching
+//! rules first ([`semantics`]), then storage, coalescing and the request path.
+
+pub mod semantics;
