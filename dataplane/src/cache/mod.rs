@@ -2,3 +2,4 @@
 //! rules first ([`semantics`]), then storage, coalescing and the request path.
 
 pub mod semantics;
+pub mod store;
