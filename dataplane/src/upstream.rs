@@ -139,20 +139,26 @@ fn prepare_tls(key: &ConnectionKey) -> Result<Option<PreparedTls>, String> {
     }
 }
 
-/// Always the ring provider, named explicitly: another crate enabling a second provider
-/// must not make the process default ambiguous.
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 pub(crate) fn client_config(tls: &UpstreamTls) -> Result<PreparedTls, String> {
     let server_name = ServerName::try_from(tls.server_name.clone())
         .map_err(|_| format!("{:?} is not a DNS name or IP address", tls.server_name))?;
-    let provider = provider();
+    Ok(PreparedTls {
+        config: verifying_config(&tls.verify)?,
+        server_name,
+    })
+}
+
+/// A rustls client configuration (TLS 1.3 and 1.2, no client certificate, no ALPN) that
+/// checks servers as `verify` says: the one place Sluice's outgoing TLS is set up, for
+/// upstreams, JWKS servers and authorization services alike.
+pub(crate) fn verifying_config(verify: &UpstreamVerify) -> Result<ClientConfig, String> {
+    // Always the ring provider, named explicitly: another crate enabling a second provider
+    // must not make the process default ambiguous.
+    let provider = crate::tls::crypto_provider();
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|error| error.to_string())?;
-    let config = match &tls.verify {
+    Ok(match verify {
         UpstreamVerify::PublicRoots => builder.with_webpki_roots().with_no_client_auth(),
         UpstreamVerify::Ca(certificates) => {
             let mut roots = RootCertStore::empty();
@@ -167,10 +173,6 @@ pub(crate) fn client_config(tls: &UpstreamTls) -> Result<PreparedTls, String> {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoCertificateCheck::new(provider)))
             .with_no_client_auth(),
-    };
-    Ok(PreparedTls {
-        config,
-        server_name,
     })
 }
 

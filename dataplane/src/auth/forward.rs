@@ -12,7 +12,7 @@ use http::{HeaderMap, Request, StatusCode, Uri};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Incoming;
-use hyper_rustls::{ConfigBuilderExt, HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -260,11 +260,7 @@ thread_local! {
 }
 
 fn service_client() -> Result<ServiceClient, String> {
-    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|error| error.to_string())?
-        .with_webpki_roots()
-        .with_no_client_auth();
+    let tls = crate::upstream::verifying_config(&crate::snapshot::UpstreamVerify::PublicRoots)?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);

@@ -180,12 +180,7 @@ async fn fetch(endpoint: &JwksEndpoint) -> Result<KeySet, FetchError> {
         .uri
         .parse()
         .map_err(|_| FetchError::Setup("not a URL".into()))?;
-    let host = uri
-        .host()
-        .ok_or_else(|| FetchError::Setup("the URL has no host".into()))?
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let connector = https_connector(endpoint, host)?;
+    let connector = https_connector(endpoint)?;
     let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector);
     let request = http::Request::get(uri)
         .header(
@@ -217,21 +212,17 @@ async fn fetch(endpoint: &JwksEndpoint) -> Result<KeySet, FetchError> {
 
 fn https_connector(
     endpoint: &JwksEndpoint,
-    host: &str,
 ) -> Result<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     FetchError,
 > {
-    let tls = crate::snapshot::UpstreamTls {
-        server_name: host.to_owned(),
-        verify: match &endpoint.ca {
-            None => UpstreamVerify::PublicRoots,
-            Some(certificates) => UpstreamVerify::Ca(Arc::clone(certificates)),
-        },
+    let verify = match &endpoint.ca {
+        None => UpstreamVerify::PublicRoots,
+        Some(certificates) => UpstreamVerify::Ca(Arc::clone(certificates)),
     };
-    let prepared = crate::upstream::client_config(&tls).map_err(FetchError::Setup)?;
+    let config = crate::upstream::verifying_config(&verify).map_err(FetchError::Setup)?;
     Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(prepared.config)
+        .with_tls_config(config)
         .https_only()
         .enable_http1()
         .build())

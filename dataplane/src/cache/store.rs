@@ -311,13 +311,7 @@ mod tests {
     }
 
     fn stored(vary: &[(&str, &str)], request: &HeaderMap, body: &str) -> Arc<StoredResponse> {
-        let mut headers = HeaderMap::new();
-        for (name, value) in vary {
-            headers.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
+        let headers = crate::proxy::headers::header_map(vary);
         let names = vary_names(&headers).unwrap();
         Arc::new(StoredResponse {
             status: StatusCode::OK,
