@@ -169,6 +169,10 @@ pub struct RoutePolicies {
     pub rate_limits: Vec<Arc<RateLimitPolicy>>,
     /// Who may use the route (`sluice.dev/auth`); checked before the rate limits.
     pub auth: Option<Arc<crate::auth::AuthPolicy>>,
+    /// Responses stored and served again (`sluice.dev/cache`); consulted after the auth
+    /// and rate-limit checks have let the request through. A missing or invalid Cache
+    /// leaves this empty: the route is served uncached, which is safe.
+    pub cache: Option<Arc<crate::cache::CachePolicy>>,
     /// A policy the route names is missing or invalid: the route answers 503 rather than
     /// being served without its protection.
     pub unavailable: bool,

@@ -269,6 +269,7 @@ fn resolve_policies(
     let policies = RoutePolicies {
         rate_limits,
         auth,
+        cache: None,
         unavailable,
     };
     Some(Arc::new(policies))
