@@ -15,7 +15,7 @@ use sluice_controller::error::Severity;
 use sluice_controller::leader::{LeaseConfig, run_election};
 use sluice_controller::publish::Publisher;
 use sluice_controller::standalone::{ManifestFolder, run_folder};
-use sluice_dataplane::admin::serve_admin;
+use sluice_dataplane::admin::{AdminOptions, serve_admin};
 use sluice_dataplane::balance::HealthConfig;
 use sluice_dataplane::live::{DataPlane, follow_snapshots};
 use sluice_dataplane::metrics::Metrics;
@@ -214,6 +214,10 @@ struct RunArgs {
         default_value = "0.0.0.0:9090"
     )]
     admin_addr: SocketAddr,
+    /// A file holding the bearer token of `POST /cache/purge` on the admin listener (mount
+    /// it from a Secret); without one the purge endpoint is off.
+    #[arg(long, env = "SLUICE_CACHE_PURGE_TOKEN_FILE", value_name = "PATH")]
+    cache_purge_token_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     class: ClassArgs,
     /// Log format.
@@ -301,8 +305,9 @@ struct RunArgs {
     /// How long to gather changes before compiling.
     #[arg(long, env = "SLUICE_DEBOUNCE", default_value = "50ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
     debounce: Duration,
-    /// Redis for RateLimit policies with `backend: redis` (redis://, or rediss:// for TLS;
-    /// user and password in the URL).
+    /// Redis for RateLimit policies with `backend: redis`, token revocation and API keys in
+    /// Redis, and the shared layer of Cache policies (redis://, or rediss:// for TLS; user
+    /// and password in the URL).
     #[arg(
         long,
         env = "SLUICE_REDIS_URL",
@@ -517,6 +522,24 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         data_plane = data_plane.with_redis(Arc::new(redis));
     }
     let data_plane = Arc::new(data_plane);
+    data_plane.follow_cache_purges();
+    let admin_options = AdminOptions {
+        purge_token: match &args.cache_purge_token_file {
+            None => None,
+            Some(path) => {
+                let token = std::fs::read_to_string(path).with_context(|| {
+                    format!("cannot read --cache-purge-token-file {}", path.display())
+                })?;
+                let token = token.trim();
+                anyhow::ensure!(
+                    token.len() >= 16,
+                    "--cache-purge-token-file {} holds a token shorter than 16 characters",
+                    path.display()
+                );
+                Some(Arc::from(token))
+            }
+        },
+    };
     let proxy_config = ProxyConfig {
         connect_timeout: args.connect_timeout,
         request_timeout: args.request_timeout,
@@ -655,6 +678,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     let admin_task = tokio::spawn(serve_admin(
         admin,
         Arc::clone(&data_plane),
+        admin_options,
         std::future::pending(),
     ));
 

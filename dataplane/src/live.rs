@@ -15,6 +15,8 @@ use tokio::sync::watch;
 use crate::auth::AuthContext;
 use crate::auth::jwks::{RemoteJwks, RemoteKeySets};
 use crate::balance::{BackendBalancer, BalancerClock, HealthConfig};
+use crate::cache::policy_cache::PolicyCache;
+use crate::cache::store::PurgeTarget;
 use crate::metrics::{
     AuthCounters, BackendLabels, Metrics, RouteLabels, RouteSeries, TlsCertificateLabels,
 };
@@ -39,6 +41,8 @@ pub struct LiveState {
     /// The counters of every rate-limit policy some route uses.
     limiters: HashMap<ObjectRef, Arc<PolicyLimiter>>,
     auth_counters: HashMap<ObjectRef, Arc<AuthCounters>>,
+    /// The stores of every Cache policy some route uses.
+    caches: HashMap<ObjectRef, Arc<PolicyCache>>,
     /// The key sets fetched for the routes' `jwksUri`s, each refreshed in the background.
     remote_keys: Arc<RemoteKeySets>,
     redis: Option<SharedRedis>,
@@ -105,6 +109,12 @@ impl LiveState {
             }
             _ => build_auth_counters(&snapshot.routes, settings),
         };
+        let caches = match previous {
+            Some(previous) if Arc::ptr_eq(&previous.snapshot.routes, &snapshot.routes) => {
+                previous.caches.clone()
+            }
+            _ => build_caches(&snapshot.routes, previous, settings),
+        };
         let remote_keys = match previous {
             Some(previous) if Arc::ptr_eq(&previous.snapshot.routes, &snapshot.routes) => {
                 Arc::clone(&previous.remote_keys)
@@ -127,6 +137,7 @@ impl LiveState {
             route_series,
             limiters,
             auth_counters,
+            caches,
             remote_keys,
             redis: settings.redis.clone(),
             upstreams,
@@ -140,6 +151,11 @@ impl LiveState {
 
     pub fn auth_counters(&self, policy: &ObjectRef) -> Option<&Arc<AuthCounters>> {
         self.auth_counters.get(policy)
+    }
+
+    /// The store of a Cache policy in this state.
+    pub fn cache(&self, policy: &ObjectRef) -> Option<&Arc<PolicyCache>> {
+        self.caches.get(policy)
     }
 
     /// What Auth checks need besides the request.
@@ -205,6 +221,40 @@ fn build_limiters(
     limiters
 }
 
+/// One store per Cache policy the routes use; a policy seen before keeps its entries (see
+/// [`PolicyCache::under`]).
+fn build_caches(
+    routes: &RouteTable,
+    previous: Option<&LiveState>,
+    settings: &LiveSettings,
+) -> HashMap<ObjectRef, Arc<PolicyCache>> {
+    let mut caches: HashMap<ObjectRef, Arc<PolicyCache>> = HashMap::new();
+    for policy in routes
+        .targets()
+        .filter_map(|target| target.policies.as_deref()?.cache.as_ref())
+    {
+        if caches.contains_key(&policy.name) {
+            continue;
+        }
+        let old = previous.and_then(|previous| previous.caches.get(&policy.name));
+        let cache = match old {
+            Some(old) if old.policy == *policy => Arc::clone(old),
+            Some(old) => Arc::new(PolicyCache::under(
+                old,
+                Arc::clone(policy),
+                settings.redis.clone(),
+            )),
+            None => Arc::new(PolicyCache::new(
+                Arc::clone(policy),
+                settings.metrics.cache_counters(&policy.name),
+                settings.redis.clone(),
+            )),
+        };
+        caches.insert(policy.name.clone(), cache);
+    }
+    caches
+}
+
 /// The decision counters of every Auth policy the routes use.
 fn build_auth_counters(
     routes: &RouteTable,
@@ -249,6 +299,18 @@ fn build_remote_keys(
         remote.insert(endpoint.clone(), fetcher);
     }
     remote
+}
+
+/// What a purge removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Keys dropped from this replica's memory.
+    pub memory_keys: usize,
+    /// Keys deleted in Redis.
+    pub redis_keys: u64,
+    /// Whether the other replicas were told (only when a policy uses Redis).
+    pub announced: bool,
+    pub errors: Vec<String>,
 }
 
 /// Problems found by the controller, one line each (`Ingress shop/web: …`).
@@ -298,6 +360,58 @@ impl DataPlane {
     pub fn with_rate_limit_keys(mut self, keys: u64) -> Self {
         self.settings.rate_limit_keys = keys.max(1);
         self
+    }
+
+    /// Removes what `target` names from every Cache policy: from this replica's memory,
+    /// from Redis, and (through Redis pub/sub) from every other replica's memory.
+    pub async fn purge_cache(&self, target: &PurgeTarget) -> PurgeReport {
+        let live = self.load();
+        let mut report = PurgeReport::default();
+        let mut shared = false;
+        for cache in live.caches.values() {
+            report.memory_keys += cache.purge_memory(target);
+            if cache.uses_redis() {
+                shared = true;
+                match cache.purge_shared(target).await {
+                    Ok(keys) => report.redis_keys += keys,
+                    Err(error) => report
+                        .errors
+                        .push(format!("{}: {error}", cache.policy.name)),
+                }
+            }
+        }
+        if let (true, Some(redis)) = (shared, &self.settings.redis) {
+            match crate::cache::shared::announce_purge(redis, target).await {
+                Ok(()) => report.announced = true,
+                Err(error) => report.errors.push(format!("announcing the purge: {error}")),
+            }
+        }
+        report
+    }
+
+    /// Follows purges announced by other replicas, for as long as the process runs; does
+    /// nothing without Redis. Call once, inside the runtime.
+    pub fn follow_cache_purges(self: &Arc<Self>) {
+        let Some(redis) = self.settings.redis.clone() else {
+            return;
+        };
+        let data_plane = Arc::downgrade(self);
+        tokio::spawn(crate::cache::shared::follow_purges(redis, move |target| {
+            let Some(data_plane) = data_plane.upgrade() else {
+                return;
+            };
+            let live = data_plane.load();
+            let purged: usize = live
+                .caches
+                .values()
+                .map(|cache| cache.purge_memory(&target))
+                .sum();
+            tracing::debug!(
+                ?target,
+                purged,
+                "cache purge announced by a replica applied"
+            );
+        }));
     }
 
     /// The state for one request.

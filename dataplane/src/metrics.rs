@@ -52,6 +52,51 @@ pub enum LimitResult {
     backend_error,
 }
 
+/// A Cache policy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub namespace: Arc<str>,
+    pub policy: Arc<str>,
+}
+
+/// A Cache policy's answers, by what the cache did.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CacheResultLabels {
+    pub namespace: Arc<str>,
+    pub policy: Arc<str>,
+    pub result: CacheResult,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum CacheResult {
+    /// Served fresh from the cache (a 304 included).
+    hit,
+    /// Served stale: while revalidating, or because the upstream failed.
+    stale,
+    /// Went upstream: nothing usable was stored.
+    miss,
+    /// A stored response was confirmed or replaced by the upstream.
+    revalidated,
+    /// The cache was not consulted (method, bypass header or cookie, `no-store`).
+    bypass,
+}
+
+/// The counters of one Cache policy, made once per policy.
+#[derive(Debug, Clone)]
+pub struct CacheCounters {
+    pub hits: Counter,
+    pub stale: Counter,
+    pub misses: Counter,
+    pub revalidated: Counter,
+    pub bypassed: Counter,
+    /// Requests that waited for another's identical miss.
+    pub coalesced: Counter,
+    pub stored_bytes: Gauge,
+    pub evictions: Counter,
+    pub redis_errors: Counter,
+}
+
 /// An Auth policy's decisions, by the method that decided and the result.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct AuthLabels {
@@ -367,6 +412,11 @@ pub struct Metrics {
     pub auth_jwks_refreshes: Family<JwksLabels, Counter>,
     pub auth_jwks_refresh_errors: Family<JwksLabels, Counter>,
     pub auth_jwks_keys: Family<JwksLabels, Gauge>,
+    pub cache_responses: Family<CacheResultLabels, Counter>,
+    pub cache_coalesced: Family<CacheLabels, Counter>,
+    pub cache_stored_bytes: Family<CacheLabels, Gauge>,
+    pub cache_evictions: Family<CacheLabels, Counter>,
+    pub cache_redis_errors: Family<CacheLabels, Counter>,
     pub rate_limit_redis_seconds: Histogram,
     pub active_connections: Gauge,
     pub tls_handshakes: Family<TlsHandshakeLabels, Counter>,
@@ -453,6 +503,36 @@ impl Metrics {
             "Keys in the key set in use for a jwksUri (0 before the first good fetch)",
             auth_jwks_keys.clone(),
         );
+        let cache_responses = Family::<CacheResultLabels, Counter>::default();
+        registry.register(
+            "cache_responses",
+            "Requests on routes with a Cache policy, by policy and what the cache did (hit, stale, miss, revalidated, bypass)",
+            cache_responses.clone(),
+        );
+        let cache_coalesced = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache_coalesced_waits",
+            "Cache misses that waited for an identical request already upstream, by policy",
+            cache_coalesced.clone(),
+        );
+        let cache_stored_bytes = Family::<CacheLabels, Gauge>::default();
+        registry.register(
+            "cache_stored_bytes",
+            "Bytes held by a Cache policy's in-memory store in this replica",
+            cache_stored_bytes.clone(),
+        );
+        let cache_evictions = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache_evictions",
+            "Cached responses dropped from memory to make room, by policy",
+            cache_evictions.clone(),
+        );
+        let cache_redis_errors = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache_redis_errors",
+            "Failed lookups and writes of a Cache policy's Redis layer (the cache then works from memory)",
+            cache_redis_errors.clone(),
+        );
         let rate_limit_redis_seconds = apply_duration_histogram();
         registry.register(
             "rate_limit_redis_seconds",
@@ -537,6 +617,11 @@ impl Metrics {
             auth_jwks_refreshes,
             auth_jwks_refresh_errors,
             auth_jwks_keys,
+            cache_responses,
+            cache_coalesced,
+            cache_stored_bytes,
+            cache_evictions,
+            cache_redis_errors,
             rate_limit_redis_seconds,
             active_connections,
             tls_handshakes,
@@ -571,6 +656,34 @@ impl Metrics {
             allowed: counter(LimitResult::allowed),
             limited: counter(LimitResult::limited),
             backend_errors: counter(LimitResult::backend_error),
+        }
+    }
+
+    /// The counters of a Cache policy.
+    pub fn cache_counters(&self, policy: &crate::snapshot::ObjectRef) -> CacheCounters {
+        let labels = CacheLabels {
+            namespace: policy.namespace.as_str().into(),
+            policy: policy.name.as_str().into(),
+        };
+        let result = |result| {
+            self.cache_responses
+                .get_or_create(&CacheResultLabels {
+                    namespace: labels.namespace.clone(),
+                    policy: labels.policy.clone(),
+                    result,
+                })
+                .clone()
+        };
+        CacheCounters {
+            hits: result(CacheResult::hit),
+            stale: result(CacheResult::stale),
+            misses: result(CacheResult::miss),
+            revalidated: result(CacheResult::revalidated),
+            bypassed: result(CacheResult::bypass),
+            coalesced: self.cache_coalesced.get_or_create(&labels).clone(),
+            stored_bytes: self.cache_stored_bytes.get_or_create(&labels).clone(),
+            evictions: self.cache_evictions.get_or_create(&labels).clone(),
+            redis_errors: self.cache_redis_errors.get_or_create(&labels).clone(),
         }
     }
 

@@ -140,7 +140,7 @@ pub fn api_key_set(policy: &crate::snapshot::ObjectRef) -> String {
 }
 
 /// `name=value` pairs of a raw query string (a pair without `=` has an empty value).
-fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+pub(crate) fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
     query
         .split('&')
         .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
@@ -156,7 +156,7 @@ fn pair_name(pair: &str) -> &str {
     pair.split_once('=').map_or(pair, |(name, _)| name)
 }
 
-fn percent_decode(value: &str) -> Vec<u8> {
+pub(crate) fn percent_decode(value: &str) -> Vec<u8> {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut index = 0;

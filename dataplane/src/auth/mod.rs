@@ -5,7 +5,7 @@
 //! compile time); a request only looks things up and verifies. Secrets never appear in
 //! errors, logs or metrics.
 
-mod api_key;
+pub(crate) mod api_key;
 mod basic;
 mod forward;
 pub mod jwks;

@@ -28,6 +28,14 @@ impl<B, F> Capture<B, F> {
     }
 }
 
+impl<B, F: FnOnce(Bytes)> Capture<B, F> {
+    fn complete(&mut self) {
+        if let (Some(copy), Some(on_complete)) = (self.copy.take(), self.on_complete.take()) {
+            on_complete(copy.freeze());
+        }
+    }
+}
+
 impl<B, F> Body for Capture<B, F>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -53,17 +61,17 @@ where
                         (Some(copy), true) => copy.extend_from_slice(data),
                         _ => this.copy = None,
                     }
+                    // A body that knows its length says it has ended with its last frame,
+                    // and hyper then stops polling: this frame may be the last one seen.
+                    if this.inner.is_end_stream() {
+                        this.complete();
+                    }
                 }
                 // Trailers cannot be replayed from the cache.
                 None => this.copy = None,
             },
             Poll::Ready(Some(Err(_))) => this.copy = None,
-            Poll::Ready(None) => {
-                if let (Some(copy), Some(on_complete)) = (this.copy.take(), this.on_complete.take())
-                {
-                    on_complete(copy.freeze());
-                }
-            }
+            Poll::Ready(None) => this.complete(),
             Poll::Pending => {}
         }
         polled
@@ -116,6 +124,17 @@ mod tests {
             kept.lock().unwrap().as_deref(),
             Some(b"hello world".as_slice())
         );
+    }
+
+    #[tokio::test]
+    async fn a_body_that_says_it_ended_is_kept_without_another_poll() {
+        let (mut body, kept) = capture(http_body_util::Full::new(Bytes::from_static(b"abc")), 64);
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "abc"
+        );
+        assert!(body.is_end_stream());
+        assert_eq!(kept.lock().unwrap().as_deref(), Some(b"abc".as_slice()));
     }
 
     #[tokio::test]

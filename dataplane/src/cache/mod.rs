@@ -3,7 +3,9 @@
 //! to its client ([`capture`]), and the policy as the snapshot carries it.
 
 pub mod capture;
+pub mod policy_cache;
 pub mod semantics;
+pub mod shared;
 pub mod store;
 
 use std::time::Duration;

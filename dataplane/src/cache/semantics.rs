@@ -248,6 +248,9 @@ pub enum CacheOutcome {
     },
     /// A stored response was revalidated with the upstream (`fwd-status` is its answer).
     Revalidated { status: u16, stored: bool },
+    /// The upstream failed (`fwd_status` is its answer, `None` when there was none) and a
+    /// stale response was served in its place (`ttl` is negative).
+    StaleOnError { ttl: i64, fwd_status: Option<u16> },
     /// The cache was not consulted (a method it does not serve, a bypass header or cookie).
     Bypass { detail: &'static str },
 }
@@ -281,6 +284,15 @@ impl CacheOutcome {
                 }
                 None
             }
+            CacheOutcome::StaleOnError { ttl, fwd_status } => {
+                // Forwarded, so not a `hit` (RFC 9211 §2.1): the stored response stood in.
+                text.push_str("; fwd=stale");
+                if let Some(status) = fwd_status {
+                    text.push_str(&format!("; fwd-status={status}"));
+                }
+                text.push_str(&format!("; ttl={ttl}"));
+                Some("stale-if-error")
+            }
             CacheOutcome::Bypass { detail } => {
                 text.push_str("; fwd=bypass");
                 Some(detail)
@@ -304,10 +316,14 @@ pub fn cacheable_status(status: StatusCode) -> bool {
     )
 }
 
-/// Whether this response to this request may be stored, and for how long.
+/// Whether this response to this request may be stored, and for how long. `authenticated`
+/// says the client proved who it is some other way than an `Authorization` header that is
+/// still in `request` (an Auth policy stripped it, or checked an API key or a cookie): the
+/// answer may be personal all the same.
 pub fn storable(
     rules: &CacheRules,
     request: &HeaderMap,
+    authenticated: bool,
     status: StatusCode,
     response: &HeaderMap,
 ) -> Result<Lifetime, NotStored> {
@@ -324,8 +340,8 @@ pub fn storable(
     }
     // RFC 9111 §3.5: a shared cache stores a response to an authenticated request only
     // when the response says it may be shared.
-    if request.contains_key(AUTHORIZATION)
-        && !(control.public || control.s_maxage.is_some() || control.must_revalidate)
+    if (authenticated || request.contains_key(AUTHORIZATION))
+        && !shared_with_authenticated(&control)
     {
         return Err(NotStored::Authorization);
     }
@@ -367,6 +383,49 @@ pub fn storable(
         return Err(NotStored::NoLifetime);
     }
     Ok(lifetime)
+}
+
+/// Whether a response may answer authenticated requests (RFC 9111 §3.5): only when it says
+/// it may be shared.
+pub fn may_answer_authenticated(response: &HeaderMap) -> bool {
+    shared_with_authenticated(&CacheControl::parse(response))
+}
+
+fn shared_with_authenticated(control: &CacheControl) -> bool {
+    control.public || control.s_maxage.is_some() || control.must_revalidate
+}
+
+/// The stored headers updated by a 304 that revalidated them (RFC 9111 §4.3.4): each field
+/// the 304 carries replaces the stored one, except those that describe the body, which the
+/// 304 does not have.
+pub fn freshened_headers(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
+    let mut headers = stored.clone();
+    for name in not_modified.keys() {
+        if matches!(
+            name.as_str(),
+            "content-length" | "content-encoding" | "content-range" | "transfer-encoding"
+        ) {
+            continue;
+        }
+        headers.remove(name);
+        for value in not_modified.get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers
+}
+
+/// The conditional headers that ask the upstream whether a stored response is still good:
+/// its `ETag` as `If-None-Match`, its `Last-Modified` as `If-Modified-Since`.
+pub fn validators(stored: &HeaderMap) -> Vec<(HeaderName, http::HeaderValue)> {
+    let mut conditions = Vec::new();
+    if let Some(etag) = stored.get(ETAG) {
+        conditions.push((IF_NONE_MATCH, etag.clone()));
+    }
+    if let Some(modified) = stored.get(LAST_MODIFIED) {
+        conditions.push((IF_MODIFIED_SINCE, modified.clone()));
+    }
+    conditions
 }
 
 /// The freshness the response states: `s-maxage`, else `max-age`, else `Expires` minus
@@ -526,6 +585,7 @@ mod tests {
         storable(
             &rules(),
             &headers(request),
+            false,
             StatusCode::from_u16(status).unwrap(),
             &headers(response),
         )
@@ -588,6 +648,20 @@ mod tests {
                 "{shared}"
             );
         }
+        // Authenticated by a policy that took the header away: the same rule.
+        let stripped = storable(
+            &rules(),
+            &HeaderMap::new(),
+            true,
+            StatusCode::OK,
+            &HeaderMap::new(),
+        );
+        assert_eq!(stripped, Err(NotStored::Authorization));
+        assert!(!may_answer_authenticated(&HeaderMap::new()));
+        assert!(may_answer_authenticated(&headers(&[(
+            "cache-control",
+            "public, max-age=9"
+        )])));
         let with_cookies = CacheRules {
             store_set_cookie: true,
             ..rules()
@@ -596,6 +670,7 @@ mod tests {
             storable(
                 &with_cookies,
                 &HeaderMap::new(),
+                false,
                 StatusCode::OK,
                 &headers(&[("set-cookie", "a=b")]),
             )
@@ -633,6 +708,7 @@ mod tests {
         let lifetime = storable(
             &ignoring,
             &HeaderMap::new(),
+            false,
             StatusCode::OK,
             &headers(&[("cache-control", "max-age=5")]),
         );
@@ -759,6 +835,42 @@ mod tests {
             }),
             "sluice; fwd=stale; fwd-status=304; stored"
         );
+        assert_eq!(
+            text(CacheOutcome::StaleOnError {
+                ttl: -7,
+                fwd_status: Some(503)
+            }),
+            "sluice; fwd=stale; fwd-status=503; ttl=-7; detail=stale-if-error"
+        );
+        assert_eq!(
+            text(CacheOutcome::StaleOnError {
+                ttl: -7,
+                fwd_status: None
+            }),
+            "sluice; fwd=stale; ttl=-7; detail=stale-if-error"
+        );
+        let freshened = freshened_headers(
+            &headers(&[("etag", "\"a\""), ("content-length", "5"), ("x-old", "1")]),
+            &headers(&[
+                ("etag", "\"b\""),
+                ("content-length", "0"),
+                ("cache-control", "max-age=5"),
+            ]),
+        );
+        assert_eq!(freshened.get("etag").unwrap(), "\"b\"");
+        assert_eq!(
+            freshened.get("content-length").unwrap(),
+            "5",
+            "the body's length stays"
+        );
+        assert_eq!(freshened.get("x-old").unwrap(), "1");
+        assert_eq!(freshened.get("cache-control").unwrap(), "max-age=5");
+        let conditions = validators(&headers(&[
+            ("etag", "\"a\""),
+            ("last-modified", "Tue, 01 Dec 2026 10:00:00 GMT"),
+        ]));
+        assert_eq!(conditions.len(), 2);
+        assert_eq!(conditions[0].0, IF_NONE_MATCH);
         assert_eq!(
             text(CacheOutcome::Bypass {
                 detail: "authorization"

@@ -105,6 +105,45 @@ pub struct StoredResponse {
     /// The request headers it varies on, and their values in the request it answered.
     pub vary: Vec<HeaderName>,
     pub vary_values: Vec<Option<String>>,
+    /// Whether it may answer a request from an authenticated client (RFC 9111 §3.5).
+    pub shared_with_authenticated: bool,
+    /// The host and path (with query) of the request it answered, for purges.
+    pub origin: Origin,
+}
+
+/// Where a stored response came from, as purges name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub host: String,
+    pub path_and_query: String,
+}
+
+/// Which stored responses a purge removes: one URL exactly, or every path under a prefix
+/// of one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurgeTarget {
+    Exact {
+        host: String,
+        path_and_query: String,
+    },
+    Prefix {
+        host: String,
+        path_prefix: String,
+    },
+}
+
+impl PurgeTarget {
+    pub fn matches(&self, origin: &Origin) -> bool {
+        match self {
+            PurgeTarget::Exact {
+                host,
+                path_and_query,
+            } => origin.host == *host && origin.path_and_query == *path_and_query,
+            PurgeTarget::Prefix { host, path_prefix } => {
+                origin.host == *host && origin.path_and_query.starts_with(path_prefix.as_str())
+            }
+        }
+    }
 }
 
 impl StoredResponse {
@@ -156,7 +195,8 @@ impl Variants {
     }
 }
 
-/// Stored responses by key, bounded by their total size.
+/// Stored responses by key, bounded by their total size. Clones share one store.
+#[derive(Clone)]
 pub struct MemoryStore {
     entries: moka::sync::Cache<CacheKey, Arc<Variants>>,
 }
@@ -214,6 +254,39 @@ impl MemoryStore {
         self.entries.invalidate(key);
     }
 
+    /// Every variant stored under `key`, newest first.
+    pub fn variants(&self, key: &CacheKey) -> Vec<Arc<StoredResponse>> {
+        self.entries
+            .get(key)
+            .map(|variants| variants.0.clone())
+            .unwrap_or_default()
+    }
+
+    /// Drops every key with a variant `target` names; how many keys went. A walk over the
+    /// whole store: purges are rare, lookups are not, so lookups get no index to keep.
+    pub fn purge(&self, target: &PurgeTarget) -> usize {
+        let doomed: Vec<CacheKey> = self
+            .entries
+            .iter()
+            .filter(|(_, variants)| {
+                variants
+                    .0
+                    .iter()
+                    .any(|variant| target.matches(&variant.origin))
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for key in &doomed {
+            self.entries.invalidate(key);
+        }
+        doomed.len()
+    }
+
+    /// Bytes stored, as last counted (no waiting on moka's pending work).
+    pub fn approximate_bytes(&self) -> u64 {
+        self.entries.weighted_size()
+    }
+
     /// Bytes stored (moka's weighted size, after its pending work).
     pub fn bytes(&self) -> u64 {
         self.entries.run_pending_tasks();
@@ -234,20 +307,22 @@ impl std::fmt::Debug for Flights {
 }
 
 /// A request's place in a flight.
-pub enum Flight<'a> {
+pub enum Flight {
     /// Go upstream; waiters are released when this is dropped, however the request ends.
-    Leader(LeaderGuard<'a>),
+    Leader(LeaderGuard),
     /// Another request is upstream for this key: wait for it.
     Follower(watch::Receiver<bool>),
 }
 
-pub struct LeaderGuard<'a> {
-    flights: &'a Flights,
+/// Owns its place (an `Arc` of the flights), so it can move into a background refresh or
+/// into the body copy whose end completes the flight.
+pub struct LeaderGuard {
+    flights: Arc<Flights>,
     key: CacheKey,
     done: Arc<watch::Sender<bool>>,
 }
 
-impl Drop for LeaderGuard<'_> {
+impl Drop for LeaderGuard {
     fn drop(&mut self) {
         self.flights.flights.invalidate(&self.key);
         self.done.send_replace(true);
@@ -265,14 +340,14 @@ impl Default for Flights {
 
 impl Flights {
     /// Joins the flight for `key`, leading it when there is none.
-    pub fn join(&self, key: CacheKey) -> Flight<'_> {
+    pub fn join(self: &Arc<Self>, key: CacheKey) -> Flight {
         let entry = self
             .flights
             .entry(key)
             .or_insert_with(|| Arc::new(watch::channel(false).0));
         if entry.is_fresh() {
             Flight::Leader(LeaderGuard {
-                flights: self,
+                flights: Arc::clone(self),
                 key,
                 done: entry.into_value(),
             })
@@ -326,6 +401,11 @@ mod tests {
                 stale_while_revalidate: Duration::ZERO,
                 stale_if_error: Duration::ZERO,
                 revalidate_always: false,
+            },
+            shared_with_authenticated: false,
+            origin: Origin {
+                host: "shop.test".into(),
+                path_and_query: format!("/{body}"),
             },
         })
     }
@@ -394,6 +474,34 @@ mod tests {
         assert!(store.lookup(&key, &gzip).is_none());
     }
 
+    #[test]
+    fn purges_remove_one_url_or_everything_under_a_prefix() {
+        let store = MemoryStore::new(1 << 20, Counter::default());
+        let none = HeaderMap::new();
+        for (index, body) in ["items/1", "items/2", "itemsx", "about"].iter().enumerate() {
+            store.insert([u8::try_from(index).unwrap(); 32], stored(&[], &none, body));
+        }
+        let exact = PurgeTarget::Exact {
+            host: "shop.test".into(),
+            path_and_query: "/items/1".into(),
+        };
+        assert_eq!(store.purge(&exact), 1);
+        assert!(store.lookup(&[0; 32], &none).is_none());
+        let other_host = PurgeTarget::Prefix {
+            host: "other.test".into(),
+            path_prefix: "/".into(),
+        };
+        assert_eq!(store.purge(&other_host), 0);
+        let prefix = PurgeTarget::Prefix {
+            host: "shop.test".into(),
+            path_prefix: "/items/".into(),
+        };
+        assert_eq!(store.purge(&prefix), 1, "/itemsx is not under /items/");
+        assert!(store.lookup(&[1; 32], &none).is_none());
+        assert!(store.lookup(&[2; 32], &none).is_some());
+        assert!(store.lookup(&[3; 32], &none).is_some());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn age_grows_while_stored() {
         let response = stored(&[], &HeaderMap::new(), "x");
@@ -420,7 +528,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn concurrent_misses_have_one_leader_and_followers_are_released_when_it_ends() {
-        let flights = Flights::default();
+        let flights = Arc::new(Flights::default());
         let key = [1u8; 32];
         let leader = match flights.join(key) {
             Flight::Leader(guard) => guard,

@@ -12,6 +12,10 @@ use hyper::body::Incoming;
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::balance::InFlight;
+use crate::cache::capture::Capture;
+
+/// What a response body kept for the cache does with the copy once it is complete.
+pub type StoreBody = Box<dyn FnOnce(Bytes) + Send>;
 
 /// What goes to the upstream: the client's body under the size limit, or nothing (for a
 /// body-less request, which can then be retried on another endpoint).
@@ -34,17 +38,34 @@ impl Drop for RequestFinish {
     }
 }
 
-/// The body Sluice answers with: the upstream's body, or a small one of its own.
-#[derive(Debug)]
+/// The body Sluice answers with: the upstream's body (kept for the cache as it passes, or
+/// not), or one held in memory (its own answers, cached responses).
 pub struct ResponseBody {
-    inner: Either<Incoming, Full<Bytes>>,
+    inner: Either<Either<Incoming, Capture<Incoming, StoreBody>>, Full<Bytes>>,
     finish: Option<RequestFinish>,
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("finish", &self.finish)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ResponseBody {
     pub fn upstream(body: Incoming, finish: RequestFinish) -> Self {
         ResponseBody {
-            inner: Either::Left(body),
+            inner: Either::Left(Either::Left(body)),
+            finish: Some(finish),
+        }
+    }
+
+    /// The upstream's body, of which a copy of at most `limit` bytes goes to `store` once
+    /// it has all passed.
+    pub fn stored(body: Incoming, limit: usize, store: StoreBody, finish: RequestFinish) -> Self {
+        ResponseBody {
+            inner: Either::Left(Either::Right(Capture::new(body, limit, store))),
             finish: Some(finish),
         }
     }
@@ -53,6 +74,14 @@ impl ResponseBody {
         ResponseBody {
             inner: Either::Right(Full::new(text.into())),
             finish: None,
+        }
+    }
+
+    /// A body held in memory, such as a cached response's.
+    pub fn full(bytes: Bytes, finish: RequestFinish) -> Self {
+        ResponseBody {
+            inner: Either::Right(Full::new(bytes)),
+            finish: Some(finish),
         }
     }
 

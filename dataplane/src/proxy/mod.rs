@@ -1,6 +1,7 @@
 //! The request path: normalise, route, pick an endpoint, forward, answer.
 
 mod body;
+mod cached;
 mod clients;
 mod grpc;
 pub(crate) mod headers;
@@ -260,7 +261,7 @@ impl Proxy {
 
     /// Handles one request end to end. Never fails: every problem becomes a response.
     pub async fn handle(
-        &self,
+        self: &Arc<Self>,
         request: Request<Incoming>,
         connection: &ClientConnection,
     ) -> Response<ResponseBody> {
@@ -298,7 +299,7 @@ impl Proxy {
     }
 
     async fn route_and_forward(
-        &self,
+        self: &Arc<Self>,
         request: Request<Incoming>,
         connection: &ClientConnection,
         started: Instant,
@@ -406,6 +407,22 @@ impl Proxy {
             .client_ip(connection.peer.ip(), &parts.headers);
         let mut limit_report = None;
         let mut identity_headers = Vec::new();
+        let mut auth_method = None;
+        // Upgrades (WebSocket) are never cached; decided on the client's own headers.
+        let extended_connect = tunnel::is_extended_connect_websocket(&parts);
+        let upgrade = if extended_connect {
+            Some(HeaderValue::from_static("websocket"))
+        } else {
+            tunnel::requested_upgrade(&parts)
+        };
+        let consult = target
+            .policies
+            .as_deref()
+            .and_then(|policies| policies.cache.as_ref())
+            .and_then(|policy| live.cache(&policy.name))
+            .map(|cache| {
+                cached::Consult::decide(cache, &parts.method, &parts.headers, upgrade.is_some())
+            });
         if let Some(policies) = target.policies.as_deref() {
             let view = RequestView {
                 client_ip,
@@ -419,6 +436,7 @@ impl Proxy {
             match enforce_policies(&live, policies, &view).await {
                 Ok(admitted) => {
                     limit_report = admitted.limit_report;
+                    auth_method = admitted.auth_method;
                     if let (Some(auth), Some(method)) = (&policies.auth, admitted.auth_method) {
                         auth.strip(&mut parts.headers, method);
                         if let Some(stripped) = auth.strip_query(&path_and_query, method) {
@@ -449,29 +467,12 @@ impl Proxy {
             }
         }
 
-        let Some(balancer) = live.balancer(&target.backend).filter(|b| !b.is_empty()) else {
-            return (local(LocalAnswer::NoEndpoints, finish), Some(series));
-        };
         if content_length(&parts.headers)
             .is_some_and(|length| length > self.config.max_request_body)
         {
             return (local(LocalAnswer::PayloadTooLarge, finish), Some(series));
         }
 
-        // WebSocket over HTTP/2 (RFC 8441) goes to the backend as an HTTP/1.1 upgrade.
-        let extended_connect = tunnel::is_extended_connect_websocket(&parts);
-        let upgrade = if extended_connect {
-            Some(HeaderValue::from_static("websocket"))
-        } else {
-            tunnel::requested_upgrade(&parts)
-        };
-        let client = match self
-            .clients
-            .select(&live, target.upstream.as_ref(), upgrade.is_some())
-        {
-            Ok(client) => client,
-            Err(answer) => return (local(answer, finish), Some(series)),
-        };
         let timeout = self.response_header_timeout(target, &parts.headers);
         let client_side = upgrade
             .as_ref()
@@ -495,6 +496,109 @@ impl Proxy {
             tunnel::restore_upgrade_headers(&mut parts.headers, upgrade.clone());
         }
 
+        // What every answer gets on its way out, the cache's included.
+        let decorate = |headers: &mut http::HeaderMap| {
+            if let Some(via) = &self.via_response {
+                headers.append(VIA, via.clone());
+            }
+            if let Some(report) = &limit_report {
+                report.write(headers);
+            }
+            if let Some(hsts) = hsts
+                && !headers.contains_key(STRICT_TRANSPORT_SECURITY)
+            {
+                headers.insert(STRICT_TRANSPORT_SECURITY, hsts.clone());
+            }
+        };
+
+        let mut fill = None;
+        let mut bypass = None;
+        // An unsafe request's stored GET, dropped once the request succeeds.
+        let mut invalidate = None;
+        match consult {
+            None => {}
+            Some(cached::Consult::Bypass { cache, detail }) => {
+                cache.counters.bypassed.inc();
+                bypass = Some(cached::bypass_status(detail));
+                if cached::invalidates(&parts.method) {
+                    let view = RequestView {
+                        client_ip,
+                        host: &host,
+                        path: path_and_query.path(),
+                        query: path_and_query.query(),
+                        method: &Method::GET,
+                        headers: &parts.headers,
+                        https: connection.tls.is_some(),
+                    };
+                    invalidate = Some((cached::key_of(&cache.policy, &view), cache));
+                }
+            }
+            Some(cached::Consult::Use {
+                cache,
+                authorization,
+            }) => {
+                let view = RequestView {
+                    client_ip,
+                    host: &host,
+                    path: path_and_query.path(),
+                    query: path_and_query.query(),
+                    method: &parts.method,
+                    headers: &parts.headers,
+                    https: connection.tls.is_some(),
+                };
+                let key = cached::key_of(&cache.policy, &view);
+                let origin = crate::cache::store::Origin {
+                    host: host.clone().into_owned(),
+                    path_and_query: path_and_query.as_str().to_owned(),
+                };
+                let authenticated = authorization || cached::authenticates(auth_method);
+                let head = parts.method == Method::HEAD;
+                match cached::look_up(cache, key, &mut parts.headers, authenticated, origin, head)
+                    .await
+                {
+                    cached::Lookup::Answer { response, refresh } => {
+                        if let Some(refresh) = refresh {
+                            self.refresh_in_background(
+                                refresh,
+                                &parts.headers,
+                                &path_and_query,
+                                target,
+                                hash,
+                            );
+                        }
+                        let mut response = cached::into_client_response(response, finish);
+                        decorate(response.headers_mut());
+                        return (response, Some(series));
+                    }
+                    cached::Lookup::Forward(forward) => fill = Some(forward),
+                }
+            }
+        }
+
+        let balancer = live.balancer(&target.backend).filter(|b| !b.is_empty());
+        let client = self
+            .clients
+            .select(&live, target.upstream.as_ref(), upgrade.is_some());
+        let (balancer, client) = match (balancer, client) {
+            (Some(balancer), Ok(client)) => (balancer, client),
+            (balancer, client) => {
+                let answer = match (balancer, client) {
+                    (None, _) => LocalAnswer::NoEndpoints,
+                    (_, Err(answer)) => answer,
+                    (Some(_), Ok(_)) => LocalAnswer::UpstreamFailed,
+                };
+                if let Some(fill) = &fill
+                    && let Some(stale) = fill.stale_for_error()
+                {
+                    let stale = fill.serve_stale_on_error(stale, None);
+                    let mut response = cached::into_client_response(stale, finish);
+                    decorate(response.headers_mut());
+                    return (response, Some(series));
+                }
+                return (local(answer, finish), Some(series));
+            }
+        };
+
         let sent = Sent {
             client: &client,
             timeout,
@@ -502,7 +606,25 @@ impl Proxy {
             policy: &target.balance,
             hash,
         };
-        let result = self.forward(parts, body, path_and_query, sent).await;
+        let result = self.forward(parts, Some(body), path_and_query, sent).await;
+        if let Some(fill) = &fill
+            && let Some(stale) = fill.stale_for_error()
+        {
+            let failed = match &result {
+                Err(_) => Some(None),
+                Ok((response, _)) if cached::is_upstream_error(response.status()) => {
+                    Some(Some(response.status().as_u16()))
+                }
+                Ok(_) => None,
+            };
+            if let Some(fwd_status) = failed {
+                drop(result);
+                let stale = fill.serve_stale_on_error(stale, fwd_status);
+                let mut response = cached::into_client_response(stale, finish);
+                decorate(response.headers_mut());
+                return (response, Some(series));
+            }
+        }
         let response = match result {
             Ok((response, in_flight)) => {
                 let (mut response_parts, upstream_body) = response.into_parts();
@@ -513,22 +635,55 @@ impl Proxy {
                         })
                     });
                 headers::strip_hop_by_hop(&mut response_parts.headers);
-                if let Some(via) = &self.via_response {
-                    response_parts.headers.append(VIA, via.clone());
-                }
-                if let Some(report) = &limit_report {
-                    report.write(&mut response_parts.headers);
-                }
-                if let Some(hsts) = hsts
-                    && !response_parts
-                        .headers
-                        .contains_key(STRICT_TRANSPORT_SECURITY)
-                {
-                    response_parts
-                        .headers
-                        .insert(STRICT_TRANSPORT_SECURITY, hsts.clone());
-                }
                 let mut finish = finish;
+                if let Some(fill) = fill {
+                    if fill.revalidating
+                        && response_parts.status == StatusCode::NOT_MODIFIED
+                        && let Some((fresh, stored)) = fill.freshen(&response_parts.headers)
+                    {
+                        let outcome = crate::cache::semantics::CacheOutcome::Revalidated {
+                            status: 304,
+                            stored,
+                        };
+                        let answer = cached::answer(
+                            &fresh,
+                            &fill.request_headers,
+                            fill.head,
+                            tokio::time::Instant::now(),
+                            outcome,
+                        );
+                        drop(in_flight);
+                        let mut response = cached::into_client_response(answer, finish);
+                        decorate(response.headers_mut());
+                        return (response, Some(series));
+                    }
+                    finish.in_flight = Some(in_flight);
+                    let kept = fill.admit(response_parts.status, &mut response_parts.headers);
+                    let body = match kept {
+                        Some(limit) => {
+                            // Stored as the upstream sent it, before this request's own
+                            // headers (Via, rate limits, HSTS) are added.
+                            let (status, headers) =
+                                (response_parts.status, response_parts.headers.clone());
+                            let store: body::StoreBody =
+                                Box::new(move |bytes| fill.complete(status, headers, bytes));
+                            ResponseBody::stored(upstream_body, limit, store, finish)
+                        }
+                        None => ResponseBody::upstream(upstream_body, finish),
+                    };
+                    decorate(&mut response_parts.headers);
+                    return (Response::from_parts(response_parts, body), Some(series));
+                }
+                decorate(&mut response_parts.headers);
+                if let Some(bypass) = bypass {
+                    response_parts.headers.insert(cached::CACHE_STATUS, bypass);
+                }
+                if let Some((key, cache)) = invalidate
+                    && (response_parts.status.is_success()
+                        || response_parts.status.is_redirection())
+                {
+                    cache.remove(&key);
+                }
                 match switched {
                     None => finish.in_flight = Some(in_flight),
                     Some(accepted) => {
@@ -566,6 +721,95 @@ impl Proxy {
             Err(answer) => local(answer, finish),
         };
         (response, Some(series))
+    }
+
+    /// Refreshes a stale response while it is being served: one GET upstream, whose answer
+    /// is stored (or, for a 304 to Sluice's own conditions, freshens what is stored). The
+    /// flight `refresh` leads ends with it, however it ends.
+    fn refresh_in_background(
+        self: &Arc<Self>,
+        refresh: cached::Fill,
+        headers: &http::HeaderMap,
+        path_and_query: &PathAndQuery,
+        target: &RouteTarget,
+        hash: Option<u64>,
+    ) {
+        let mut headers = headers.clone();
+        // The refresh asks for the whole response on Sluice's own conditions only.
+        for name in [
+            http::header::RANGE,
+            http::header::IF_RANGE,
+            http::header::IF_NONE_MATCH,
+            http::header::IF_MODIFIED_SINCE,
+        ] {
+            headers.remove(name);
+        }
+        for (name, value) in refresh
+            .stale
+            .as_ref()
+            .map(|stale| crate::cache::semantics::validators(&stale.headers))
+            .unwrap_or_default()
+        {
+            headers.insert(name, value);
+        }
+        let refresh = cached::Fill {
+            revalidating: refresh.stale.is_some(),
+            ..refresh
+        };
+        let proxy = Arc::clone(self);
+        let path_and_query = path_and_query.clone();
+        let backend = target.backend.clone();
+        let balance = target.balance.clone();
+        let upstream = target.upstream.clone();
+        let timeout = self.config.request_timeout;
+        tokio::spawn(async move {
+            let live = proxy.data_plane.load();
+            let Some(balancer) = live.balancer(&backend).filter(|b| !b.is_empty()) else {
+                return;
+            };
+            let Ok(client) = proxy.clients.select(&live, upstream.as_ref(), false) else {
+                return;
+            };
+            let (mut parts, ()) = Request::new(()).into_parts();
+            parts.method = Method::GET;
+            parts.headers = headers;
+            let sent = Sent {
+                client: &client,
+                timeout,
+                balancer,
+                policy: &balance,
+                hash,
+            };
+            let Ok((response, in_flight)) = proxy.forward(parts, None, path_and_query, sent).await
+            else {
+                return;
+            };
+            let (mut response_parts, body) = response.into_parts();
+            headers::strip_hop_by_hop(&mut response_parts.headers);
+            if refresh.revalidating && response_parts.status == StatusCode::NOT_MODIFIED {
+                drop(in_flight);
+                refresh.freshen(&response_parts.headers);
+                return;
+            }
+            if cached::is_upstream_error(response_parts.status) {
+                return;
+            }
+            let Some(limit) = refresh.admit(response_parts.status, &mut response_parts.headers)
+            else {
+                return;
+            };
+            let collected = http_body_util::BodyExt::collect(Limited::new(body, limit)).await;
+            drop(in_flight);
+            if let Ok(collected) = collected
+                && collected.trailers().is_none()
+            {
+                refresh.complete(
+                    response_parts.status,
+                    response_parts.headers,
+                    collected.to_bytes(),
+                );
+            }
+        });
     }
 
     /// How long to wait for response headers. gRPC routes take the call's own deadline
@@ -645,7 +889,7 @@ impl Proxy {
     async fn forward(
         &self,
         parts: http::request::Parts,
-        body: Incoming,
+        body: Option<Incoming>,
         path_and_query: PathAndQuery,
         sent: Sent<'_>,
     ) -> Result<(Response<Incoming>, crate::balance::InFlight), LocalAnswer> {
@@ -656,8 +900,9 @@ impl Proxy {
             policy,
             hash,
         } = sent;
-        let replayable = is_idempotent(&parts.method) && body.is_end_stream();
-        let mut body = Some(body);
+        let replayable =
+            is_idempotent(&parts.method) && body.as_ref().is_none_or(|body| body.is_end_stream());
+        let mut body = body;
         // Never more attempts than endpoints: each retry goes to one not tried yet.
         let attempts = if replayable {
             let endpoints = u32::try_from(balancer.len()).unwrap_or(u32::MAX);
@@ -913,7 +1158,7 @@ async fn enforce_policies(
 }
 
 /// The request's path (normalised) and query, or `None` when the path must be refused.
-fn normalized_path_and_query(uri: &Uri) -> Option<PathAndQuery> {
+pub(crate) fn normalized_path_and_query(uri: &Uri) -> Option<PathAndQuery> {
     let path = uri.path();
     match normalize_path(path).ok()? {
         std::borrow::Cow::Borrowed(_) => Some(

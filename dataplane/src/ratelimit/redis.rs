@@ -105,6 +105,8 @@ pub enum RedisCheckError {
 
 /// One shared Redis connection (multiplexed, reconnecting) and its breaker.
 pub struct RedisBackend {
+    /// Kept for the cache's purge subscription, which needs a connection of its own.
+    client: redis::Client,
     connection: ConnectionManager,
     script: redis::Script,
     settings: RedisSettings,
@@ -137,8 +139,9 @@ impl RedisBackend {
             .set_response_timeout(Some(settings.timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         Ok(RedisBackend {
+            client,
             connection,
             script: redis::Script::new(GCRA_SCRIPT),
             settings,
@@ -173,7 +176,7 @@ impl RedisBackend {
         self.consecutive_failures.store(0, Ordering::Release);
         if self.open_until_ms.swap(0, Ordering::AcqRel) != 0 {
             tracing::info!(
-                "Redis answers again; global rate limits and token revocation checks resume"
+                "Redis answers again; global rate limits, token revocation checks and the shared cache resume"
             );
         }
         self.probing.store(false, Ordering::Release);
@@ -189,7 +192,7 @@ impl RedisBackend {
                 Ordering::AcqRel,
             );
             if previous == 0 {
-                tracing::warn!(%error, "Redis unavailable; rate limits fall back to each policy's onBackendFailure, token revocation checks answer 503");
+                tracing::warn!(%error, "Redis unavailable; rate limits fall back to each policy's onBackendFailure, token revocation checks answer 503, caches use memory only");
             }
         }
     }
@@ -239,8 +242,18 @@ impl RedisBackend {
         .await
     }
 
+    /// A handle on the shared multiplexed connection.
+    pub(crate) fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
+    /// The client, for connections that cannot be shared (subscriptions).
+    pub(crate) fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
     /// Runs one Redis exchange through the breaker and the timeout, and records how it went.
-    async fn guarded<T>(
+    pub(crate) async fn guarded<T>(
         &self,
         exchange: impl Future<Output = Result<T, RedisCheckError>>,
     ) -> Result<T, RedisCheckError> {
