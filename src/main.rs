@@ -52,7 +52,7 @@ enum Command {
 #[derive(Debug, Args)]
 struct CheckArgs {
     /// Folder of YAML manifests (Ingress, IngressClass, Service, EndpointSlice, Secret,
-    /// RateLimit, Auth).
+    /// RateLimit, Auth, Cache).
     #[arg(long, env = "SLUICE_MANIFESTS", value_name = "DIR")]
     manifests: PathBuf,
     #[command(flatten)]

@@ -327,6 +327,8 @@ fn committed_crds_match_the_types() {
         );
     }
     assert!(printed.contains("name: ratelimits.sluice.dev"));
+    assert!(printed.contains("name: auths.sluice.dev"));
+    assert!(printed.contains("name: caches.sluice.dev"));
     assert!(printed.contains("x-kubernetes-validations"));
 }
 

@@ -99,23 +99,27 @@ pub enum CompileError {
     ServingLastGood { resource_version: Option<String> },
 
     #[error(
-        "{field}: {kind} {name:?} does not exist in this namespace; the Ingress's routes answer \
-         503 until it does"
+        "{field}: {kind} {name:?} does not exist in this namespace; the Ingress's routes {} until \
+         it does",
+        .without.routes()
     )]
     PolicyNotFound {
         field: String,
         kind: &'static str,
         name: String,
+        without: WithoutPolicy,
     },
 
     #[error(
-        "{field}: {kind} {name:?} is not valid (see its status); the Ingress's routes answer 503 \
-         until it is"
+        "{field}: {kind} {name:?} is not valid (see its status); the Ingress's routes {} until \
+         it is",
+        .without.routes()
     )]
     PolicyNotAccepted {
         field: String,
         kind: &'static str,
         name: String,
+        without: WithoutPolicy,
     },
 
     #[error(
@@ -174,6 +178,11 @@ pub enum CompileError {
     /// good version could be unprotected, so the routes answer 503 instead.
     #[error("{field}: {why}; the Ingress's routes answer 503 until it names an Auth")]
     InvalidAuthAnnotation { field: String, why: String },
+
+    /// On the Ingress: `sluice.dev/cache` does not name a Cache. Not a rejection, and the
+    /// routes keep serving: a route without its cache loses speed, never protection.
+    #[error("{field}: {why}; the Ingress's routes are served uncached until it names a Cache")]
+    InvalidCacheAnnotation { field: String, why: String },
 
     /// On the policy object: a Secret it reads credentials from is missing.
     #[error(
@@ -236,7 +245,8 @@ impl CompileError {
             CompileError::PolicyNotFound { .. } => "PolicyNotFound",
             CompileError::PolicyNotAccepted { .. } => "PolicyNotAccepted",
             CompileError::InvalidPolicy { .. } => "InvalidSpec",
-            CompileError::InvalidAuthAnnotation { .. } => "InvalidAnnotation",
+            CompileError::InvalidAuthAnnotation { .. }
+            | CompileError::InvalidCacheAnnotation { .. } => "InvalidAnnotation",
             CompileError::PolicySecretNotFound { .. } => "SecretNotFound",
             CompileError::InvalidPolicySecret { .. } => "InvalidSecret",
             CompileError::TlsSecretNotFound { .. } => "SecretNotFound",
@@ -270,6 +280,7 @@ impl CompileError {
             | CompileError::PolicyNotFound { .. }
             | CompileError::PolicyNotAccepted { .. }
             | CompileError::InvalidAuthAnnotation { .. }
+            | CompileError::InvalidCacheAnnotation { .. }
             | CompileError::TlsSecretNotFound { .. }
             | CompileError::InvalidTlsSecret { .. }
             | CompileError::TlsHostConflict { .. }
@@ -304,6 +315,7 @@ impl CompileError {
             | CompileError::PolicyNotAccepted { field, .. }
             | CompileError::InvalidPolicy { field, .. }
             | CompileError::InvalidAuthAnnotation { field, .. }
+            | CompileError::InvalidCacheAnnotation { field, .. }
             | CompileError::PolicySecretNotFound { field, .. }
             | CompileError::InvalidPolicySecret { field, .. }
             | CompileError::TlsSecretNotFound { field, .. }
@@ -315,6 +327,26 @@ impl CompileError {
             | CompileError::InvalidBackendCa { field, .. } => Some(field),
             CompileError::PathConflict(conflict) => Some(&conflict.field),
             CompileError::ServingLastGood { .. } => None,
+        }
+    }
+}
+
+/// What the routes of an Ingress do while a policy it names is missing or not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WithoutPolicy {
+    /// They answer 503: serving them without an Auth or a RateLimit would open them.
+    Unavailable,
+    /// They are served as if the policy were not named: without a Cache a route is only
+    /// slower, so failing open is safe.
+    Served,
+}
+
+impl WithoutPolicy {
+    /// What the routes do, as the end of an error message.
+    fn routes(self) -> &'static str {
+        match self {
+            WithoutPolicy::Unavailable => "answer 503",
+            WithoutPolicy::Served => "are served without it",
         }
     }
 }
@@ -403,6 +435,39 @@ mod tests {
         assert_eq!(notice.severity(), Severity::Notice);
         assert!(notice.to_string().contains("resourceVersion 42"));
         assert_eq!(notice.field(), None);
+    }
+
+    #[test]
+    fn a_missing_policy_says_what_its_routes_do_meanwhile() {
+        let missing = |kind, without| CompileError::PolicyNotFound {
+            field: "metadata.annotations[sluice.dev/x]".into(),
+            kind,
+            name: "p".into(),
+            without,
+        };
+        assert_eq!(
+            missing("Auth", WithoutPolicy::Unavailable).to_string(),
+            "metadata.annotations[sluice.dev/x]: Auth \"p\" does not exist in this namespace; \
+             the Ingress's routes answer 503 until it does"
+        );
+        assert_eq!(
+            missing("Cache", WithoutPolicy::Served).to_string(),
+            "metadata.annotations[sluice.dev/x]: Cache \"p\" does not exist in this namespace; \
+             the Ingress's routes are served without it until it does"
+        );
+        let refused = CompileError::PolicyNotAccepted {
+            field: "metadata.annotations[sluice.dev/cache]".into(),
+            kind: "Cache",
+            name: "p".into(),
+            without: WithoutPolicy::Served,
+        };
+        assert!(
+            refused
+                .to_string()
+                .ends_with("is not valid (see its status); the Ingress's routes are served without it until it is"),
+            "{refused}"
+        );
+        assert_eq!(refused.severity(), Severity::Partial);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub enum ObjectKind {
     Secret,
     RateLimit,
     Auth,
+    Cache,
 }
 
 impl ObjectKind {
@@ -32,6 +33,7 @@ impl ObjectKind {
             ObjectKind::Secret => "Secret",
             ObjectKind::RateLimit => "RateLimit",
             ObjectKind::Auth => "Auth",
+            ObjectKind::Cache => "Cache",
         }
     }
 }

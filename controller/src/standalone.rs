@@ -16,7 +16,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
-use sluice_crds::{Auth, RateLimit};
+use sluice_crds::{Auth, Cache, RateLimit};
 use tokio::sync::mpsc;
 
 use crate::compile::ClusterObjects;
@@ -61,6 +61,7 @@ struct FileObjects {
     secrets: Vec<Arc<Secret>>,
     rate_limits: Vec<Arc<RateLimit>>,
     auths: Vec<Arc<Auth>>,
+    caches: Vec<Arc<Cache>>,
     notes: Vec<ManifestNote>,
 }
 
@@ -235,6 +236,11 @@ impl ManifestFolder {
                     objects.auths.push(Arc::clone(item));
                 }
             }
+            for item in &file.caches {
+                if first(ObjectKind::Cache, &item.metadata) {
+                    objects.caches.push(Arc::clone(item));
+                }
+            }
         }
         LoadedManifests {
             objects,
@@ -387,6 +393,11 @@ fn add_document(
             default_namespace(&mut item.metadata);
             objects.auths.push(Arc::new(item));
         }
+        ("sluice.dev/v1alpha1", "Cache") => {
+            let mut item: Cache = typed(value, path, number, &kind, &name)?;
+            default_namespace(&mut item.metadata);
+            objects.caches.push(Arc::new(item));
+        }
         _ => objects.notes.push(ManifestNote(format!(
             "{path}: document {number}: {api_version} {kind} {name:?} is not a kind Sluice reads; ignored"
         ))),
@@ -503,6 +514,47 @@ metadata: {name: other}
         assert_eq!(file.services[0].metadata.namespace.as_deref(), Some("shop"));
         assert_eq!(file.notes.len(), 1);
         assert!(file.notes[0].0.contains("ConfigMap"), "{:?}", file.notes);
+    }
+
+    #[test]
+    fn policies_of_every_kind_are_read() {
+        let text = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: RateLimit
+metadata: {name: api}
+spec: {limits: [{requests: 10, period: 1s}]}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Auth
+metadata: {name: office, namespace: shop}
+spec: {ipAllow: [10.0.0.0/8]}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Cache
+metadata: {name: pages}
+spec: {ttl: 5m, bypass: {cookies: [session]}}
+"#;
+        let file = parse_file("policies.yaml", text).unwrap();
+        assert!(file.notes.is_empty(), "{:?}", file.notes);
+        assert_eq!(file.rate_limits.len(), 1);
+        assert_eq!(file.auths.len(), 1);
+        assert_eq!(file.caches.len(), 1);
+        let cache = &file.caches[0];
+        assert_eq!(cache.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(cache.spec.ttl, "5m");
+        // Left out, the defaults apply, as the API server would fill them in.
+        assert_eq!(cache.spec.max_object_size, "1Mi");
+        assert_eq!(cache.spec.memory.max_size, "64Mi");
+        assert!(cache.spec.respect_cache_control);
+
+        let wrong = "apiVersion: sluice.dev/v1alpha1\nkind: Cache\nmetadata: {name: c}\nspec: {methods: [POST]}\n";
+        let error = parse_file("f.yaml", wrong).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("f.yaml: document 1: Cache \"c\""),
+            "{error}"
+        );
     }
 
     #[test]

@@ -5,12 +5,16 @@
 //! shares [`PolicyStatus`], so status handling is written once.
 
 mod auth;
+mod cache;
 mod rate_limit;
 mod status;
 
 pub use auth::{
     ApiKeyAuth, Auth, AuthSpec, BasicAuth, Cidr, ForwardAuth, HeaderName, JwtAlgorithm, JwtAuth,
     Require, RevocationList, SecretRef,
+};
+pub use cache::{
+    Cache, CacheBypass, CacheKeyPart, CacheMemory, CacheMethod, CacheRedis, CacheSpec, CookieName,
 };
 pub use rate_limit::{
     KeyPart, Limit, OnBackendFailure, RateLimit, RateLimitBackend, RateLimitHeaders, RateLimitSpec,
@@ -25,7 +29,7 @@ pub const GROUP: &str = "sluice.dev";
 
 /// Every CRD Sluice defines, in a fixed order.
 pub fn definitions() -> Vec<CustomResourceDefinition> {
-    vec![RateLimit::crd(), Auth::crd()]
+    vec![RateLimit::crd(), Auth::crd(), Cache::crd()]
 }
 
 /// The CRDs as one multi-document YAML stream, as `sluice crds` prints it and as

@@ -10,7 +10,7 @@ use kube::Api;
 use serde_json::json;
 use sluice_crds::Auth;
 
-use crate::harness::{Cluster, apply, eventually, ingress_json};
+use crate::harness::{Cluster, apply, eventually, ingress_json, policy_condition};
 use crate::support::jwt::{ISSUER, JWKS, JWKS_OTHER, claims, now, rs256, sign};
 use crate::support::{self, Sluice};
 
@@ -33,13 +33,7 @@ async fn status_with(sluice: &Sluice, host: &str, authorization: Option<&str>) -
 
 /// `(status, reason)` of the Auth's condition `type_`.
 fn condition(policy: &Auth, type_: &str) -> Option<(String, String)> {
-    policy
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|condition| condition.type_ == type_)
-        .map(|condition| (condition.status.clone(), condition.reason.clone()))
+    policy_condition(policy.status.as_ref(), type_)
 }
 
 fn htpasswd(ns: &str, text: &str) -> serde_json::Value {

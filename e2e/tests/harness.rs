@@ -482,3 +482,15 @@ impl Load {
         report
     }
 }
+
+/// `(status, reason)` of the condition `type_` in a policy's status.
+pub fn policy_condition(
+    status: Option<&sluice_crds::PolicyStatus>,
+    type_: &str,
+) -> Option<(String, String)> {
+    status?
+        .conditions
+        .iter()
+        .find(|condition| condition.type_ == type_)
+        .map(|condition| (condition.status.clone(), condition.reason.clone()))
+}

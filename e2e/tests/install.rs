@@ -16,7 +16,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use sluice_crds::{Auth, PolicyStatus, RateLimit};
+use sluice_crds::{Auth, Cache, PolicyStatus, RateLimit};
 
 use crate::chart::{
     self, CHART, Rendered, ToolRun, cluster_script, rendered_objects, strict_dry_run,
@@ -553,7 +553,7 @@ async fn e2e_10_the_helm_chart_installs_upgrades_and_uninstalls() {
             "--namespace",
             &ns,
             "--set",
-            "kind=DaemonSet,hostPorts.enabled=true,containerPorts.http=80,serviceMonitor.enabled=true,prometheusRule.enabled=true,ingressClass.default=true,controller.https.defaultCertificate=sluice/default-cert,controller.trustedProxies={10.0.0.0/8},controller.redis.existingSecret=redis",
+            "kind=DaemonSet,hostPorts.enabled=true,containerPorts.http=80,serviceMonitor.enabled=true,prometheusRule.enabled=true,ingressClass.default=true,controller.https.defaultCertificate=sluice/default-cert,controller.trustedProxies={10.0.0.0/8},controller.redis.existingSecret=redis,controller.cachePurge.existingSecret=purge,extraVolumes[0].name=scratch,extraVolumes[0].emptyDir.medium=Memory,extraVolumeMounts[0].name=scratch,extraVolumeMounts[0].mountPath=/scratch",
         ])
         .await;
     assert!(everything.success, "{}", everything.stderr);
@@ -631,6 +631,11 @@ struct Probe {
     policy_status: bool,
     /// Wrote the Auth's conditions.
     auth_status: bool,
+    /// Wrote the Cache's conditions.
+    cache_status: bool,
+    /// Posted an Event saying the served Ingress's Cache does not exist (it is served
+    /// uncached meanwhile).
+    cache_missing: bool,
 }
 
 impl Probe {
@@ -640,6 +645,8 @@ impl Probe {
         event: true,
         policy_status: true,
         auth_status: true,
+        cache_status: true,
+        cache_missing: false,
     };
     const NOT_SERVED: Probe = Probe {
         served: false,
@@ -647,6 +654,8 @@ impl Probe {
         event: false,
         policy_status: false,
         auth_status: false,
+        cache_status: false,
+        cache_missing: false,
     };
     /// Serves, but never leads: no status, no Events.
     const NOT_LEADING: Probe = Probe {
@@ -655,6 +664,8 @@ impl Probe {
         event: false,
         policy_status: false,
         auth_status: false,
+        cache_status: false,
+        cache_missing: false,
     };
 }
 
@@ -725,7 +736,7 @@ enum LeaseAtStart {
 }
 
 /// Runs Sluice with only `cluster_rules` and `lease_rules` on a namespace of its own: an
-/// Ingress using a RateLimit, and a broken Ingress.
+/// Ingress using a RateLimit, an Auth and a Cache, and a broken Ingress.
 async fn probe_rules(
     cluster: &Cluster,
     name: &str,
@@ -760,9 +771,18 @@ async fn probe_rules(
                "spec": {"ipAllow": ["0.0.0.0/0", "::/0"]}}),
     )
     .await;
+    let caches: Api<Cache> = Api::namespaced(cluster.client.clone(), &ns);
+    apply(
+        &caches,
+        "pages",
+        json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "Cache",
+               "metadata": {"name": "pages", "namespace": ns},
+               "spec": {}}),
+    )
+    .await;
     let mut web = ingress_json(&ns, "web", &class, &host, &[("/", "web")], "http");
-    web["metadata"]["annotations"] =
-        json!({"sluice.dev/rate-limit": "plenty", "sluice.dev/auth": "anyone"});
+    web["metadata"]["annotations"] = json!({"sluice.dev/rate-limit": "plenty",
+        "sluice.dev/auth": "anyone", "sluice.dev/cache": "pages"});
     apply(&cluster.ingresses(&ns), "web", web).await;
     // A backend Service that does not exist: an error Event on this Ingress.
     cluster
@@ -811,13 +831,19 @@ async fn probe_rules(
         ..Probe::NOT_SERVED
     };
     if served {
-        // All three at once, so a probe missing one of them waits 10 s once, not thrice.
+        // All at once, so a probe missing several of them waits 10 s once, not for each.
         let _ = holds_within(within, async || {
             probe.ingress_status = cluster.status_ips(&ns, "web").await == ["203.0.113.61"];
             probe.event = !cluster.events_about(&ns, "broken").await.is_empty();
             probe.policy_status =
                 accepted(policies.get("plenty").await.ok().and_then(|p| p.status));
             probe.auth_status = accepted(auths.get("anyone").await.ok().and_then(|p| p.status));
+            probe.cache_status = accepted(caches.get("pages").await.ok().and_then(|p| p.status));
+            probe.cache_missing = cluster
+                .events_about(&ns, "web")
+                .await
+                .iter()
+                .any(|event| event.reason.as_deref() == Some("PolicyNotFound"));
             probe == Probe::WORKS
         })
         .await;
@@ -984,6 +1010,25 @@ async fn e2e_11_every_rule_of_the_charts_rbac_is_needed() {
             "ratelimits/status",
             Probe {
                 policy_status: false,
+                ..Probe::WORKS
+            },
+        ),
+        // Without its watch the Cache is missing to Sluice too, but a cache fails open: the
+        // route is served, uncached, and the Ingress is told.
+        (
+            "caches",
+            "caches",
+            Probe {
+                cache_status: false,
+                cache_missing: true,
+                ..Probe::WORKS
+            },
+        ),
+        (
+            "cache-status",
+            "caches/status",
+            Probe {
+                cache_status: false,
                 ..Probe::WORKS
             },
         ),

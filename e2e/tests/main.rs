@@ -8,6 +8,7 @@
 mod support;
 
 mod auth;
+mod cache;
 mod chart;
 mod harness;
 mod install;

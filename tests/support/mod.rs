@@ -4,6 +4,7 @@
 
 pub mod grpc;
 pub mod jwt;
+pub mod origin;
 pub mod tls;
 pub mod upstream_tls;
 pub mod websocket;

@@ -24,7 +24,7 @@ use kube::api::ListParams;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use sluice_crds::{Auth, RateLimit};
+use sluice_crds::{Auth, Cache, RateLimit};
 use sluice_dataplane::metrics::Metrics;
 use sluice_dataplane::snapshot::ObjectRef;
 use tokio::sync::{mpsc, watch as channel};
@@ -72,6 +72,8 @@ pub(crate) struct Stores {
     pub rate_limits: Option<Store<RateLimit>>,
     /// `None` when the Auth CRD was not installed at start-up.
     pub auths: Option<Store<Auth>>,
+    /// `None` when the Cache CRD was not installed at start-up.
+    pub caches: Option<Store<Cache>>,
     pub endpoint_remap: Option<EndpointRemap>,
 }
 
@@ -89,6 +91,7 @@ impl Stores {
                 .map(Store::state)
                 .unwrap_or_default(),
             auths: self.auths.as_ref().map(Store::state).unwrap_or_default(),
+            caches: self.caches.as_ref().map(Store::state).unwrap_or_default(),
         }
     }
 
@@ -191,15 +194,21 @@ impl PendingChanges {
 async fn can_watch<K: Watched>(client: &Client) -> bool {
     let api: Api<K> = Api::all(client.clone());
     let kind = K::KIND;
+    // What the routes of an Ingress naming a policy of this kind do meanwhile.
+    let routes = if kind == ObjectKind::Cache {
+        "are served uncached"
+    } else {
+        "answer 503"
+    };
     for attempt in 1..=5u32 {
         match api.list_metadata(&ListParams::default().limit(1)).await {
             Ok(_) => return true,
             Err(kube::Error::Api(status)) if status.code == 404 => {
-                tracing::warn!(%kind, "the CRD is not installed (see manifests/crds); Ingresses that name one answer 503 until it is installed and Sluice restarted");
+                tracing::warn!(%kind, "the CRD is not installed (see manifests/crds); Ingresses that name one {routes} until it is installed and Sluice restarted");
                 return false;
             }
             Err(kube::Error::Api(status)) if status.code == 403 => {
-                tracing::warn!(%kind, "not allowed to list this kind (RBAC); Ingresses that name one answer 503");
+                tracing::warn!(%kind, "not allowed to list this kind (RBAC); Ingresses that name one {routes}");
                 return false;
             }
             Err(error) => {
@@ -243,6 +252,7 @@ pub async fn run_cluster(
         secrets: watches.start(plain.clone().fields(&secret_filter)),
         rate_limits: None,
         auths: None,
+        caches: None,
         endpoint_remap: config.endpoint_remap,
     };
     let mut stores = stores;
@@ -250,10 +260,15 @@ pub async fn run_cluster(
         stores.rate_limits = Some(watches.start(plain.clone()));
     }
     if can_watch::<Auth>(&client).await {
-        stores.auths = Some(watches.start(plain));
+        stores.auths = Some(watches.start(plain.clone()));
     }
-    let watched_kinds =
-        5 + usize::from(stores.rate_limits.is_some()) + usize::from(stores.auths.is_some());
+    if can_watch::<Cache>(&client).await {
+        stores.caches = Some(watches.start(plain));
+    }
+    let watched_kinds = 5
+        + usize::from(stores.rate_limits.is_some())
+        + usize::from(stores.auths.is_some())
+        + usize::from(stores.caches.is_some());
 
     drop(signals_tx);
     let (outcome_tx, outcome_rx) = channel::channel(None::<Arc<CompileOutcome>>);

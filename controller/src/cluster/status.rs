@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use super::{CompileOutcome, Stores};
 use crate::error::{CompileError, Severity};
 use crate::object_key::{ObjectKey, ObjectKind, object_ref};
-use sluice_crds::{Auth, PolicyCondition, PolicyStatus, RateLimit};
+use sluice_crds::{Auth, Cache, PolicyCondition, PolicyStatus, RateLimit};
 
 /// The field manager of every write Sluice makes.
 pub const FIELD_MANAGER: &str = "sluice";
@@ -398,6 +398,13 @@ impl PolicyObject for Auth {
     }
 }
 
+impl PolicyObject for Cache {
+    const KIND: ObjectKind = ObjectKind::Cache;
+    fn policy_status(&self) -> Option<&PolicyStatus> {
+        self.status.as_ref()
+    }
+}
+
 /// Writes the status of every policy of every kind whose stored status differs from what
 /// the last compile says.
 async fn write_policy_statuses(
@@ -411,6 +418,9 @@ async fn write_policy_statuses(
         write_statuses_of(store, client, outcome, leading, metrics).await;
     }
     if let Some(store) = &stores.auths {
+        write_statuses_of(store, client, outcome, leading, metrics).await;
+    }
+    if let Some(store) = &stores.caches {
         write_statuses_of(store, client, outcome, leading, metrics).await;
     }
 }
@@ -552,6 +562,7 @@ fn reference_of(stores: &Stores, key: &ObjectKey) -> Option<ObjectReference> {
             .as_ref()
             .and_then(|store| find(store, key)),
         ObjectKind::Auth => stores.auths.as_ref().and_then(|store| find(store, key)),
+        ObjectKind::Cache => stores.caches.as_ref().and_then(|store| find(store, key)),
     }
 }
 

@@ -16,7 +16,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use sluice_crds::{Auth, RateLimit};
+use sluice_crds::{Auth, Cache, RateLimit};
 use sluice_dataplane::metrics::{Metrics, WatchLabels};
 use tokio::sync::mpsc;
 
@@ -110,6 +110,15 @@ impl Watched for RateLimit {
 
 impl Watched for Auth {
     const KIND: ObjectKind = ObjectKind::Auth;
+
+    /// The spec only, as for RateLimit.
+    fn fingerprint(&self) -> u64 {
+        hash_of(&serde_json::to_string(&self.spec).unwrap_or_default())
+    }
+}
+
+impl Watched for Cache {
+    const KIND: ObjectKind = ObjectKind::Cache;
 
     /// The spec only, as for RateLimit.
     fn fingerprint(&self) -> u64 {

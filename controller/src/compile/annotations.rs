@@ -22,6 +22,9 @@ pub const HASH_KEY: &str = "sluice.dev/hash-key";
 pub const RATE_LIMIT: &str = "sluice.dev/rate-limit";
 /// `name`: the Auth policy in the Ingress's namespace that guards every route.
 pub const AUTH: &str = "sluice.dev/auth";
+/// `name`: the Cache policy in the Ingress's namespace whose responses every route stores
+/// and serves again.
+pub const CACHE: &str = "sluice.dev/cache";
 /// `"false"` serves plain HTTP on hosts with a certificate instead of redirecting (308).
 pub const SSL_REDIRECT: &str = "sluice.dev/ssl-redirect";
 /// `Strict-Transport-Security` for HTTPS answers: `max-age=N[; includeSubDomains][; preload]`,
@@ -58,6 +61,9 @@ pub(crate) struct IngressAnnotations {
     /// The name of the Auth policy, or why the value is not a name. A bad value does not
     /// reject the Ingress (its last good version may be unprotected): the routes answer 503.
     pub auth: Option<Result<String, String>>,
+    /// The name of the Cache policy, or why the value is not a name. A bad value does not
+    /// reject the Ingress: the routes are served uncached, which loses nothing but speed.
+    pub cache: Option<Result<String, String>>,
     pub ssl_redirect: bool,
     pub hsts: Option<HeaderValue>,
     /// The Secret holding the client CA bundle, or why the value is not a Secret name. A
@@ -147,15 +153,8 @@ pub(crate) fn parse_ingress_annotations(
         }
     };
 
-    let auth = get(AUTH).map(str::trim).map(|value| {
-        if is_object_name(value) {
-            Ok(value.to_owned())
-        } else {
-            Err(format!(
-                "{value:?} is not the name of one Auth in this namespace"
-            ))
-        }
-    });
+    let auth = get(AUTH).map(|value| parse_policy_name(value, "Auth"));
+    let cache = get(CACHE).map(|value| parse_policy_name(value, "Cache"));
 
     let ssl_redirect = match get(SSL_REDIRECT).map(str::trim) {
         None | Some("true") => true,
@@ -191,6 +190,7 @@ pub(crate) fn parse_ingress_annotations(
             balance,
             rate_limits,
             auth,
+            cache,
             ssl_redirect,
             hsts,
             client_ca,
@@ -404,6 +404,18 @@ fn is_dns_name(name: &str) -> bool {
         })
 }
 
+/// One policy name (`sluice.dev/auth`, `sluice.dev/cache`), or why the value is not one.
+fn parse_policy_name(value: &str, kind: &str) -> Result<String, String> {
+    let name = value.trim();
+    if is_object_name(name) {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "{name:?} is not the name of one {kind} in this namespace"
+        ))
+    }
+}
+
 /// A comma-separated list of object names (DNS subdomains), at least one.
 fn parse_policy_names(value: &str) -> Result<Vec<String>, String> {
     let mut names: Vec<String> = Vec::new();
@@ -567,6 +579,22 @@ mod tests {
         for value in ["a,b", "../x", "other/ca"] {
             let parsed = parse(&[(CLIENT_CA, value)]).unwrap();
             assert!(matches!(parsed.client_ca, Some(Err(_))), "{value}");
+        }
+    }
+
+    #[test]
+    fn policy_names_that_are_not_names_do_not_reject_the_ingress() {
+        let parsed = parse(&[(AUTH, " members "), (CACHE, "pages")]).unwrap();
+        assert_eq!(parsed.auth, Some(Ok("members".to_owned())));
+        assert_eq!(parsed.cache, Some(Ok("pages".to_owned())));
+        assert_eq!(parse(&[]).unwrap().cache, None);
+        for value in ["a,b", "Pages", "shop/pages", ""] {
+            let parsed = parse(&[(AUTH, value), (CACHE, value)]).unwrap();
+            assert!(matches!(parsed.auth, Some(Err(_))), "{value:?}");
+            match parsed.cache {
+                Some(Err(why)) => assert!(why.contains("one Cache"), "{why}"),
+                other => panic!("{value:?}: {other:?}"),
+            }
         }
     }
 

@@ -12,7 +12,8 @@ use sluice_dataplane::snapshot::{
 };
 
 use super::annotations::{
-    AUTH, CLIENT_CA, IngressAnnotations, RATE_LIMIT, annotation_field, parse_ingress_annotations,
+    AUTH, CACHE, CLIENT_CA, IngressAnnotations, RATE_LIMIT, annotation_field,
+    parse_ingress_annotations,
 };
 use super::backend::{ServiceIndex, resolve_backend};
 use super::host::{HostRule, compile_host};
@@ -20,7 +21,7 @@ use super::path::{PathMatch, compile_path};
 use super::policy::{PolicyIndex, PolicyLookup};
 use super::tls::{IngressTls, SecretIndex, ingress_tls_entries};
 use super::upstream::IngressUpstream;
-use crate::error::CompileError;
+use crate::error::{CompileError, WithoutPolicy};
 
 /// The field path of the default backend.
 pub(crate) const DEFAULT_BACKEND_FIELD: &str = "spec.defaultBackend";
@@ -201,39 +202,49 @@ fn resolve_https(
     (Arc::new(policy), client_ca)
 }
 
-/// The policy a lookup found; a missing or not accepted one makes the routes answer 503
-/// (never unprotected) and is reported on the Ingress.
+/// The policy a lookup found. A missing or not accepted one is reported on the Ingress
+/// and, unless the routes can do `without` it ([`WithoutPolicy::Served`]), makes them
+/// answer 503: never unprotected.
 fn take<T>(
     lookup: PolicyLookup<T>,
     annotation: &str,
     kind: &'static str,
     name: &str,
+    without: WithoutPolicy,
     errors: &mut Vec<CompileError>,
     unavailable: &mut bool,
 ) -> Option<Arc<T>> {
     let (field, name) = (annotation_field(annotation), name.to_owned());
     match lookup {
         PolicyLookup::Found(policy) => return Some(policy),
-        PolicyLookup::NotAccepted => {
-            errors.push(CompileError::PolicyNotAccepted { field, kind, name })
-        }
-        PolicyLookup::NotFound => errors.push(CompileError::PolicyNotFound { field, kind, name }),
+        PolicyLookup::NotAccepted => errors.push(CompileError::PolicyNotAccepted {
+            field,
+            kind,
+            name,
+            without,
+        }),
+        PolicyLookup::NotFound => errors.push(CompileError::PolicyNotFound {
+            field,
+            kind,
+            name,
+            without,
+        }),
     }
-    *unavailable = true;
+    if without == WithoutPolicy::Unavailable {
+        *unavailable = true;
+    }
     None
 }
 
-/// The policies an Ingress names, shared by all its routes. A policy that is missing or
-/// not accepted makes every route answer 503, and is reported on the Ingress.
+/// The policies an Ingress names, shared by all its routes. An Auth or RateLimit that is
+/// missing or not accepted makes every route answer 503; a Cache that is leaves the routes
+/// served uncached. Either way it is reported on the Ingress.
 fn resolve_policies(
     annotations: &IngressAnnotations,
     namespace: &str,
     index: &PolicyIndex,
     errors: &mut Vec<CompileError>,
 ) -> Option<Arc<RoutePolicies>> {
-    if annotations.rate_limits.is_empty() && annotations.auth.is_none() {
-        return None;
-    }
     let mut unavailable = false;
     let mut rate_limits = Vec::new();
     for name in &annotations.rate_limits {
@@ -243,6 +254,7 @@ fn resolve_policies(
             RATE_LIMIT,
             "RateLimit",
             name,
+            WithoutPolicy::Unavailable,
             errors,
             &mut unavailable,
         ));
@@ -254,6 +266,7 @@ fn resolve_policies(
             AUTH,
             "Auth",
             name,
+            WithoutPolicy::Unavailable,
             errors,
             &mut unavailable,
         ),
@@ -266,10 +279,33 @@ fn resolve_policies(
             None
         }
     };
+    // A cache failing open is safe: without it a route is slower, never less protected.
+    let cache = match &annotations.cache {
+        None => None,
+        Some(Ok(name)) => take(
+            index.cache(namespace, name),
+            CACHE,
+            "Cache",
+            name,
+            WithoutPolicy::Served,
+            errors,
+            &mut unavailable,
+        ),
+        Some(Err(why)) => {
+            errors.push(CompileError::InvalidCacheAnnotation {
+                field: annotation_field(CACHE),
+                why: why.clone(),
+            });
+            None
+        }
+    };
+    if rate_limits.is_empty() && auth.is_none() && cache.is_none() && !unavailable {
+        return None;
+    }
     let policies = RoutePolicies {
         rate_limits,
         auth,
-        cache: None,
+        cache,
         unavailable,
     };
     Some(Arc::new(policies))

@@ -8,6 +8,7 @@
 mod annotations;
 mod auth;
 mod backend;
+mod cache;
 mod class;
 mod endpoints;
 mod host;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use sluice_crds::{Auth, RateLimit};
+use sluice_crds::{Auth, Cache, RateLimit};
 use sluice_dataplane::snapshot::{
     BackendTable, ObjectRef, RouteTable, ServerCertificate, TlsTable, VirtualHost,
 };
@@ -68,6 +69,7 @@ pub struct ClusterObjects {
     pub secrets: Vec<Arc<Secret>>,
     pub rate_limits: Vec<Arc<RateLimit>>,
     pub auths: Vec<Arc<Auth>>,
+    pub caches: Vec<Arc<Cache>>,
 }
 
 /// Which Ingresses are ours.
@@ -152,6 +154,7 @@ pub fn compile(
     let policies = PolicyIndex::new(
         &objects.rate_limits,
         &objects.auths,
+        &objects.caches,
         &secrets,
         &last_good.auths,
         options.redis_configured,
@@ -216,7 +219,11 @@ pub fn compile(
                 .auth
                 .iter()
                 .map(|policy| (ObjectKind::Auth, &policy.name));
-            limits.chain(auth)
+            let cache = policies
+                .cache
+                .iter()
+                .map(|policy| (ObjectKind::Cache, &policy.name));
+            limits.chain(auth).chain(cache)
         })
         .map(|(kind, name)| ObjectKey::new(kind, name.namespace.as_str(), name.name.as_str()))
         .collect();
@@ -371,7 +378,7 @@ mod tests {
     use crate::object_key::ObjectKind;
     use fixtures::{backend, endpoint_slice, ingress, ingress_class, path, rule, service};
     use serde_json::{Value, json};
-    use sluice_dataplane::snapshot::{BackendKey, BalancePolicy, HashOn};
+    use sluice_dataplane::snapshot::{BackendKey, BalancePolicy, HashOn, RoutePolicies};
 
     /// An Ingress of class `sluice` in namespace `shop`.
     fn ours(name: &str, created: Option<&str>, mut spec: Value) -> Ingress {
@@ -1256,6 +1263,217 @@ mod tests {
             |name: &str| &compiled.statuses[&ObjectKey::new(ObjectKind::RateLimit, "shop", name)];
         assert!(policy_status("api").is_empty());
         assert_eq!(policy_status("bad")[0].reason(), "InvalidSpec");
+    }
+
+    fn cache(name: &str, spec: Value) -> Arc<Cache> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "sluice.dev/v1alpha1",
+                "kind": "Cache",
+                "metadata": {"name": name, "namespace": "shop"},
+                "spec": spec,
+            }))
+            .unwrap(),
+        )
+    }
+
+    /// An Ingress `name` on host `host` (`/` to Service web) with `annotations`.
+    fn annotated(name: &str, host: &str, annotations: Value) -> Ingress {
+        with_metadata(
+            ours(
+                name,
+                None,
+                routes(vec![rule(
+                    Some(host),
+                    vec![path("/", "Prefix", backend("web", 80))],
+                )]),
+            ),
+            json!({ "annotations": annotations }),
+        )
+    }
+
+    fn route_policies(compiled: &Compiled, host: &str) -> Option<Arc<RoutePolicies>> {
+        compiled.snapshot_routes.exact_hosts[host].prefix_paths["/"]
+            .policies
+            .clone()
+    }
+
+    #[test]
+    fn ingresses_get_their_cache_and_a_missing_or_invalid_one_serves_uncached() {
+        let mut objects = cluster(vec![
+            annotated("cached", "a.example", json!({"sluice.dev/cache": "pages"})),
+            annotated(
+                "missing",
+                "b.example",
+                json!({"sluice.dev/cache": "nowhere"}),
+            ),
+            annotated("refused", "c.example", json!({"sluice.dev/cache": "bad"})),
+            annotated("unused", "d.example", json!({})),
+        ]);
+        objects.caches = vec![
+            cache("pages", json!({"ttl": "5m"})),
+            cache("bad", json!({"ttl": "0s"})),
+            cache("idle", json!({})),
+        ];
+        let compiled = run(&objects);
+
+        let found = route_policies(&compiled, "a.example").unwrap();
+        let policy = found.cache.as_ref().unwrap();
+        assert_eq!(policy.name, shop("pages"));
+        assert_eq!(
+            policy.rules.default_ttl,
+            std::time::Duration::from_secs(300)
+        );
+        assert!(!found.unavailable);
+        assert!(found.rate_limits.is_empty() && found.auth.is_none());
+        assert!(status(&compiled, "cached").is_empty());
+
+        // Missing or not accepted: reported on the Ingress, and the routes keep serving,
+        // uncached. Nothing else is named, so the routes carry no policies at all.
+        for (ingress, host, reason) in [
+            ("missing", "b.example", "PolicyNotFound"),
+            ("refused", "c.example", "PolicyNotAccepted"),
+        ] {
+            assert_eq!(reasons(&compiled, ingress), [reason]);
+            let error = &status(&compiled, ingress)[0];
+            assert_eq!(
+                error.field(),
+                Some("metadata.annotations[sluice.dev/cache]")
+            );
+            assert!(error.to_string().contains("served without it"), "{error}");
+            assert!(!error.is_rejection());
+            assert_eq!(route_policies(&compiled, host), None, "{ingress}");
+            assert!(compiled.accepted_ingresses.contains(&shop(ingress)));
+        }
+        assert_eq!(route_policies(&compiled, "d.example"), None);
+
+        // The Caches themselves: Accepted, or not with the field; Programmed when used.
+        let cache_key = |name: &str| ObjectKey::new(ObjectKind::Cache, "shop", name);
+        assert!(compiled.statuses[&cache_key("pages")].is_empty());
+        assert!(compiled.statuses[&cache_key("idle")].is_empty());
+        let refused = &compiled.statuses[&cache_key("bad")];
+        assert_eq!(refused[0].reason(), "InvalidSpec");
+        assert_eq!(refused[0].field(), Some("spec.ttl"));
+        assert_eq!(
+            compiled.programmed_policies,
+            BTreeSet::from([cache_key("pages")])
+        );
+    }
+
+    #[test]
+    fn a_missing_cache_leaves_the_other_policies_as_they_are() {
+        let mut objects = cluster(vec![
+            annotated(
+                "guarded",
+                "a.example",
+                json!({"sluice.dev/rate-limit": "api", "sluice.dev/cache": "nowhere"}),
+            ),
+            annotated(
+                "closed",
+                "b.example",
+                json!({"sluice.dev/rate-limit": "gone", "sluice.dev/cache": "pages"}),
+            ),
+        ]);
+        objects.rate_limits = vec![rate_limit(
+            "api",
+            json!({"limits": [{"requests": 5, "period": "1s"}]}),
+        )];
+        objects.caches = vec![cache("pages", json!({}))];
+        let compiled = run(&objects);
+
+        let guarded = route_policies(&compiled, "a.example").unwrap();
+        assert!(
+            !guarded.unavailable,
+            "a missing Cache does not close the route"
+        );
+        assert_eq!(guarded.rate_limits.len(), 1);
+        assert!(guarded.cache.is_none());
+        assert_eq!(reasons(&compiled, "guarded"), ["PolicyNotFound"]);
+
+        // A missing RateLimit still closes the route, whatever the Cache.
+        let closed = route_policies(&compiled, "b.example").unwrap();
+        assert!(closed.unavailable);
+        assert_eq!(closed.cache.as_ref().unwrap().name, shop("pages"));
+        assert_eq!(reasons(&compiled, "closed"), ["PolicyNotFound"]);
+        assert!(
+            status(&compiled, "closed")[0]
+                .to_string()
+                .contains("answer 503")
+        );
+        let programmed: Vec<String> = compiled
+            .programmed_policies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(programmed, ["RateLimit shop/api", "Cache shop/pages"]);
+    }
+
+    #[test]
+    fn a_malformed_cache_annotation_is_reported_and_the_routes_serve_uncached() {
+        let mut objects = cluster(vec![
+            annotated(
+                "odd",
+                "a.example",
+                json!({"sluice.dev/cache": "Pages,More"}),
+            ),
+            annotated(
+                "guarded",
+                "b.example",
+                json!({"sluice.dev/rate-limit": "api", "sluice.dev/cache": "a/b"}),
+            ),
+        ]);
+        objects.rate_limits = vec![rate_limit(
+            "api",
+            json!({"limits": [{"requests": 5, "period": "1s"}]}),
+        )];
+        objects.caches = vec![cache("pages", json!({}))];
+        let compiled = run(&objects);
+        // Not a rejection: the Ingress is served as it is now, without a cache.
+        assert_eq!(reasons(&compiled, "odd"), ["InvalidAnnotation"]);
+        let error = &status(&compiled, "odd")[0];
+        assert!(!error.is_rejection());
+        assert_eq!(
+            error.field(),
+            Some("metadata.annotations[sluice.dev/cache]")
+        );
+        assert!(compiled.accepted_ingresses.contains(&shop("odd")));
+        assert_eq!(route_policies(&compiled, "a.example"), None);
+        let guarded = route_policies(&compiled, "b.example").unwrap();
+        assert!(!guarded.unavailable);
+        assert!(guarded.cache.is_none());
+        assert_eq!(guarded.rate_limits.len(), 1);
+        assert_eq!(reasons(&compiled, "guarded"), ["InvalidAnnotation"]);
+    }
+
+    #[test]
+    fn a_cache_with_redis_needs_redis_url() {
+        let mut objects = cluster(vec![annotated(
+            "cached",
+            "a.example",
+            json!({"sluice.dev/cache": "shared"}),
+        )]);
+        objects.caches = vec![cache("shared", json!({"redis": {"enabled": true}}))];
+        let without = run(&objects);
+        let key = ObjectKey::new(ObjectKind::Cache, "shop", "shared");
+        assert_eq!(
+            without.statuses[&key][0].field(),
+            Some("spec.redis.enabled")
+        );
+        assert_eq!(reasons(&without, "cached"), ["PolicyNotAccepted"]);
+        assert_eq!(route_policies(&without, "a.example"), None);
+
+        let with = compile(
+            &objects,
+            &LastGood::default(),
+            &CompileOptions {
+                redis_configured: true,
+                ..CompileOptions::default()
+            },
+        );
+        assert!(with.statuses[&key].is_empty());
+        let policies = route_policies(&with, "a.example").unwrap();
+        assert!(policies.cache.as_ref().unwrap().redis.is_some());
+        assert!(with.programmed_policies.contains(&key));
     }
 
     #[test]

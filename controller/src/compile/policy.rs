@@ -18,22 +18,26 @@ use sluice_dataplane::snapshot::{
 
 use super::annotations::is_token;
 use super::auth::{LastGoodAuths, compile_auth_or_last_good};
+use super::cache::compile_cache;
 use super::tls::SecretIndex;
 use crate::error::CompileError;
 use crate::object_key::ObjectKind;
 use crate::object_key::object_ref;
-use sluice_crds::Auth;
+use sluice_crds::{Auth, Cache};
 use sluice_dataplane::auth::AuthPolicy;
+use sluice_dataplane::cache::CachePolicy;
 
 /// The longest period a limit may have.
 const MAX_PERIOD: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Every policy by namespace and name: valid ones compiled, invalid ones remembered so an
-/// Ingress that names them is told why it answers 503.
+/// Ingress that names them is told why it answers 503 (or, for a Cache, is served
+/// uncached).
 #[derive(Debug, Default)]
 pub(crate) struct PolicyIndex {
     rate_limits: BTreeMap<ObjectRef, Option<Arc<RateLimitPolicy>>>,
     auths: BTreeMap<ObjectRef, Option<Arc<AuthPolicy>>>,
+    caches: BTreeMap<ObjectRef, Option<Arc<CachePolicy>>>,
 }
 
 /// What an Ingress gets when it names a policy.
@@ -93,6 +97,7 @@ impl PolicyIndex {
     pub fn new(
         rate_limits: &[Arc<RateLimit>],
         auths: &[Arc<Auth>],
+        caches: &[Arc<Cache>],
         secrets: &SecretIndex<'_>,
         last_good_auths: &LastGoodAuths,
         redis_configured: bool,
@@ -119,6 +124,12 @@ impl PolicyIndex {
                 },
                 errors_of,
             ),
+            caches: compile_each(
+                caches,
+                ObjectKind::Cache,
+                |object, name| all_or_nothing(compile_cache(object, name, redis_configured)),
+                errors_of,
+            ),
         }
     }
 
@@ -128,6 +139,10 @@ impl PolicyIndex {
 
     pub fn auth(&self, namespace: &str, name: &str) -> PolicyLookup<AuthPolicy> {
         lookup(&self.auths, namespace, name)
+    }
+
+    pub fn cache(&self, namespace: &str, name: &str) -> PolicyLookup<CachePolicy> {
+        lookup(&self.caches, namespace, name)
     }
 
     /// What the next compile falls back on: each enforced Auth with the spec it came from.
@@ -274,11 +289,19 @@ fn compile_limit(limit: &Limit, field: &str) -> Result<LimitRule, CompileError> 
     })
 }
 
-/// `10s`, `5m`, `24h`: a whole number and one unit.
+/// `10s`, `5m`, `24h`: a whole number, not zero, and one unit.
 fn parse_period(text: &str) -> Option<Duration> {
+    parse_whole_duration(text).filter(|period| !period.is_zero())
+}
+
+/// `0s`, `10s`, `5m`, `24h`: a whole number of seconds, minutes or hours.
+pub(super) fn parse_whole_duration(text: &str) -> Option<Duration> {
     let split = text.len().checked_sub(1)?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok().filter(|n| *n > 0)?;
+    let (number, unit) = text.split_at_checked(split)?;
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let number: u64 = number.parse().ok()?;
     let seconds = match unit {
         "s" => 1,
         "m" => 60,
@@ -380,6 +403,11 @@ mod tests {
                 json!({"limits": [{"requests": 1, "period": "200h"}]}),
                 "spec.limits[0].period",
             ),
+            // A unit that is not one byte long must be refused, not split inside.
+            (
+                json!({"limits": [{"requests": 1, "period": "1é"}]}),
+                "spec.limits[0].period",
+            ),
             (
                 json!({"limits": [{"requests": 1, "period": "1m", "burst": 0}]}),
                 "spec.limits[0].burst",
@@ -438,9 +466,19 @@ mod tests {
             }))
             .unwrap(),
         )];
+        let caches = [Arc::new(
+            serde_json::from_value::<Cache>(json!({
+                "apiVersion": "sluice.dev/v1alpha1",
+                "kind": "Cache",
+                "metadata": {"name": "pages", "namespace": "shop"},
+                "spec": {},
+            }))
+            .unwrap(),
+        )];
         let index = PolicyIndex::new(
             &[good, Arc::new(bad)],
             &auths,
+            &caches,
             &secrets,
             &LastGoodAuths::default(),
             false,
@@ -454,6 +492,11 @@ mod tests {
         ));
         assert_eq!(index.auth("shop", "api"), PolicyLookup::NotFound);
         assert!(matches!(
+            index.cache("shop", "pages"),
+            PolicyLookup::Found(_)
+        ));
+        assert_eq!(index.cache("shop", "office"), PolicyLookup::NotFound);
+        assert!(matches!(
             index.rate_limit("shop", "api"),
             PolicyLookup::Found(_)
         ));
@@ -465,6 +508,10 @@ mod tests {
         assert_eq!(rate_limit_errors("bad"), 1);
         assert_eq!(
             reported[&(ObjectKind::Auth, ObjectRef::new("shop", "office"))],
+            0
+        );
+        assert_eq!(
+            reported[&(ObjectKind::Cache, ObjectRef::new("shop", "pages"))],
             0
         );
     }
