@@ -30,7 +30,7 @@ pub enum CacheKeyPart {
     Cookie(String),
 }
 
-/// A stored response's key: SHA-256 over the policy and each key part, so keys are short,
+/// A stored response's key: SHA-256 over the policy, the scheme and each key part, so keys are short,
 /// the same on every replica, and not open to aimed collisions.
 pub type CacheKey = [u8; 32];
 
@@ -47,6 +47,9 @@ pub fn cache_key(
     };
     feed(policy.namespace.as_bytes());
     feed(policy.name.as_bytes());
+    // Always part of the key: an upstream that redirects plain HTTP to HTTPS must not have
+    // that redirect served to HTTPS clients.
+    feed(if request.https { b"https" } else { b"http" });
     for part in parts {
         match part {
             CacheKeyPart::Method => {
@@ -448,6 +451,13 @@ mod tests {
             &request(&none, &Method::GET, Some("a=1")),
         );
         assert_ne!(base, other_policy);
+        let mut secure = request(&none, &Method::GET, Some("a=1"));
+        secure.https = true;
+        assert_ne!(
+            base,
+            cache_key(&policy, &parts, &secure),
+            "the scheme counts"
+        );
     }
 
     #[tokio::test(start_paused = true)]

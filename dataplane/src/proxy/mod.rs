@@ -423,16 +423,16 @@ impl Proxy {
             .map(|cache| {
                 cached::Consult::decide(cache, &parts.method, &parts.headers, upgrade.is_some())
             });
+        let https = connection.tls.is_some() || self.forwarded_https(connection, &parts.headers);
         if let Some(policies) = target.policies.as_deref() {
-            let view = RequestView {
+            let view = request_view(
                 client_ip,
-                host: &host,
-                path: path_and_query.path(),
-                query: path_and_query.query(),
-                method: &parts.method,
-                headers: &parts.headers,
-                https: connection.tls.is_some() || self.forwarded_https(connection, &parts.headers),
-            };
+                &host,
+                &path_and_query,
+                &parts.method,
+                &parts.headers,
+                https,
+            );
             match enforce_policies(&live, policies, &view).await {
                 Ok(admitted) => {
                     limit_report = admitted.limit_report;
@@ -521,15 +521,14 @@ impl Proxy {
                 cache.counters.bypassed.inc();
                 bypass = Some(cached::bypass_status(detail));
                 if cached::invalidates(&parts.method) {
-                    let view = RequestView {
+                    let view = request_view(
                         client_ip,
-                        host: &host,
-                        path: path_and_query.path(),
-                        query: path_and_query.query(),
-                        method: &Method::GET,
-                        headers: &parts.headers,
-                        https: connection.tls.is_some(),
-                    };
+                        &host,
+                        &path_and_query,
+                        &Method::GET,
+                        &parts.headers,
+                        https,
+                    );
                     invalidate = Some((cached::key_of(&cache.policy, &view), cache));
                 }
             }
@@ -537,15 +536,14 @@ impl Proxy {
                 cache,
                 authorization,
             }) => {
-                let view = RequestView {
+                let view = request_view(
                     client_ip,
-                    host: &host,
-                    path: path_and_query.path(),
-                    query: path_and_query.query(),
-                    method: &parts.method,
-                    headers: &parts.headers,
-                    https: connection.tls.is_some(),
-                };
+                    &host,
+                    &path_and_query,
+                    &parts.method,
+                    &parts.headers,
+                    https,
+                );
                 let key = cached::key_of(&cache.policy, &view);
                 let origin = crate::cache::store::Origin {
                     host: host.clone().into_owned(),
@@ -1158,6 +1156,26 @@ async fn enforce_policies(
 }
 
 /// The request's path (normalised) and query, or `None` when the path must be refused.
+/// What policies and the cache see of a request.
+fn request_view<'a>(
+    client_ip: IpAddr,
+    host: &'a str,
+    path_and_query: &'a PathAndQuery,
+    method: &'a Method,
+    headers: &'a http::HeaderMap,
+    https: bool,
+) -> RequestView<'a> {
+    RequestView {
+        client_ip,
+        host,
+        path: path_and_query.path(),
+        query: path_and_query.query(),
+        method,
+        headers,
+        https,
+    }
+}
+
 pub(crate) fn normalized_path_and_query(uri: &Uri) -> Option<PathAndQuery> {
     let path = uri.path();
     match normalize_path(path).ok()? {
