@@ -517,9 +517,14 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         let mut settings = RedisSettings::new(url.clone());
         settings.timeout = args.redis_timeout;
         // The URL may hold a password: errors name the problem, never the URL.
-        let redis = RedisBackend::connect(settings, metrics.rate_limit_redis_seconds.clone())
-            .map_err(|error| anyhow::anyhow!("--redis-url is not usable: {error}"))?;
-        data_plane = data_plane.with_redis(Arc::new(redis));
+        let connect = |settings| {
+            RedisBackend::connect(settings, metrics.rate_limit_redis_seconds.clone())
+                .map_err(|error| anyhow::anyhow!("--redis-url is not usable: {error}"))
+        };
+        let cache_redis = connect(settings.clone())?;
+        data_plane = data_plane
+            .with_redis(Arc::new(connect(settings)?))
+            .with_cache_redis(Arc::new(cache_redis));
     }
     let data_plane = Arc::new(data_plane);
     data_plane.follow_cache_purges();

@@ -70,6 +70,11 @@ async fn cache_stores_what_may_be_shared_and_serves_it_to_the_right_clients() {
     objects += &cache("cookies", "  ttl: 60s\n  allowSetCookie: true\n");
     objects += &cached_ingress("shop.test", "pages", &[]);
     objects += &cached_ingress("cookies.test", "cookies", &[]);
+    // Members send an API key (no Authorization header); the Auth policy strips it
+    // before the cache sees the request.
+    objects += "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: keys\n  namespace: default\nstringData:\n  ada: key-of-ada\n  bob: key-of-bob\n";
+    objects += "---\napiVersion: sluice.dev/v1alpha1\nkind: Auth\nmetadata:\n  name: members\n  namespace: default\nspec:\n  apiKey: {header: X-Api-Key, secretRef: {name: keys}}\n";
+    objects += &cached_ingress("members.test", "pages", &[("sluice.dev/auth", "members")]);
     dir.write("objects.yaml", &objects);
     let sluice = Sluice::start(&dir.0, &[]).await;
     let shop = |path: &'static str, headers: &'static [(&'static str, &'static str)]| {
@@ -150,6 +155,26 @@ async fn cache_stores_what_may_be_shared_and_serves_it_to_the_right_clients() {
         next.headers
     );
     assert_eq!(next.body, owner.body);
+    // A 304 that revalidates a stored entry hands its cookie to the client that asked,
+    // and the freshened entry still carries none.
+    let path = "/r?etag=r1&cookie=1&cc=max-age=1";
+    get(&sluice, "cookies.test", path, &[]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let revalidated = get(&sluice, "cookies.test", path, &[]).await;
+    assert_eq!(revalidated.status, 200);
+    assert!(
+        cache_status(&revalidated).starts_with("sluice; fwd=stale; fwd-status=304"),
+        "{}",
+        cache_status(&revalidated)
+    );
+    assert_eq!(revalidated.headers["set-cookie"], "session=user2; Path=/");
+    let after = get(&sluice, "cookies.test", path, &[]).await;
+    assert!(is_hit(&after), "{}", cache_status(&after));
+    assert!(
+        !after.headers.contains_key("set-cookie"),
+        "{:?}",
+        after.headers
+    );
 
     // Authorization: what others stored is not served to it, its own answer is not stored
     // for others, unless the answer says it may be shared.
@@ -180,6 +205,47 @@ async fn cache_stores_what_may_be_shared_and_serves_it_to_the_right_clients() {
         "sluice; fwd=bypass; detail=header"
     );
     assert_eq!(origin.count("/auth"), 3);
+
+    // Behind an Auth policy that strips the credentials, the client is still
+    // authenticated: a personal answer is not stored, a public one is shared.
+    let (ada, bob) = ("key-of-ada", "key-of-bob");
+    let member = |path: &'static str, key: &'static str| {
+        let sluice = &sluice;
+        async move { get(sluice, "members.test", path, &[("x-api-key", key)]).await }
+    };
+    let personal = member("/mine", ada).await;
+    assert_eq!(personal.status, 200, "{}", personal.body);
+    assert_eq!(
+        cache_status(&personal),
+        "sluice; fwd=uri-miss; detail=authorization"
+    );
+    assert_ne!(member("/mine", bob).await.body, personal.body);
+    assert_eq!(origin.count("/mine"), 2);
+    member("/shared?cc=public,%20max-age=60", ada).await;
+    assert!(is_hit(
+        &member("/shared?cc=public,%20max-age=60", bob).await
+    ));
+    assert_eq!(origin.count("/shared?cc=public,%20max-age=60"), 1);
+
+    // The Host as sent (its port too) is part of the key: an upstream that builds links
+    // from it never has them served to clients that sent another.
+    let plain = shop("/links", &[]).await;
+    assert!(cache_status(&plain).ends_with("stored"));
+    let ported = get(&sluice, "shop.test:6666", "/links", &[]).await;
+    assert!(!is_hit(&ported), "{}", cache_status(&ported));
+    assert!(is_hit(&shop("/links", &[]).await));
+    // A GET with a body goes upstream: the body is not part of the key.
+    let with_body = support::send(
+        sluice.http,
+        "GET",
+        "shop.test",
+        "/links",
+        &[],
+        Bytes::from("q"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(cache_status(&with_body), "sluice; fwd=bypass; detail=body");
 
     // Conditional requests are answered with 304 from the cache.
     let tagged = "/e?etag=v1&public=1";

@@ -58,6 +58,9 @@ struct LiveSettings {
     rate_limit_keys: u64,
     metrics: Arc<Metrics>,
     redis: Option<SharedRedis>,
+    /// The cache's own connection and breaker: a large entry or a purge never holds up a
+    /// rate-limit check, and cache failures never open the rate limiter's breaker.
+    cache_redis: Option<SharedRedis>,
     /// Numbers prepared upstreams, so traffic threads can key their pools by them.
     upstream_ids: Arc<AtomicU64>,
 }
@@ -242,12 +245,12 @@ fn build_caches(
             Some(old) => Arc::new(PolicyCache::under(
                 old,
                 Arc::clone(policy),
-                settings.redis.clone(),
+                settings.cache_redis.clone(),
             )),
             None => Arc::new(PolicyCache::new(
                 Arc::clone(policy),
                 settings.metrics.cache_counters(&policy.name),
-                settings.redis.clone(),
+                settings.cache_redis.clone(),
             )),
         };
         caches.insert(policy.name.clone(), cache);
@@ -338,6 +341,7 @@ impl DataPlane {
             rate_limit_keys: DEFAULT_RATE_LIMIT_KEYS,
             metrics,
             redis: None,
+            cache_redis: None,
             upstream_ids: Arc::new(AtomicU64::new(0)),
         };
         let empty = LiveState::build(Arc::new(Snapshot::empty(0)), None, &settings);
@@ -353,6 +357,12 @@ impl DataPlane {
     /// Gives policies with `backend: redis` their shared Redis.
     pub fn with_redis(mut self, redis: SharedRedis) -> Self {
         self.settings.redis = Some(redis);
+        self
+    }
+
+    /// Gives Cache policies with `redis.enabled` their Redis (a connection of their own).
+    pub fn with_cache_redis(mut self, redis: SharedRedis) -> Self {
+        self.settings.cache_redis = Some(redis);
         self
     }
 
@@ -380,7 +390,7 @@ impl DataPlane {
                 }
             }
         }
-        if let (true, Some(redis)) = (shared, &self.settings.redis) {
+        if let (true, Some(redis)) = (shared, &self.settings.cache_redis) {
             match crate::cache::shared::announce_purge(redis, target).await {
                 Ok(()) => report.announced = true,
                 Err(error) => report.errors.push(format!("announcing the purge: {error}")),
@@ -392,7 +402,7 @@ impl DataPlane {
     /// Follows purges announced by other replicas, for as long as the process runs; does
     /// nothing without Redis. Call once, inside the runtime.
     pub fn follow_cache_purges(self: &Arc<Self>) {
-        let Some(redis) = self.settings.redis.clone() else {
+        let Some(redis) = self.settings.cache_redis.clone() else {
             return;
         };
         let data_plane = Arc::downgrade(self);
@@ -697,6 +707,7 @@ mod tests {
                 rate_limit_keys: 10,
                 metrics: Arc::new(Metrics::new()),
                 redis: None,
+                cache_redis: None,
                 upstream_ids: Arc::new(AtomicU64::new(0)),
             },
         );

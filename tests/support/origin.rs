@@ -1,7 +1,8 @@
 //! An origin server on 127.0.0.1 for cache tests, told by each request's query how to
 //! answer, and counting what reaches it:
 //! - `cc=…` sets `Cache-Control`, `vary=…` sets `Vary`, `cookie=1` sets a cookie,
-//!   `etag=…` sets an `ETag` (and answers a matching `If-None-Match` with 304),
+//!   `etag=…` sets an `ETag` (and answers a matching `If-None-Match` with 304, carrying
+//!   the other headers asked for),
 //!   `public=1` adds `Last-Modified`, `delay=MS` waits before answering;
 //! - the body is `PATH+QUERY #N` plus the request's `Accept-Encoding` and `X-User`, where N
 //!   counts the requests for that path and query.

@@ -49,6 +49,8 @@ pub struct RedisLayer {
 impl CachePolicy {
     /// How long an entry is kept at most once stored: its whole servable life.
     pub fn longest_life(lifetime: &semantics::Lifetime) -> Duration {
-        lifetime.fresh_for + lifetime.stale_while_revalidate.max(lifetime.stale_if_error)
+        lifetime
+            .fresh_for
+            .saturating_add(lifetime.stale_while_revalidate.max(lifetime.stale_if_error))
     }
 }

@@ -3,18 +3,24 @@
 //! not change, so a configuration change elsewhere does not empty the cache.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::HeaderMap;
 
 use super::CachePolicy;
 use super::semantics::Standing;
 use super::shared;
-use super::store::{CacheKey, Flights, MemoryStore, PurgeTarget, StoredResponse};
+use super::store::{CacheKey, Flights, MemoryStore, PurgeTarget, StoredResponse, cache_key};
 use crate::metrics::CacheCounters;
+use crate::ratelimit::RequestView;
 use crate::ratelimit::redis::{RedisCheckError, SharedRedis};
 
 pub struct PolicyCache {
     pub policy: Arc<CachePolicy>,
+    /// Stands for the rules entries were stored under; part of every key.
+    fingerprint: [u8; 8],
+    /// Counts purges, so a response fetched before a purge is not stored after it.
+    purges: Arc<AtomicU64>,
     memory: MemoryStore,
     pub flights: Arc<Flights>,
     pub counters: CacheCounters,
@@ -40,6 +46,8 @@ impl PolicyCache {
         let memory = MemoryStore::new(policy.memory_max_size, counters.evictions.clone());
         PolicyCache {
             redis: redis.filter(|_| policy.redis.is_some()),
+            fingerprint: fingerprint(&policy),
+            purges: Arc::default(),
             policy,
             memory,
             flights: Arc::default(),
@@ -47,25 +55,42 @@ impl PolicyCache {
         }
     }
 
-    /// The same cache under a changed policy: its entries stay when they are still right
-    /// (same key parts and memory size), else it starts empty.
+    /// The same cache under a changed policy. Its memory stays when its size does, but
+    /// entries stored under other rules are never found again (the key holds the rules'
+    /// fingerprint) and age out; in Redis too.
     pub fn under(
         old: &PolicyCache,
         policy: Arc<CachePolicy>,
         redis: Option<SharedRedis>,
     ) -> PolicyCache {
-        let keeps_entries =
-            old.policy.key == policy.key && old.policy.memory_max_size == policy.memory_max_size;
-        if !keeps_entries {
+        if old.policy.memory_max_size != policy.memory_max_size {
             return PolicyCache::new(policy, old.counters.clone(), redis);
         }
         PolicyCache {
             redis: redis.filter(|_| policy.redis.is_some()),
+            fingerprint: fingerprint(&policy),
+            purges: Arc::clone(&old.purges),
             policy,
             memory: old.memory.clone(),
             flights: Arc::clone(&old.flights),
             counters: old.counters.clone(),
         }
+    }
+
+    /// The key a request is stored under (see [`cache_key`]).
+    pub fn key_of(&self, request: &RequestView<'_>, authority: &[u8]) -> CacheKey {
+        cache_key(
+            &self.policy.name,
+            &self.fingerprint,
+            &self.policy.key,
+            request,
+            authority,
+        )
+    }
+
+    /// How many purges have run; a fill that started before one does not store.
+    pub fn purges(&self) -> u64 {
+        self.purges.load(Ordering::Acquire)
     }
 
     /// The stored response for `key` that answers a request with `headers` (the headers
@@ -159,6 +184,7 @@ impl PolicyCache {
 
     /// Drops what `target` names from this replica's memory; how many keys went.
     pub fn purge_memory(&self, target: &PurgeTarget) -> usize {
+        self.purges.fetch_add(1, Ordering::AcqRel);
         let purged = self.memory.purge(target);
         self.counters
             .stored_bytes
@@ -184,4 +210,22 @@ impl PolicyCache {
             self.counters.redis_errors.inc();
         }
     }
+}
+
+/// A digest of what decides how entries are stored and whom they answer: changing any of
+/// it makes earlier entries unreachable.
+fn fingerprint(policy: &CachePolicy) -> [u8; 8] {
+    use sha2::{Digest, Sha256};
+    let described = format!(
+        "{:?}|{:?}|{:?}|{:?}|{}",
+        policy.rules,
+        policy.key,
+        policy.bypass_headers,
+        policy.bypass_cookies,
+        policy.max_object_size
+    );
+    let digest = Sha256::digest(described.as_bytes());
+    let mut fingerprint = [0u8; 8];
+    fingerprint.copy_from_slice(&digest[..8]);
+    fingerprint
 }

@@ -15,6 +15,10 @@ use http::header::{
 };
 use http::{HeaderMap, Method, StatusCode};
 
+/// The largest number of seconds a cache must handle (RFC 9111 §1.2.2); every duration
+/// read from a header is capped at it, so no arithmetic on them can overflow.
+pub const MAX_DELTA_SECONDS: u64 = 1 << 31;
+
 /// The `Cache-Control` directives a shared cache acts on, from every `Cache-Control` field
 /// of a message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,7 +48,11 @@ pub enum Seconds {
 impl Seconds {
     fn parse(value: Option<&str>) -> Seconds {
         match value.map(|text| text.trim_matches('"').parse::<u64>()) {
-            Some(Ok(seconds)) => Seconds::Valid(seconds),
+            // RFC 9111 §1.2.2: larger values (or ones too large to parse) count as 2^31.
+            Some(Ok(seconds)) => Seconds::Valid(seconds.min(MAX_DELTA_SECONDS)),
+            Some(Err(error)) if *error.kind() == std::num::IntErrorKind::PosOverflow => {
+                Seconds::Valid(MAX_DELTA_SECONDS)
+            }
             _ => Seconds::Invalid,
         }
     }
@@ -357,13 +365,19 @@ pub fn storable(
         rules.default_ttl
     };
     let revalidate_always = control.no_cache || pragma_no_cache(response);
-    // `must-revalidate`/`proxy-revalidate`: never served stale.
-    let may_serve_stale = !(control.must_revalidate || control.proxy_revalidate);
+    // `must-revalidate`/`proxy-revalidate`, and `no-cache` (RFC 9111 §4.2.4): never served
+    // stale. `s-maxage` implies `proxy-revalidate` (§5.2.2.10): only the response's own
+    // stale directives (RFC 5861) widen it, not the policy's.
+    let may_serve_stale =
+        !(control.must_revalidate || control.proxy_revalidate || revalidate_always);
     let window = |policy: Duration, own: Option<Seconds>| {
+        let own = own.map_or(Duration::ZERO, Seconds::duration);
         if !may_serve_stale {
             Duration::ZERO
+        } else if control.s_maxage.is_some() {
+            own
         } else {
-            policy.max(own.map_or(Duration::ZERO, Seconds::duration))
+            policy.max(own)
         }
     };
     let lifetime = Lifetime {
@@ -438,8 +452,17 @@ fn explicit_lifetime(control: &CacheControl, response: &HeaderMap) -> Option<Dur
     let Some(expires) = http_date(expires) else {
         return Some(Duration::ZERO);
     };
-    let date = response.get(DATE).and_then(http_date)?;
-    Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+    // Without a Date, the response was generated as it arrived (RFC 9111 §4.2.1).
+    let date = response
+        .get(DATE)
+        .and_then(http_date)
+        .unwrap_or_else(SystemTime::now);
+    Some(
+        expires
+            .duration_since(date)
+            .unwrap_or(Duration::ZERO)
+            .min(Duration::from_secs(MAX_DELTA_SECONDS)),
+    )
 }
 
 fn pragma_no_cache(headers: &HeaderMap) -> bool {
@@ -465,14 +488,17 @@ fn http_date(value: &http::HeaderValue) -> Option<SystemTime> {
 pub fn initial_age(response: &HeaderMap, arrived: SystemTime) -> Duration {
     let stated = response
         .get(AGE)
-        .and_then(|age| age.to_str().ok()?.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
+        .and_then(|age| age.to_str().ok())
+        .map(|age| Seconds::parse(Some(age.trim())).duration())
+        .unwrap_or(Duration::ZERO);
     let apparent = response
         .get(DATE)
         .and_then(http_date)
         .and_then(|date| arrived.duration_since(date).ok())
         .unwrap_or(Duration::ZERO);
-    stated.max(apparent)
+    stated
+        .max(apparent)
+        .min(Duration::from_secs(MAX_DELTA_SECONDS))
 }
 
 /// The request header names a response varies on, lower case and sorted (so `Vary:
@@ -499,16 +525,17 @@ pub fn vary_names(response: &HeaderMap) -> Option<Vec<HeaderName>> {
 /// What a request sends for the headers a response varies on: one entry per name, its
 /// values joined with ", " and surrounding spaces trimmed (RFC 9111 §4.1 allows this
 /// normalisation), `None` where it sends none.
-pub fn vary_values(request: &HeaderMap, names: &[HeaderName]) -> Vec<Option<String>> {
+pub fn vary_values(request: &HeaderMap, names: &[HeaderName]) -> Vec<Option<Vec<u8>>> {
     names
         .iter()
         .map(|name| {
-            let values: Vec<&str> = request
+            let values: Vec<&[u8]> = request
                 .get_all(name)
                 .iter()
-                .map(|value| value.to_str().map(str::trim).unwrap_or("\u{fffd}"))
+                .map(|value| value.as_bytes().trim_ascii())
                 .collect();
-            (!values.is_empty()).then(|| values.join(", "))
+            // Compared as the bytes sent: values that are not text still tell variants apart.
+            (!values.is_empty()).then(|| values.join(b", ".as_slice()))
         })
         .collect()
 }
@@ -738,6 +765,35 @@ mod tests {
                 .unwrap()
                 .revalidate_always
         );
+        // no-cache: never served stale, not even on error (RFC 9111 §4.2.4).
+        let no_cache = store(&[], 200, &[("cache-control", "no-cache")]).unwrap();
+        assert_eq!(no_cache.stale_if_error, Duration::ZERO);
+        // s-maxage implies proxy-revalidate: only the response's own windows apply.
+        let shared = store(
+            &[],
+            200,
+            &[("cache-control", "s-maxage=5, stale-if-error=9")],
+        )
+        .unwrap();
+        assert_eq!(shared.stale_while_revalidate, Duration::ZERO);
+        assert_eq!(shared.stale_if_error, Duration::from_secs(9));
+        // Numbers past 2^31 seconds are 2^31 (RFC 9111 §1.2.2): no overflow downstream.
+        let huge = store(
+            &[],
+            200,
+            &[("cache-control", "max-age=99999999999999999999999")],
+        );
+        assert_eq!(
+            huge.map(|l| l.fresh_for),
+            Ok(Duration::from_secs(MAX_DELTA_SECONDS))
+        );
+        assert_eq!(
+            initial_age(
+                &headers(&[("age", "18446744073709551615")]),
+                SystemTime::now()
+            ),
+            Duration::from_secs(MAX_DELTA_SECONDS)
+        );
         // Nothing to serve it with: not worth storing.
         assert_eq!(
             store(&[], 200, &[("cache-control", "max-age=0, must-revalidate")]),
@@ -914,8 +970,17 @@ mod tests {
         let request = headers(&[("accept-encoding", "gzip"), ("accept-encoding", " br ")]);
         assert_eq!(
             vary_values(&request, &names),
-            [Some("gzip, br".to_owned()), None]
+            [Some(b"gzip, br".to_vec()), None]
         );
+        // Values that are not text are compared byte for byte, never merged into one.
+        let cookie = [HeaderName::from_static("cookie")];
+        let value = |bytes: &[u8]| {
+            let mut request = HeaderMap::new();
+            request.insert("cookie", http::HeaderValue::from_bytes(bytes).unwrap());
+            vary_values(&request, &cookie)
+        };
+        assert_ne!(value(b"name=Zo\xc3\xab"), value(b"x=\xff"));
+        assert_eq!(value(b"x=\xff"), value(b"x=\xff"));
     }
 
     #[test]

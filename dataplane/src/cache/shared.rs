@@ -6,9 +6,10 @@
 //! works from memory alone.
 //!
 //! Keys: `sluice:cache:{NS/NAME}:KEY` holds the variants of one cache key (hex SHA-256);
-//! `sluice:cache:{NS/NAME}:index:HOST` maps each key of that host to the path it stores, so
-//! a purge by path prefix does not scan the keyspace. The braces keep one policy's keys in
-//! one Redis Cluster slot, which the purge script needs.
+//! `sluice:cache:{NS/NAME}:index:HOST` is a sorted set of `KEY PATH` members scored by
+//! their expiry, trimmed of expired members on every write, so a purge by path prefix
+//! walks the live entries of one host and never the keyspace. The braces keep one
+//! policy's keys in one Redis Cluster slot, which the store script needs.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -26,28 +27,24 @@ use crate::snapshot::ObjectRef;
 /// The channel purges are announced on.
 pub const PURGE_CHANNEL: &str = "sluice:cache:purge";
 
-/// Removes the keys of one policy's host index whose stored path matches, and their
-/// index fields. KEYS: the index. ARGV: `exact` or `prefix`, the path, the key prefix.
-/// Returns how many keys went.
-const PURGE_SCRIPT: &str = r"
-local fields = redis.call('HGETALL', KEYS[1])
-local removed = 0
-for i = 1, #fields, 2 do
-  local key, path = fields[i], fields[i + 1]
-  local hit
-  if ARGV[1] == 'exact' then
-    hit = path == ARGV[2]
-  else
-    hit = string.sub(path, 1, #ARGV[2]) == ARGV[2]
-  end
-  if hit then
-    redis.call('DEL', ARGV[3] .. key)
-    redis.call('HDEL', KEYS[1], key)
-    removed = removed + 1
-  end
+/// Stores one entry and indexes it, on the server's clock. KEYS: the entry, the host's
+/// index. ARGV: the value, its expiry in ms, the index member. Plain commands only (no
+/// `PEXPIRE GT`), so any Redis from 2.6 on runs it.
+const STORE_SCRIPT: &str = r"
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local expiry = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', expiry)
+redis.call('ZADD', KEYS[2], now + expiry, ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('PTTL', KEYS[2]) < expiry then
+  redis.call('PEXPIRE', KEYS[2], expiry)
 end
-return removed
+return 1
 ";
+
+/// Index members a purge reads per round trip.
+const PURGE_BATCH: usize = 512;
 
 fn hex(key: &CacheKey) -> String {
     let mut text = String::with_capacity(64);
@@ -116,77 +113,95 @@ pub async fn store(
     let Some(first) = variants.first() else {
         return Ok(());
     };
-    let jitter = remaining.mul_f64(f64::from(jitter_percent) / 100.0 * fastrand::f64());
-    let expiry_ms = u64::try_from((remaining + jitter).as_millis())
+    let jitter = remaining.mul_f64(f64::from(jitter_percent.min(100)) / 100.0 * fastrand::f64());
+    let expiry_ms = u64::try_from(remaining.saturating_add(jitter).as_millis())
         .unwrap_or(u64::MAX)
         .max(1);
     let encoded = encode(variants, SystemTime::now(), now);
-    let index = index_key(policy, &first.origin.host);
-    let mut pipeline = redis::pipe();
-    pipeline
-        .cmd("SET")
-        .arg(entry_key(policy, key))
+    let script = redis::Script::new(STORE_SCRIPT);
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(entry_key(policy, key))
+        .key(index_key(policy, &first.origin.host))
         .arg(encoded)
-        .arg("PX")
         .arg(expiry_ms)
-        .ignore()
-        .cmd("HSET")
-        .arg(&index)
-        .arg(hex(key))
-        .arg(&first.origin.path_and_query)
-        .ignore()
-        // The index lives as long as its newest entry; stale fields only cost a purge a
-        // DEL of a key that is already gone.
-        .cmd("PEXPIRE")
-        .arg(&index)
-        .arg(expiry_ms)
-        .arg("GT")
-        .ignore()
-        .cmd("PEXPIRE")
-        .arg(&index)
-        .arg(expiry_ms)
-        .arg("NX")
-        .ignore();
+        .arg(format!("{} {}", hex(key), first.origin.path_and_query));
     let mut connection = redis.connection();
     redis
         .guarded(async move {
-            pipeline
-                .query_async::<()>(&mut connection)
+            invocation
+                .invoke_async::<i64>(&mut connection)
                 .await
+                .map(|_| ())
                 .map_err(|error| RedisCheckError::Failed(error.to_string()))
         })
         .await
 }
 
 /// Removes what `target` names from one policy's entries in Redis; how many keys went.
+/// Walks the host's index in batches (one short exchange each), so a large index never
+/// holds Redis up the way one long script would.
 pub async fn purge(
     redis: &RedisBackend,
     policy: &ObjectRef,
     target: &PurgeTarget,
 ) -> Result<u64, RedisCheckError> {
-    let (host, mode, path) = match target {
-        PurgeTarget::Exact {
-            host,
-            path_and_query,
-        } => (host, "exact", path_and_query),
-        PurgeTarget::Prefix { host, path_prefix } => (host, "prefix", path_prefix),
+    let host = match target {
+        PurgeTarget::Exact { host, .. } | PurgeTarget::Prefix { host, .. } => host,
     };
-    let script = redis::Script::new(PURGE_SCRIPT);
-    let mut invocation = script.prepare_invoke();
-    invocation
-        .key(index_key(policy, host))
-        .arg(mode)
-        .arg(path)
-        .arg(key_prefix(policy));
-    let mut connection = redis.connection();
-    redis
-        .guarded(async move {
-            invocation
-                .invoke_async::<u64>(&mut connection)
-                .await
-                .map_err(|error| RedisCheckError::Failed(error.to_string()))
-        })
-        .await
+    let index = index_key(policy, host);
+    let prefix = key_prefix(policy);
+    let mut cursor = 0u64;
+    let mut removed = 0u64;
+    loop {
+        let mut connection = redis.connection();
+        let mut scan = redis::cmd("ZSCAN");
+        scan.arg(&index).arg(cursor).arg("COUNT").arg(PURGE_BATCH);
+        let (next, fields): (u64, Vec<String>) = redis
+            .guarded(async move {
+                scan.query_async(&mut connection)
+                    .await
+                    .map_err(|error| RedisCheckError::Failed(error.to_string()))
+            })
+            .await?;
+        // Members and scores alternate.
+        let doomed: Vec<&String> = fields
+            .iter()
+            .step_by(2)
+            .filter(|member| {
+                member.split_once(' ').is_some_and(|(_, path)| {
+                    target.matches(&Origin {
+                        host: host.clone(),
+                        path_and_query: path.to_owned(),
+                    })
+                })
+            })
+            .collect();
+        if !doomed.is_empty() {
+            let mut pipeline = redis::pipe();
+            for member in &doomed {
+                let key = member
+                    .split_once(' ')
+                    .map_or(member.as_str(), |(key, _)| key);
+                pipeline.cmd("DEL").arg(format!("{prefix}{key}"));
+            }
+            pipeline.cmd("ZREM").arg(&index).arg(&doomed).ignore();
+            let mut connection = redis.connection();
+            let deleted: Vec<u64> = redis
+                .guarded(async move {
+                    pipeline
+                        .query_async(&mut connection)
+                        .await
+                        .map_err(|error| RedisCheckError::Failed(error.to_string()))
+                })
+                .await?;
+            removed += deleted.iter().sum::<u64>();
+        }
+        if next == 0 {
+            return Ok(removed);
+        }
+        cursor = next;
+    }
 }
 
 /// Tells every replica (this one too) to drop what `target` names from memory.
@@ -271,6 +286,10 @@ pub async fn follow_purges(redis: Arc<RedisBackend>, apply: impl Fn(PurgeTarget)
 
 const MAGIC: &[u8; 4] = b"SLC1";
 
+/// More header fields (or Vary names) than any response Sluice stores has: such an entry is
+/// not one Sluice wrote.
+const MAX_DECODED_FIELDS: usize = 1024;
+
 /// The variants in a compact binary form. Times travel as wall-clock milliseconds, so a
 /// replica reading the entry knows its age.
 pub fn encode(variants: &[Arc<StoredResponse>], wall_now: SystemTime, now: Instant) -> Vec<u8> {
@@ -304,7 +323,7 @@ pub fn encode(variants: &[Arc<StoredResponse>], wall_now: SystemTime, now: Insta
             match value {
                 Some(value) => {
                     out.push(1);
-                    put_bytes(&mut out, value.as_bytes());
+                    put_bytes(&mut out, value);
                 }
                 None => out.push(0),
             }
@@ -336,7 +355,7 @@ pub fn decode(
     let mut variants = Vec::with_capacity(usize::from(count));
     for _ in 0..count {
         let status = StatusCode::from_u16(u16::try_from(reader.u64()?).ok()?).ok()?;
-        let age = Duration::from_millis(reader.u64()?) + in_redis;
+        let age = Duration::from_millis(reader.u64()?).saturating_add(in_redis);
         let lifetime = Lifetime {
             fresh_for: Duration::from_millis(reader.u64()?),
             stale_while_revalidate: Duration::from_millis(reader.u64()?),
@@ -353,17 +372,23 @@ pub fn decode(
             path_and_query: reader.text()?,
         };
         let vary_count = reader.count()?;
+        if vary_count > MAX_DECODED_FIELDS {
+            return None;
+        }
         let mut vary = Vec::with_capacity(vary_count);
         let mut vary_values = Vec::with_capacity(vary_count);
         for _ in 0..vary_count {
             vary.push(HeaderName::from_bytes(reader.bytes()?).ok()?);
             vary_values.push(match reader.take(1)?[0] {
                 0 => None,
-                _ => Some(reader.text()?),
+                _ => Some(reader.bytes()?.to_vec()),
             });
         }
         let header_count = reader.count()?;
-        let mut headers = HeaderMap::with_capacity(header_count);
+        if header_count > MAX_DECODED_FIELDS {
+            return None;
+        }
+        let mut headers = HeaderMap::new();
         for _ in 0..header_count {
             let name = HeaderName::from_bytes(reader.bytes()?).ok()?;
             let value = HeaderValue::from_bytes(reader.bytes()?).ok()?;
@@ -455,7 +480,7 @@ mod tests {
                 revalidate_always: true,
             },
             vary: vec![HeaderName::from_static("accept-encoding")],
-            vary_values: vec![Some("gzip".into())],
+            vary_values: vec![Some(b"gzip".to_vec())],
             shared_with_authenticated: true,
             origin: Origin {
                 host: "shop.test".into(),

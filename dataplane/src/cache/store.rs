@@ -34,11 +34,16 @@ pub enum CacheKeyPart {
 /// the same on every replica, and not open to aimed collisions.
 pub type CacheKey = [u8; 32];
 
-/// The key of `request` under `policy`'s key parts.
+/// The key of `request` under a policy's key parts. `fingerprint` stands for the policy's
+/// rules, so entries stored under other rules are never found. `authority` is the `Host`
+/// as it goes upstream (port and case as sent): the `host` part uses it, since the
+/// upstream may build links and redirects from it.
 pub fn cache_key(
     policy: &ObjectRef,
+    fingerprint: &[u8],
     parts: &[CacheKeyPart],
     request: &RequestView<'_>,
+    authority: &[u8],
 ) -> CacheKey {
     let mut digest = Sha256::new();
     let mut feed = |bytes: &[u8]| {
@@ -47,6 +52,7 @@ pub fn cache_key(
     };
     feed(policy.namespace.as_bytes());
     feed(policy.name.as_bytes());
+    feed(fingerprint);
     // Always part of the key: an upstream that redirects plain HTTP to HTTPS must not have
     // that redirect served to HTTPS clients.
     feed(if request.https { b"https" } else { b"http" });
@@ -60,7 +66,7 @@ pub fn cache_key(
                 };
                 feed(method.as_str().as_bytes());
             }
-            CacheKeyPart::Host => feed(request.host.as_bytes()),
+            CacheKeyPart::Host => feed(authority),
             CacheKeyPart::Path => feed(request.path.as_bytes()),
             CacheKeyPart::Query => match request.query {
                 Some(query) => {
@@ -107,7 +113,7 @@ pub struct StoredResponse {
     pub lifetime: Lifetime,
     /// The request headers it varies on, and their values in the request it answered.
     pub vary: Vec<HeaderName>,
-    pub vary_values: Vec<Option<String>>,
+    pub vary_values: Vec<Option<Vec<u8>>>,
     /// Whether it may answer a request from an authenticated client (RFC 9111 §3.5).
     pub shared_with_authenticated: bool,
     /// The host and path (with query) of the request it answered, for purges.
@@ -151,7 +157,8 @@ impl PurgeTarget {
 
 impl StoredResponse {
     pub fn age(&self, now: Instant) -> Duration {
-        self.initial_age + now.saturating_duration_since(self.stored_at)
+        self.initial_age
+            .saturating_add(now.saturating_duration_since(self.stored_at))
     }
 
     pub fn standing(&self, now: Instant) -> Standing {
@@ -237,19 +244,20 @@ impl MemoryStore {
             .cloned()
     }
 
-    /// Stores `response` under `key`, in place of the variant it replaces.
+    /// Stores `response` under `key`, in place of the variant it replaces. Atomic per key
+    /// (moka's key lock): concurrent inserts of two variants keep both.
     pub fn insert(&self, key: CacheKey, response: Arc<StoredResponse>) {
-        let mut variants: Vec<Arc<StoredResponse>> = self
-            .entries
-            .get(&key)
-            .map(|variants| variants.0.clone())
-            .unwrap_or_default();
-        variants.retain(|variant| {
-            !(variant.vary == response.vary && variant.vary_values == response.vary_values)
+        self.entries.entry(key).and_compute_with(|existing| {
+            let mut variants: Vec<Arc<StoredResponse>> = existing
+                .map(|entry| entry.into_value().0.clone())
+                .unwrap_or_default();
+            variants.retain(|variant| {
+                !(variant.vary == response.vary && variant.vary_values == response.vary_values)
+            });
+            variants.insert(0, response);
+            variants.truncate(MAX_VARIANTS);
+            moka::ops::compute::Op::Put(Arc::new(Variants(variants)))
         });
-        variants.insert(0, response);
-        variants.truncate(MAX_VARIANTS);
-        self.entries.insert(key, Arc::new(Variants(variants)));
     }
 
     /// Drops every variant of `key`.
@@ -425,7 +433,13 @@ mod tests {
         ];
         let none = HeaderMap::new();
         let key = |headers: &HeaderMap, method: &Method, query| {
-            cache_key(&policy, &parts, &request(headers, method, query))
+            cache_key(
+                &policy,
+                b"f",
+                &parts,
+                &request(headers, method, query),
+                b"shop.test",
+            )
         };
         let base = key(&none, &Method::GET, Some("a=1"));
         assert_eq!(base, key(&none, &Method::HEAD, Some("a=1")));
@@ -445,17 +459,24 @@ mod tests {
             key(&other_id, &Method::GET, Some("a=1")),
             "only the named cookie counts"
         );
+        let plain = request(&none, &Method::GET, Some("a=1"));
         let other_policy = cache_key(
             &ObjectRef::new("shop", "other"),
+            b"f",
             &parts,
-            &request(&none, &Method::GET, Some("a=1")),
+            &plain,
+            b"shop.test",
         );
         assert_ne!(base, other_policy);
+        let other_rules = cache_key(&policy, b"g", &parts, &plain, b"shop.test");
+        assert_ne!(base, other_rules, "other rules, other entries");
+        let with_port = cache_key(&policy, b"f", &parts, &plain, b"shop.test:6666");
+        assert_ne!(base, with_port, "the Host as sent upstream counts");
         let mut secure = request(&none, &Method::GET, Some("a=1"));
         secure.https = true;
         assert_ne!(
             base,
-            cache_key(&policy, &parts, &secure),
+            cache_key(&policy, b"f", &parts, &secure, b"shop.test"),
             "the scheme counts"
         );
     }

@@ -14,14 +14,13 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, COOKIE, DATE, ETAG, EXPIRES,
-    IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RANGE, SET_COOKIE, VARY,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RANGE, SET_COOKIE, TRANSFER_ENCODING, VARY,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use tokio::time::Instant;
 
 use super::body::{RequestFinish, ResponseBody};
 use crate::auth::AuthMethodLabel;
-use crate::cache::CachePolicy;
 use crate::cache::policy_cache::PolicyCache;
 use crate::cache::semantics::{
     self, CacheOutcome, Lifetime, NotStored, Standing, not_modified, request_may_use_cache,
@@ -66,6 +65,10 @@ impl Consult {
             Some("method")
         } else if !request_may_use_cache(method, headers) {
             Some("no-store")
+        } else if has_body(headers) {
+            // The body is not part of the key: a GET with one (a search query, say)
+            // could otherwise store its answer for everyone's body-less GET.
+            Some("body")
         } else if policy
             .bypass_headers
             .iter()
@@ -95,18 +98,27 @@ impl Consult {
     }
 }
 
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get(CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0")
+}
+
 /// Whether the method an Auth policy let the request through by proves who the client is
-/// (an answer to it may be personal); client networks do not.
-pub(super) fn authenticates(method: Option<AuthMethodLabel>) -> bool {
-    matches!(
-        method,
-        Some(
-            AuthMethodLabel::basic
-                | AuthMethodLabel::api_key
-                | AuthMethodLabel::jwt
-                | AuthMethodLabel::forward
+/// (an answer to it may be personal); client networks do not. A verified client
+/// certificate does too.
+pub(super) fn authenticates(method: Option<AuthMethodLabel>, client_certificate: bool) -> bool {
+    client_certificate
+        || matches!(
+            method,
+            Some(
+                AuthMethodLabel::basic
+                    | AuthMethodLabel::api_key
+                    | AuthMethodLabel::jwt
+                    | AuthMethodLabel::forward
+            )
         )
-    )
 }
 
 /// A request that went to the cache and must go upstream, with what the cache needs to
@@ -133,6 +145,9 @@ pub(super) struct Fill {
     /// A `Range` request: served from a stored full response, but its own partial answer
     /// is not stored.
     pub partial: bool,
+    /// The policy's purge count when this request went to the cache: a purge since then
+    /// means what it fetched may be what was purged, and it is not stored.
+    pub purges: u64,
 }
 
 /// What a lookup found.
@@ -178,6 +193,7 @@ pub(super) async fn look_up(
             origin: origin.clone(),
             head,
             partial,
+            purges: cache.purges(),
         };
         if let (Some(stored), Some(standing), false) = (&stored, standing, revalidate) {
             match standing {
@@ -372,13 +388,28 @@ impl Fill {
     }
 
     /// A 304 from the upstream for the stale response Sluice asked about: the stored
-    /// response, freshened by it and stored again (unless the 304 forbids that).
-    pub fn freshen(&self, not_modified: &HeaderMap) -> Option<(Arc<StoredResponse>, bool)> {
+    /// response, freshened by it and stored again (unless the 304 forbids that), and the
+    /// 304's cookies, which go to this client only and are never stored.
+    pub fn freshen(
+        &self,
+        not_modified: &HeaderMap,
+    ) -> Option<(Arc<StoredResponse>, bool, Vec<HeaderValue>)> {
         let stale = self.stale.as_ref()?;
         self.cache.counters.revalidated.inc();
-        let headers = semantics::freshened_headers(&stale.headers, not_modified);
+        let cookies: Vec<HeaderValue> = not_modified.get_all(SET_COOKIE).iter().cloned().collect();
+        let mut headers = semantics::freshened_headers(&stale.headers, not_modified);
+        headers.remove(SET_COOKIE);
         let arrived = SystemTime::now();
-        match self.storable(stale.status, &headers) {
+        // What is freshened is the whole stored response, whatever this request's method
+        // or range; so HEAD and Range requests never drop it.
+        let storable = semantics::storable(
+            &self.cache.policy.rules,
+            &self.request_headers,
+            self.authenticated,
+            stale.status,
+            &headers,
+        );
+        let fresh = match storable {
             Ok(lifetime) => {
                 let stored = Arc::new(self.stored_response(
                     stale.status,
@@ -387,8 +418,11 @@ impl Fill {
                     lifetime,
                     arrived,
                 )?);
-                self.cache.insert(self.key, Arc::clone(&stored));
-                Some((stored, true))
+                let kept = self.may_store();
+                if kept {
+                    self.cache.insert(self.key, Arc::clone(&stored));
+                }
+                (stored, kept, cookies)
             }
             Err(_) => {
                 self.cache.remove(&self.key);
@@ -403,9 +437,15 @@ impl Fill {
                     lifetime,
                     arrived,
                 )?;
-                Some((Arc::new(once), false))
+                (Arc::new(once), false, cookies)
             }
-        }
+        };
+        Some(fresh)
+    }
+
+    /// No purge ran since this request went to the cache.
+    fn may_store(&self) -> bool {
+        self.cache.purges() == self.purges
     }
 
     /// What the cache does with an upstream answer that is not a failure nor a 304 it
@@ -443,7 +483,12 @@ impl Fill {
         headers.insert(CACHE_STATUS, outcome.header_value());
         // A full answer that may not be stored replaces what was: the upstream no longer
         // lets it be shared. (A 304 or 206 answers the client's own conditions or range.)
-        if !stored && !self.head && self.stale.is_some() && status == StatusCode::OK {
+        if !stored
+            && !self.head
+            && !self.partial
+            && self.stale.is_some()
+            && status == StatusCode::OK
+        {
             self.cache.remove(&self.key);
         }
         stored.then(|| usize::try_from(max).unwrap_or(usize::MAX))
@@ -460,6 +505,9 @@ impl Fill {
         let Ok(lifetime) = self.storable(status, &headers) else {
             return;
         };
+        if !self.may_store() {
+            return;
+        }
         if let Some(stored) = self.stored_response(status, headers, body, lifetime, arrived) {
             self.cache.insert(self.key, Arc::new(stored));
         }
@@ -478,14 +526,6 @@ pub(super) fn invalidates(method: &Method) -> bool {
 /// The statuses a stale response may stand in for (RFC 5861 §4: an error).
 pub(super) fn is_upstream_error(status: StatusCode) -> bool {
     matches!(status.as_u16(), 500 | 502 | 503 | 504)
-}
-
-/// The key a request is stored under.
-pub(super) fn key_of(
-    policy: &CachePolicy,
-    request: &crate::ratelimit::RequestView<'_>,
-) -> CacheKey {
-    crate::cache::store::cache_key(&policy.name, &policy.key, request)
 }
 
 /// A header value for `Cache-Status` when the cache was not consulted.

@@ -29,6 +29,17 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 pub static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// Headers that frameworks read to rebuild the URL a client asked for (RFC 7239's
+/// `Forwarded`, Spring's and Symfony's overrides). Only a trusted proxy may send them: from
+/// anyone else they would let one client change the links and redirects in an answer the
+/// cache then stores for everyone.
+const URL_OVERRIDES: [HeaderName; 4] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+];
+
 /// Removes hop-by-hop headers and every header that `Connection` names.
 /// `TE: trailers` survives, since it tells the upstream that trailers are welcome.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -151,8 +162,14 @@ pub struct ForwardedFor<'a> {
 }
 
 /// Sets `X-Forwarded-For/-Proto/-Host/-Port` and `X-Real-IP`. Values from an untrusted
-/// peer are replaced, never extended, so clients cannot forge them.
+/// peer are replaced, never extended, so clients cannot forge them; its URL overrides
+/// (`Forwarded`, `X-Forwarded-Prefix`, `X-Original-URL`, `X-Rewrite-URL`) are removed.
 pub fn set_forwarded(headers: &mut HeaderMap, forwarded: &ForwardedFor<'_>) {
+    if !forwarded.peer_trusted {
+        for name in &URL_OVERRIDES {
+            headers.remove(name);
+        }
+    }
     let peer = &forwarded.connection.peer;
     let chain = if forwarded.peer_trusted && headers.contains_key(&X_FORWARDED_FOR) {
         let mut chain: Vec<&[u8]> = headers
@@ -238,6 +255,10 @@ mod tests {
         let mut map = headers(&[
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-proto", "https"),
+            ("forwarded", "host=evil.example;proto=https"),
+            ("x-forwarded-prefix", "/evil"),
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
         ]);
         let peer: IpAddr = "127.0.0.9".parse().unwrap();
         let client = proxies.client_ip(peer, &map);
@@ -257,6 +278,9 @@ mod tests {
         assert_eq!(map["x-real-ip"], "127.0.0.9");
         assert_eq!(map["x-forwarded-host"], "a.example");
         assert_eq!(map["x-forwarded-port"], "8080");
+        for name in &URL_OVERRIDES {
+            assert!(!map.contains_key(name), "{name}");
+        }
     }
 
     #[test]

@@ -529,7 +529,7 @@ impl Proxy {
                         &parts.headers,
                         https,
                     );
-                    invalidate = Some((cached::key_of(&cache.policy, &view), cache));
+                    invalidate = Some((cache.key_of(&view, upstream_authority(&parts)), cache));
                 }
             }
             Some(cached::Consult::Use {
@@ -544,12 +544,13 @@ impl Proxy {
                     &parts.headers,
                     https,
                 );
-                let key = cached::key_of(&cache.policy, &view);
+                let key = cache.key_of(&view, upstream_authority(&parts));
                 let origin = crate::cache::store::Origin {
                     host: host.clone().into_owned(),
                     path_and_query: path_and_query.as_str().to_owned(),
                 };
-                let authenticated = authorization || cached::authenticates(auth_method);
+                let authenticated =
+                    authorization || cached::authenticates(auth_method, verified_client.is_some());
                 let head = parts.method == Method::HEAD;
                 match cached::look_up(cache, key, &mut parts.headers, authenticated, origin, head)
                     .await
@@ -637,7 +638,8 @@ impl Proxy {
                 if let Some(fill) = fill {
                     if fill.revalidating
                         && response_parts.status == StatusCode::NOT_MODIFIED
-                        && let Some((fresh, stored)) = fill.freshen(&response_parts.headers)
+                        && let Some((fresh, stored, cookies)) =
+                            fill.freshen(&response_parts.headers)
                     {
                         let outcome = crate::cache::semantics::CacheOutcome::Revalidated {
                             status: 304,
@@ -652,6 +654,9 @@ impl Proxy {
                         );
                         drop(in_flight);
                         let mut response = cached::into_client_response(answer, finish);
+                        for cookie in cookies {
+                            response.headers_mut().append(SET_COOKIE, cookie);
+                        }
                         decorate(response.headers_mut());
                         return (response, Some(series));
                     }
@@ -1156,6 +1161,12 @@ async fn enforce_policies(
 }
 
 /// The request's path (normalised) and query, or `None` when the path must be refused.
+/// The `Host` the upstream gets (as the client sent it, port and case included); the
+/// cache keys on it.
+fn upstream_authority(parts: &http::request::Parts) -> &[u8] {
+    parts.headers.get(HOST).map_or(b"", HeaderValue::as_bytes)
+}
+
 /// What policies and the cache see of a request.
 fn request_view<'a>(
     client_ip: IpAddr,
