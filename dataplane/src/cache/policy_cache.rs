@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::HeaderMap;
 
-use super::CachePolicy;
 use super::semantics::Standing;
 use super::shared;
 use super::store::{CacheKey, Flights, MemoryStore, PurgeTarget, StoredResponse, cache_key};
+use super::{CacheKeyPart, CachePolicy};
 use crate::metrics::CacheCounters;
 use crate::ratelimit::RequestView;
 use crate::ratelimit::redis::{RedisCheckError, SharedRedis};
@@ -86,6 +86,28 @@ impl PolicyCache {
             request,
             authority,
         )
+    }
+
+    /// Whether the key is made of method, host, path and query only (no header or cookie).
+    pub fn key_reads_no_headers(&self) -> bool {
+        self.policy.key.iter().all(|part| {
+            matches!(
+                part,
+                CacheKeyPart::Method
+                    | CacheKeyPart::Host
+                    | CacheKeyPart::Path
+                    | CacheKeyPart::Query
+            )
+        })
+    }
+
+    /// The stored variant for `key` in this replica's memory, Redis left alone.
+    pub fn memory_lookup(
+        &self,
+        key: &CacheKey,
+        headers: &HeaderMap,
+    ) -> Option<Arc<StoredResponse>> {
+        self.memory.lookup(key, headers)
     }
 
     /// How many purges have run; a fill that started before one does not store.

@@ -265,10 +265,13 @@ pub enum CacheOutcome {
 
 impl CacheOutcome {
     pub fn header_value(self) -> http::HeaderValue {
-        let mut text = String::from("sluice");
+        // Built by hand (no `format!`): it is made on every cache hit.
+        let mut text = String::with_capacity(48);
+        text.push_str("sluice");
         let detail = match self {
             CacheOutcome::Hit { ttl, detail } => {
-                text.push_str(&format!("; hit; ttl={ttl}"));
+                text.push_str("; hit; ttl=");
+                text.push_str(itoa::Buffer::new().format(ttl));
                 detail
             }
             CacheOutcome::Miss {
@@ -286,7 +289,8 @@ impl CacheOutcome {
                 detail
             }
             CacheOutcome::Revalidated { status, stored } => {
-                text.push_str(&format!("; fwd=stale; fwd-status={status}"));
+                text.push_str("; fwd=stale; fwd-status=");
+                text.push_str(itoa::Buffer::new().format(status));
                 if stored {
                     text.push_str("; stored");
                 }
@@ -296,9 +300,11 @@ impl CacheOutcome {
                 // Forwarded, so not a `hit` (RFC 9211 §2.1): the stored response stood in.
                 text.push_str("; fwd=stale");
                 if let Some(status) = fwd_status {
-                    text.push_str(&format!("; fwd-status={status}"));
+                    text.push_str("; fwd-status=");
+                    text.push_str(itoa::Buffer::new().format(status));
                 }
-                text.push_str(&format!("; ttl={ttl}"));
+                text.push_str("; ttl=");
+                text.push_str(itoa::Buffer::new().format(ttl));
                 Some("stale-if-error")
             }
             CacheOutcome::Bypass { detail } => {

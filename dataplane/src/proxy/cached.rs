@@ -256,6 +256,34 @@ pub(super) async fn look_up(
     }
 }
 
+/// A fresh stored response without `Vary` for `key`, from memory: the answer when there is
+/// one. Needs nothing of the upstream request, so it runs before that is prepared.
+pub(super) fn fresh_unvaried_hit(
+    cache: &PolicyCache,
+    key: &CacheKey,
+    headers: &HeaderMap,
+    authenticated: bool,
+    head: bool,
+) -> Option<Response<Bytes>> {
+    if request_requires_revalidation(headers) {
+        return None;
+    }
+    let stored = cache.memory_lookup(key, headers)?;
+    if !stored.vary.is_empty() || (authenticated && !stored.shared_with_authenticated) {
+        return None;
+    }
+    let now = Instant::now();
+    let Standing::Fresh { remaining } = stored.standing(now) else {
+        return None;
+    };
+    cache.counters.hits.inc();
+    let outcome = CacheOutcome::Hit {
+        ttl: seconds(remaining),
+        detail: None,
+    };
+    Some(answer(&stored, headers, head, now, outcome))
+}
+
 fn seconds(duration: Duration) -> i64 {
     i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
 }
@@ -373,9 +401,15 @@ impl Fill {
         arrived: SystemTime,
     ) -> Option<StoredResponse> {
         let vary = semantics::vary_names(&headers)?;
+        let initial_age = semantics::initial_age(&headers, arrived);
+        // Placeholders for what every answer sets, so setting them replaces a field in the
+        // copied map instead of growing (and rehashing) it.
+        let mut headers = headers;
+        headers.insert(http::header::AGE, HeaderValue::from_static("0"));
+        headers.insert(CACHE_STATUS, HeaderValue::from_static("sluice"));
         Some(StoredResponse {
             status,
-            initial_age: semantics::initial_age(&headers, arrived),
+            initial_age,
             shared_with_authenticated: semantics::may_answer_authenticated(&headers),
             vary_values: semantics::vary_values(&self.request_headers, &vary),
             vary,

@@ -467,6 +467,60 @@ impl Proxy {
             }
         }
 
+        // What every answer gets on its way out, the cache's included.
+        let decorate = |headers: &mut http::HeaderMap| {
+            if let Some(via) = &self.via_response {
+                headers.append(VIA, via.clone());
+            }
+            if let Some(report) = &limit_report {
+                report.write(headers);
+            }
+            if let Some(hsts) = hsts
+                && !headers.contains_key(STRICT_TRANSPORT_SECURITY)
+            {
+                headers.insert(STRICT_TRANSPORT_SECURITY, hsts.clone());
+            }
+        };
+
+        // The Host the upstream gets: the client's, or the URI's authority put there.
+        let authority = host_value.as_ref().map_or(&b""[..], HeaderValue::as_bytes);
+        // A key made of method, host, path and query (the default) reads no header, so it
+        // is the same before and after the upstream headers are prepared: a fresh hit
+        // without `Vary` is answered before any of that work.
+        let early_key = match &consult {
+            Some(cached::Consult::Use { cache, .. }) if cache.key_reads_no_headers() => {
+                let view = request_view(
+                    client_ip,
+                    &host,
+                    &path_and_query,
+                    &parts.method,
+                    &parts.headers,
+                    https,
+                );
+                Some(cache.key_of(&view, authority))
+            }
+            _ => None,
+        };
+        if let (
+            Some(cached::Consult::Use {
+                cache,
+                authorization,
+            }),
+            Some(key),
+        ) = (&consult, &early_key)
+        {
+            let authenticated =
+                *authorization || cached::authenticates(auth_method, verified_client.is_some());
+            let head = parts.method == Method::HEAD;
+            if let Some(answer) =
+                cached::fresh_unvaried_hit(cache, key, &parts.headers, authenticated, head)
+            {
+                let mut response = cached::into_client_response(answer, finish);
+                decorate(response.headers_mut());
+                return (response, Some(series));
+            }
+        }
+
         if content_length(&parts.headers)
             .is_some_and(|length| length > self.config.max_request_body)
         {
@@ -496,21 +550,6 @@ impl Proxy {
             tunnel::restore_upgrade_headers(&mut parts.headers, upgrade.clone());
         }
 
-        // What every answer gets on its way out, the cache's included.
-        let decorate = |headers: &mut http::HeaderMap| {
-            if let Some(via) = &self.via_response {
-                headers.append(VIA, via.clone());
-            }
-            if let Some(report) = &limit_report {
-                report.write(headers);
-            }
-            if let Some(hsts) = hsts
-                && !headers.contains_key(STRICT_TRANSPORT_SECURITY)
-            {
-                headers.insert(STRICT_TRANSPORT_SECURITY, hsts.clone());
-            }
-        };
-
         let mut fill = None;
         let mut bypass = None;
         // An unsafe request's stored GET, dropped once the request succeeds.
@@ -529,7 +568,7 @@ impl Proxy {
                         &parts.headers,
                         https,
                     );
-                    invalidate = Some((cache.key_of(&view, upstream_authority(&parts)), cache));
+                    invalidate = Some((cache.key_of(&view, authority), cache));
                 }
             }
             Some(cached::Consult::Use {
@@ -544,7 +583,7 @@ impl Proxy {
                     &parts.headers,
                     https,
                 );
-                let key = cache.key_of(&view, upstream_authority(&parts));
+                let key = early_key.unwrap_or_else(|| cache.key_of(&view, authority));
                 let origin = crate::cache::store::Origin {
                     host: host.clone().into_owned(),
                     path_and_query: path_and_query.as_str().to_owned(),
@@ -1161,12 +1200,6 @@ async fn enforce_policies(
 }
 
 /// The request's path (normalised) and query, or `None` when the path must be refused.
-/// The `Host` the upstream gets (as the client sent it, port and case included); the
-/// cache keys on it.
-fn upstream_authority(parts: &http::request::Parts) -> &[u8] {
-    parts.headers.get(HOST).map_or(b"", HeaderValue::as_bytes)
-}
-
 /// What policies and the cache see of a request.
 fn request_view<'a>(
     client_ip: IpAddr,
