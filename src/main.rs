@@ -20,7 +20,7 @@ use sluice_dataplane::balance::HealthConfig;
 use sluice_dataplane::live::{DataPlane, follow_snapshots};
 use sluice_dataplane::metrics::Metrics;
 use sluice_dataplane::proxy::{ProxyConfig, TrustedProxies};
-use sluice_dataplane::ratelimit::redis::{RedisBackend, RedisSettings};
+use sluice_dataplane::ratelimit::redis::{RedisBackend, RedisRole, RedisSettings};
 use sluice_dataplane::server::{ListenerConfig, TrafficWorkers, WorkerSockets, bind_shared};
 use sluice_dataplane::snapshot::{ObjectRef, ServerCertificate};
 use sluice_dataplane::tls::TlsAcceptor;
@@ -521,7 +521,10 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
             RedisBackend::connect(settings, metrics.rate_limit_redis_seconds.clone())
                 .map_err(|error| anyhow::anyhow!("--redis-url is not usable: {error}"))
         };
-        let cache_redis = connect(settings.clone())?;
+        let cache_redis = connect(RedisSettings {
+            role: RedisRole::Cache,
+            ..settings.clone()
+        })?;
         data_plane = data_plane
             .with_redis(Arc::new(connect(settings)?))
             .with_cache_redis(Arc::new(cache_redis));

@@ -62,6 +62,17 @@ pub struct RedisSettings {
     pub failures_to_open: u32,
     /// How long the breaker stays open before one request probes Redis again.
     pub cool_down: Duration,
+    /// What this connection serves, and what happens without it, for the breaker's logs.
+    pub role: RedisRole,
+}
+
+/// What a [`RedisBackend`] is used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisRole {
+    /// Global rate limits, token revocation and API keys.
+    Policies,
+    /// The shared layer of Cache policies.
+    Cache,
 }
 
 impl RedisSettings {
@@ -71,6 +82,7 @@ impl RedisSettings {
             timeout: Duration::from_millis(50),
             failures_to_open: 3,
             cool_down: Duration::from_secs(1),
+            role: RedisRole::Policies,
         }
     }
 }
@@ -175,9 +187,14 @@ impl RedisBackend {
     fn succeeded(&self) {
         self.consecutive_failures.store(0, Ordering::Release);
         if self.open_until_ms.swap(0, Ordering::AcqRel) != 0 {
-            tracing::info!(
-                "Redis answers again; global rate limits, token revocation checks and the shared cache resume"
-            );
+            match self.settings.role {
+                RedisRole::Policies => tracing::info!(
+                    "Redis answers again; global rate limits and token revocation checks resume"
+                ),
+                RedisRole::Cache => {
+                    tracing::info!("Redis answers again; caches share entries again")
+                }
+            }
         }
         self.probing.store(false, Ordering::Release);
     }
@@ -192,7 +209,14 @@ impl RedisBackend {
                 Ordering::AcqRel,
             );
             if previous == 0 {
-                tracing::warn!(%error, "Redis unavailable; rate limits fall back to each policy's onBackendFailure, token revocation checks answer 503, caches use memory only");
+                match self.settings.role {
+                    RedisRole::Policies => {
+                        tracing::warn!(%error, "Redis unavailable; rate limits fall back to each policy's onBackendFailure, token revocation checks answer 503")
+                    }
+                    RedisRole::Cache => {
+                        tracing::warn!(%error, "Redis unavailable; caches work from each replica's memory")
+                    }
+                }
             }
         }
     }
