@@ -484,6 +484,14 @@ impl Proxy {
 
         // The Host the upstream gets: the client's, or the URI's authority put there.
         let authority = host_value.as_ref().map_or(&b""[..], HeaderValue::as_bytes);
+        // What the cache asks of the client: whether it proved who it is, on what it sent.
+        let authenticated = match &consult {
+            Some(cached::Consult::Use { authorization, .. }) => {
+                *authorization || cached::authenticates(auth_method, verified_client.is_some())
+            }
+            _ => false,
+        };
+        let head = parts.method == Method::HEAD;
         // A key made of method, host, path and query (the default) reads no header, so it
         // is the same before and after the upstream headers are prepared: a fresh hit
         // without `Vary` is answered before any of that work.
@@ -501,24 +509,13 @@ impl Proxy {
             }
             _ => None,
         };
-        if let (
-            Some(cached::Consult::Use {
-                cache,
-                authorization,
-            }),
-            Some(key),
-        ) = (&consult, &early_key)
-        {
-            let authenticated =
-                *authorization || cached::authenticates(auth_method, verified_client.is_some());
-            let head = parts.method == Method::HEAD;
-            if let Some(answer) =
+        if let (Some(cached::Consult::Use { cache, .. }), Some(key)) = (&consult, &early_key)
+            && let Some(answer) =
                 cached::fresh_unvaried_hit(cache, key, &parts.headers, authenticated, head)
-            {
-                let mut response = cached::into_client_response(answer, finish);
-                decorate(response.headers_mut());
-                return (response, Some(series));
-            }
+        {
+            let mut response = cached::into_client_response(answer, finish);
+            decorate(response.headers_mut());
+            return (response, Some(series));
         }
 
         if content_length(&parts.headers)
@@ -571,10 +568,7 @@ impl Proxy {
                     invalidate = Some((cache.key_of(&view, authority), cache));
                 }
             }
-            Some(cached::Consult::Use {
-                cache,
-                authorization,
-            }) => {
+            Some(cached::Consult::Use { cache, .. }) => {
                 let view = request_view(
                     client_ip,
                     &host,
@@ -588,9 +582,6 @@ impl Proxy {
                     host: host.clone().into_owned(),
                     path_and_query: path_and_query.as_str().to_owned(),
                 };
-                let authenticated =
-                    authorization || cached::authenticates(auth_method, verified_client.is_some());
-                let head = parts.method == Method::HEAD;
                 match cached::look_up(cache, key, &mut parts.headers, authenticated, origin, head)
                     .await
                 {
