@@ -623,13 +623,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn auth(spec: serde_json::Value) -> Auth {
-        serde_json::from_value(json!({
-            "apiVersion": "sluice.dev/v1alpha1",
-            "kind": "Auth",
-            "metadata": {"name": "members", "namespace": "shop"},
-            "spec": spec,
-        }))
-        .unwrap()
+        crate::compile::fixtures::policy("Auth", "members", spec)
     }
 
     fn secret(name: &str, data: &[(&str, &str)]) -> Secret {

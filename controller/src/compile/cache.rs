@@ -387,13 +387,7 @@ mod tests {
     use serde_json::json;
 
     fn cache(spec: serde_json::Value) -> Cache {
-        serde_json::from_value(json!({
-            "apiVersion": "sluice.dev/v1alpha1",
-            "kind": "Cache",
-            "metadata": {"name": "pages", "namespace": "shop"},
-            "spec": spec,
-        }))
-        .unwrap()
+        crate::compile::fixtures::policy("Cache", "pages", spec)
     }
 
     fn compiled(

@@ -5,6 +5,18 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use serde_json::{Value, json};
 
+/// A `sluice.dev/v1alpha1` policy of `kind` (RateLimit, Auth, Cache) named `name` in
+/// namespace shop.
+pub fn policy<T: serde::de::DeserializeOwned>(kind: &str, name: &str, spec: Value) -> T {
+    serde_json::from_value(json!({
+        "apiVersion": "sluice.dev/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": spec,
+    }))
+    .expect("a policy the CRD types accept")
+}
+
 /// An Ingress; `metadata` is merged over the namespace and name.
 pub fn ingress(namespace: &str, name: &str, metadata: Value, spec: Value) -> Ingress {
     let mut meta = json!({ "namespace": namespace, "name": name });

@@ -1164,15 +1164,7 @@ mod tests {
     }
 
     fn rate_limit(name: &str, spec: Value) -> Arc<RateLimit> {
-        Arc::new(
-            serde_json::from_value(json!({
-                "apiVersion": "sluice.dev/v1alpha1",
-                "kind": "RateLimit",
-                "metadata": {"name": name, "namespace": "shop"},
-                "spec": spec,
-            }))
-            .unwrap(),
-        )
+        Arc::new(fixtures::policy("RateLimit", name, spec))
     }
 
     #[test]
@@ -1266,15 +1258,7 @@ mod tests {
     }
 
     fn cache(name: &str, spec: Value) -> Arc<Cache> {
-        Arc::new(
-            serde_json::from_value(json!({
-                "apiVersion": "sluice.dev/v1alpha1",
-                "kind": "Cache",
-                "metadata": {"name": name, "namespace": "shop"},
-                "spec": spec,
-            }))
-            .unwrap(),
-        )
+        Arc::new(fixtures::policy("Cache", name, spec))
     }
 
     /// An Ingress `name` on host `host` (`/` to Service web) with `annotations`.

@@ -337,13 +337,7 @@ mod tests {
     use serde_json::json;
 
     fn rate_limit(spec: serde_json::Value) -> RateLimit {
-        serde_json::from_value(json!({
-            "apiVersion": "sluice.dev/v1alpha1",
-            "kind": "RateLimit",
-            "metadata": {"name": "api", "namespace": "shop"},
-            "spec": spec,
-        }))
-        .unwrap()
+        crate::compile::fixtures::policy("RateLimit", "api", spec)
     }
 
     fn compiled(spec: serde_json::Value) -> Result<RateLimitPolicy, Vec<CompileError>> {
@@ -457,24 +451,16 @@ mod tests {
         bad.metadata.name = Some("bad".into());
         let mut reported = BTreeMap::new();
         let secrets = SecretIndex::new(std::iter::empty());
-        let auths = [Arc::new(
-            serde_json::from_value::<Auth>(json!({
-                "apiVersion": "sluice.dev/v1alpha1",
-                "kind": "Auth",
-                "metadata": {"name": "office", "namespace": "shop"},
-                "spec": {"ipAllow": ["10.0.0.0/8"]},
-            }))
-            .unwrap(),
-        )];
-        let caches = [Arc::new(
-            serde_json::from_value::<Cache>(json!({
-                "apiVersion": "sluice.dev/v1alpha1",
-                "kind": "Cache",
-                "metadata": {"name": "pages", "namespace": "shop"},
-                "spec": {},
-            }))
-            .unwrap(),
-        )];
+        let auths = [Arc::new(crate::compile::fixtures::policy::<Auth>(
+            "Auth",
+            "office",
+            json!({"ipAllow": ["10.0.0.0/8"]}),
+        ))];
+        let caches = [Arc::new(crate::compile::fixtures::policy::<Cache>(
+            "Cache",
+            "pages",
+            json!({}),
+        ))];
         let index = PolicyIndex::new(
             &[good, Arc::new(bad)],
             &auths,
