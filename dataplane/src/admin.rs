@@ -201,15 +201,16 @@ fn purge_target(query: &str) -> Result<PurgeTarget, String> {
         }
     }
     let host = host.ok_or("host is needed")?;
-    let host = crate::router::normalize_host(&host)
-        .ok_or_else(|| format!("{host:?} is not a host name"))?
+    let host = crate::canonical::canonical_authority(&host)
+        .map_err(|_| format!("{host:?} is not a host name"))?
+        .host
         .into_owned();
     match (path, prefix) {
         (Some(path), None) => {
             let uri: http::Uri = path
                 .parse()
                 .map_err(|_| format!("{path:?} is not a path"))?;
-            let normalized = crate::proxy::normalized_path_and_query(&uri)
+            let normalized = crate::proxy::canonical_path_and_query(&uri)
                 .filter(|_| uri.scheme().is_none() && path.starts_with('/'))
                 .ok_or_else(|| format!("{path:?} is not a path"))?;
             Ok(PurgeTarget::Exact {
@@ -218,7 +219,7 @@ fn purge_target(query: &str) -> Result<PurgeTarget, String> {
             })
         }
         (None, Some(prefix)) => {
-            let normalized = crate::router::normalize_path(&prefix)
+            let normalized = crate::canonical::canonical_path(&prefix)
                 .map_err(|_| format!("{prefix:?} is not a path"))?;
             Ok(PurgeTarget::Prefix {
                 host,

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 pub mod balance;
 pub mod cache;
+pub mod canonical;
 pub mod live;
 pub mod metrics;
 pub mod proxy;

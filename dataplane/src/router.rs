@@ -1,4 +1,4 @@
-//! Route lookup on a [`RouteTable`], and the request normalisation done once before it.
+//! Route lookup on a [`RouteTable`] (hosts and paths in the forms of [`crate::canonical`]).
 
 use crate::snapshot::{RouteTable, RouteTarget, VirtualHost};
 
@@ -62,135 +62,6 @@ impl VirtualHost {
             }
         }
     }
-}
-
-/// Why a request target was refused before routing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum PathError {
-    #[error("the request path must start with /")]
-    NotAbsolute,
-    #[error("the request path has a dot segment")]
-    DotSegment,
-    #[error("the request path has a malformed percent-encoding")]
-    BadPercentEncoding,
-}
-
-/// Normalises a request path once, so that the router and the upstream see the same path.
-///
-/// Percent-encoded unreserved characters are decoded (`%61` is `a`), repeated slashes are
-/// merged, and dot segments (also encoded, `%2e`) are refused rather than resolved: a
-/// client that sends them is either broken or probing. Everything else, including `%2F`,
-/// is passed unchanged. Returns the input itself when nothing changes, without allocating.
-pub fn normalize_path(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
-    use std::borrow::Cow;
-    if !path.starts_with('/') {
-        return Err(PathError::NotAbsolute);
-    }
-    let needs_work = path.contains("//") || path.contains('%');
-    let normalized: Cow<'_, str> = if needs_work {
-        Cow::Owned(rewrite_path(path)?)
-    } else {
-        Cow::Borrowed(path)
-    };
-    if normalized
-        .split('/')
-        .any(|segment| segment == "." || segment == "..")
-    {
-        return Err(PathError::DotSegment);
-    }
-    Ok(normalized)
-}
-
-fn rewrite_path(path: &str) -> Result<String, PathError> {
-    let bytes = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        let byte = bytes[index];
-        if byte == b'%' {
-            let high = bytes.get(index + 1).and_then(|b| hex_value(*b));
-            let low = bytes.get(index + 2).and_then(|b| hex_value(*b));
-            let (Some(high), Some(low)) = (high, low) else {
-                return Err(PathError::BadPercentEncoding);
-            };
-            let decoded = high * 16 + low;
-            if is_unreserved(decoded) {
-                out.push(char::from(decoded));
-            } else {
-                // Keep reserved characters encoded; upper-case hex so equal paths compare equal.
-                out.push('%');
-                out.push(char::from(HEX_UPPER[usize::from(high)]));
-                out.push(char::from(HEX_UPPER[usize::from(low)]));
-            }
-            index += 3;
-            continue;
-        }
-        if byte == b'/' && out.ends_with('/') {
-            index += 1;
-            continue;
-        }
-        // Push the whole UTF-8 character (the path is already valid `str`).
-        let width = utf8_width(byte);
-        out.push_str(&path[index..index + width]);
-        index += width;
-    }
-    Ok(out)
-}
-
-const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
-
-fn hex_value(byte: u8) -> Option<u8> {
-    match byte {
-        b'0'..=b'9' => Some(byte - b'0'),
-        b'a'..=b'f' => Some(byte - b'a' + 10),
-        b'A'..=b'F' => Some(byte - b'A' + 10),
-        _ => None,
-    }
-}
-
-fn is_unreserved(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
-}
-
-fn utf8_width(first: u8) -> usize {
-    match first {
-        0x00..=0x7F => 1,
-        0xC0..=0xDF => 2,
-        0xE0..=0xEF => 3,
-        _ => 4,
-    }
-}
-
-/// Lower-cases a Host header value and strips its port and a trailing dot.
-/// Returns `None` for a value that cannot be a host name. Borrows when already lower case.
-pub fn normalize_host(authority: &str) -> Option<std::borrow::Cow<'_, str>> {
-    let host = if let Some(rest) = authority.strip_prefix('[') {
-        // IPv6 literal: keep the brackets off; routes never name IP literals anyway.
-        rest.split_once(']').map(|(inside, _)| inside)?
-    } else {
-        authority
-            .rsplit_once(':')
-            .map_or(authority, |(host, port)| {
-                if port.bytes().all(|b| b.is_ascii_digit()) {
-                    host
-                } else {
-                    authority
-                }
-            })
-    };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty()
-        || !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'))
-    {
-        return None;
-    }
-    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        std::borrow::Cow::Borrowed(host)
-    })
 }
 
 #[cfg(test)]
@@ -351,41 +222,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn host_normalisation() {
-        assert_eq!(normalize_host("Foo.COM:8080").as_deref(), Some("foo.com"));
-        assert_eq!(normalize_host("foo.com.").as_deref(), Some("foo.com"));
-        assert_eq!(normalize_host("[::1]:80").as_deref(), Some("::1"));
-        assert_eq!(normalize_host("127.0.0.1").as_deref(), Some("127.0.0.1"));
-        assert_eq!(normalize_host(""), None);
-        assert_eq!(normalize_host("a b"), None);
-        assert_eq!(normalize_host("a/b"), None);
-    }
-
-    #[test]
-    fn path_normalisation() {
-        let norm = |p: &str| normalize_path(p).map(|c| c.into_owned());
-        assert_eq!(norm("/a/b").unwrap(), "/a/b");
-        assert!(matches!(
-            normalize_path("/a/b").unwrap(),
-            std::borrow::Cow::Borrowed(_)
-        ));
-        assert_eq!(norm("//a///b/").unwrap(), "/a/b/");
-        assert_eq!(norm("/%61dmin").unwrap(), "/admin");
-        assert_eq!(norm("/a%2fb").unwrap(), "/a%2Fb");
-        assert_eq!(norm("/caf%C3%A9").unwrap(), "/caf%C3%A9");
-        assert_eq!(norm("/ü/x").unwrap(), "/ü/x");
-        assert_eq!(norm("/a/../b"), Err(PathError::DotSegment));
-        assert_eq!(norm("/a/./b"), Err(PathError::DotSegment));
-        assert_eq!(norm("/a/%2e%2E/b"), Err(PathError::DotSegment));
-        assert_eq!(norm("/.."), Err(PathError::DotSegment));
-        assert_eq!(norm("/a/..b").unwrap(), "/a/..b");
-        assert_eq!(norm("/a%zz"), Err(PathError::BadPercentEncoding));
-        assert_eq!(norm("/a%4"), Err(PathError::BadPercentEncoding));
-        assert_eq!(norm("a"), Err(PathError::NotAbsolute));
-        assert_eq!(norm("*"), Err(PathError::NotAbsolute));
-    }
-
     /// The reference matcher: the Ingress spec's rules written as plainly as possible.
     fn reference_match(exact: &[String], prefix: &[String], path: &str) -> Option<String> {
         if exact.iter().any(|e| e == path) {
@@ -442,14 +278,6 @@ mod tests {
             let host = vhost("", &exact_refs, &prefix_refs);
             let got = host.lookup_path(&request).map(|t| t.owner.name.clone());
             prop_assert_eq!(got, reference_match(&exact, &prefix, &request));
-        }
-
-        #[test]
-        fn normalised_paths_are_stable(path in "/[a-z%/.0-9A-F]{0,12}") {
-            if let Ok(once) = normalize_path(&path) {
-                let twice = normalize_path(&once).map(|c| c.into_owned());
-                prop_assert_eq!(twice, Ok(once.into_owned()));
-            }
         }
     }
 }

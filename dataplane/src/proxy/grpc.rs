@@ -63,7 +63,10 @@ impl LocalAnswer {
     /// RESOURCE_EXHAUSTED, which tell a client more than UNAVAILABLE would.
     pub(super) fn grpc_code(self) -> GrpcCode {
         match self {
-            LocalAnswer::BadRequest => GrpcCode::Internal,
+            LocalAnswer::BadRequest
+            | LocalAnswer::NotImplemented
+            | LocalAnswer::ClientBodyFailed => GrpcCode::Internal,
+            LocalAnswer::ClientBodyTimeout => GrpcCode::DeadlineExceeded,
             LocalAnswer::NoRoute => GrpcCode::Unimplemented,
             LocalAnswer::PayloadTooLarge | LocalAnswer::TooManyRequests => {
                 GrpcCode::ResourceExhausted

@@ -5,16 +5,15 @@ mod cached;
 mod clients;
 mod grpc;
 pub(crate) mod headers;
+mod target;
 mod tunnel;
 
-use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::header::{
-    CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderName, HeaderValue, LOCATION, SET_COOKIE,
+    CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue, LOCATION, SET_COOKIE,
     STRICT_TRANSPORT_SECURITY, VIA,
 };
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -32,10 +31,11 @@ use crate::balance::{BackendBalancer, HealthConfig, Outcome, stable_hash};
 use crate::live::{DataPlane, LiveState, backend_labels};
 use crate::metrics::{MethodLabel, RouteSeries, StatusClass};
 use crate::ratelimit::{Decision, LimitReport, RequestView, cookie_value};
-use crate::router::{normalize_host, normalize_path};
 use crate::snapshot::{BalancePolicy, ClientCaRequirement, HashOn, RoutePolicies, RouteTarget};
 use crate::tls::{TlsConnectionInfo, VerifiedClient};
 use clients::{UpstreamClient, UpstreamClients};
+pub(crate) use target::canonical_path_and_query;
+use target::{RequestTarget, TargetRefusal};
 use tunnel::Tunnel;
 
 /// Limits, timeouts and header settings of the proxy.
@@ -126,6 +126,13 @@ pub struct Proxy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LocalAnswer {
     BadRequest,
+    /// A transfer coding other than `chunked` (RFC 9112 §6.1).
+    NotImplemented,
+    /// The client's request body broke off or was malformed: the client's fault, never
+    /// counted against the endpoint.
+    ClientBodyFailed,
+    /// The client stopped sending its request body for longer than the body timeout.
+    ClientBodyTimeout,
     NoRoute,
     NoEndpoints,
     PayloadTooLarge,
@@ -158,6 +165,9 @@ impl LocalAnswer {
     fn status(self) -> StatusCode {
         match self {
             LocalAnswer::BadRequest => StatusCode::BAD_REQUEST,
+            LocalAnswer::NotImplemented => StatusCode::NOT_IMPLEMENTED,
+            LocalAnswer::ClientBodyFailed => StatusCode::BAD_REQUEST,
+            LocalAnswer::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             LocalAnswer::NoRoute => StatusCode::NOT_FOUND,
             LocalAnswer::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
             LocalAnswer::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -180,6 +190,15 @@ impl LocalAnswer {
     fn text(self) -> &'static str {
         match self {
             LocalAnswer::BadRequest => "400 bad request: malformed path or host\n",
+            LocalAnswer::NotImplemented => {
+                "501 not implemented: transfer codings other than chunked\n"
+            }
+            LocalAnswer::ClientBodyFailed => {
+                "400 bad request: the request body was malformed or cut short\n"
+            }
+            LocalAnswer::ClientBodyTimeout => {
+                "408 request timeout: the request body did not arrive in time\n"
+            }
             LocalAnswer::NoRoute => "404 not found: no route for this host and path\n",
             LocalAnswer::NoEndpoints => {
                 "503 service unavailable: the backend has no ready endpoints\n"
@@ -305,23 +324,16 @@ impl Proxy {
         started: Instant,
     ) -> (Response<ResponseBody>, Option<Arc<RouteSeries>>) {
         let (mut parts, body) = request.into_parts();
-
-        // The host the client asked for: the URI's authority (HTTP/2, absolute form), else
-        // the Host header. Normalised once; the router and the upstream both see the result.
-        let (host_value, host_from_uri) = match parts.uri.authority() {
-            Some(authority) => (HeaderValue::from_str(authority.as_str()).ok(), true),
-            None => (parts.headers.get(HOST).cloned(), false),
-        };
-        let host = match host_value.as_ref().and_then(|value| value.to_str().ok()) {
-            Some(authority) => match normalize_host(authority) {
-                Some(host) => host,
-                None => return (LocalAnswer::BadRequest.response(), None),
-            },
-            None => Cow::Borrowed(""),
-        };
-        let mut path_and_query = match normalized_path_and_query(&parts.uri) {
-            Some(path_and_query) => path_and_query,
-            None => return (LocalAnswer::BadRequest.response(), None),
+        let RequestTarget {
+            host,
+            authority: host_value,
+            mut path_and_query,
+        } = match target::canonical_target(&mut parts) {
+            Ok(target) => target,
+            Err(TargetRefusal::BadRequest) => return (LocalAnswer::BadRequest.response(), None),
+            Err(TargetRefusal::UnsupportedTransferCoding) => {
+                return (LocalAnswer::NotImplemented.response(), None);
+            }
         };
 
         let live = self.data_plane.load();
@@ -531,9 +543,7 @@ impl Proxy {
         let hash = hash_input(&target.balance, &parts.headers, client_ip);
         self.prepare_upstream_headers(
             &mut parts,
-            host_value.as_ref().filter(|_| host_from_uri),
-            // A Host that is not text is not repeated in X-Forwarded-Host.
-            host_value.as_ref().filter(|value| value.to_str().is_ok()),
+            host_value.as_ref(),
             connection,
             client_ip,
             verified_client,
@@ -579,7 +589,7 @@ impl Proxy {
                 );
                 let key = early_key.unwrap_or_else(|| cache.key_of(&view, authority));
                 let origin = crate::cache::store::Origin {
-                    host: host.clone().into_owned(),
+                    host: host.clone(),
                     path_and_query: path_and_query.as_str().to_owned(),
                 };
                 match cached::look_up(cache, key, &mut parts.headers, authenticated, origin, head)
@@ -869,12 +879,11 @@ impl Proxy {
                 .is_some_and(|proto| proto.as_bytes().eq_ignore_ascii_case(b"https"))
     }
 
-    /// `new_host` replaces `Host` (HTTP/2 clients send `:authority` instead);
-    /// `client_host` is the host the client asked for, for `X-Forwarded-Host`.
+    /// `client_host` is the canonical authority the client asked for, already in `Host`,
+    /// for `X-Forwarded-Host`.
     fn prepare_upstream_headers(
         &self,
         parts: &mut http::request::Parts,
-        new_host: Option<&HeaderValue>,
         client_host: Option<&HeaderValue>,
         connection: &ClientConnection,
         client_ip: IpAddr,
@@ -887,9 +896,6 @@ impl Proxy {
         };
         let headers = &mut parts.headers;
         headers::strip_hop_by_hop(headers);
-        if let Some(host) = new_host {
-            headers.insert(HOST, host.clone());
-        }
         let peer_trusted = self
             .config
             .trusted_proxies
@@ -1190,7 +1196,6 @@ async fn enforce_policies(
     })
 }
 
-/// The request's path (normalised) and query, or `None` when the path must be refused.
 /// What policies and the cache see of a request.
 fn request_view<'a>(
     client_ip: IpAddr,
@@ -1208,24 +1213,6 @@ fn request_view<'a>(
         method,
         headers,
         https,
-    }
-}
-
-pub(crate) fn normalized_path_and_query(uri: &Uri) -> Option<PathAndQuery> {
-    let path = uri.path();
-    match normalize_path(path).ok()? {
-        std::borrow::Cow::Borrowed(_) => Some(
-            uri.path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        ),
-        std::borrow::Cow::Owned(normalized) => {
-            let joined = match uri.query() {
-                Some(query) => format!("{normalized}?{query}"),
-                None => normalized,
-            };
-            PathAndQuery::from_maybe_shared(Bytes::from(joined)).ok()
-        }
     }
 }
 
@@ -1290,21 +1277,6 @@ fn hash_input(policy: &BalancePolicy, headers: &http::HeaderMap, client_ip: IpAd
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn path_and_query_survive_unchanged_unless_normalised() {
-        let uri: Uri = "/a/b?x=1&y=%2F".parse().unwrap();
-        assert_eq!(
-            normalized_path_and_query(&uri).unwrap().as_str(),
-            "/a/b?x=1&y=%2F"
-        );
-        let uri: Uri = "//a//%62?q".parse().unwrap();
-        assert_eq!(normalized_path_and_query(&uri).unwrap().as_str(), "/a/b?q");
-        let uri: Uri = "/a/../etc?q".parse().unwrap();
-        assert!(normalized_path_and_query(&uri).is_none());
-        let uri: Uri = "http://example.com".parse().unwrap();
-        assert_eq!(normalized_path_and_query(&uri).unwrap().as_str(), "/");
-    }
 
     #[test]
     fn hash_inputs_come_from_the_named_attribute() {
