@@ -34,8 +34,7 @@ use crate::ratelimit::{Decision, LimitReport, RequestView, cookie_value};
 use crate::snapshot::{BalancePolicy, ClientCaRequirement, HashOn, RoutePolicies, RouteTarget};
 use crate::tls::{TlsConnectionInfo, VerifiedClient};
 use clients::{UpstreamClient, UpstreamClients};
-pub(crate) use target::canonical_path_and_query;
-use target::{RequestTarget, TargetRefusal};
+pub use target::{RequestTarget, TargetRefusal, canonical_path_and_query, canonical_target};
 use tunnel::Tunnel;
 
 /// Limits, timeouts and header settings of the proxy.

@@ -16,7 +16,7 @@ use crate::canonical::{CanonicalAuthority, canonical_authority, canonical_path};
 
 /// What the client asked for, in canonical form.
 #[derive(Debug, Clone)]
-pub(crate) struct RequestTarget {
+pub struct RequestTarget {
     /// Lower case, no port, no trailing dot; empty when the client named no host at all
     /// (HTTP/1.0 without Host). Routes are looked up by this.
     pub host: String,
@@ -28,7 +28,7 @@ pub(crate) struct RequestTarget {
 
 /// Why a request was refused before routing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TargetRefusal {
+pub enum TargetRefusal {
     /// 400: the host, path or framing has no single reading.
     BadRequest,
     /// 501: a transfer coding other than `chunked`, which Sluice would silently drop.
@@ -37,7 +37,7 @@ pub(crate) enum TargetRefusal {
 
 /// Checks the request's target and framing and rewrites its headers into canonical form:
 /// one `Host` with the canonical authority, one `Cookie` field.
-pub(crate) fn canonical_target(parts: &mut Parts) -> Result<RequestTarget, TargetRefusal> {
+pub fn canonical_target(parts: &mut Parts) -> Result<RequestTarget, TargetRefusal> {
     check_transfer_coding(&parts.headers)?;
     let authority = requested_authority(parts)?;
     let path_and_query = canonical_path_and_query(&parts.uri).ok_or(TargetRefusal::BadRequest)?;
@@ -142,7 +142,7 @@ fn join_cookies(headers: &mut http::HeaderMap) {
 
 /// The request's path in canonical form, and its query as sent; `None` when the path must
 /// be refused.
-pub(crate) fn canonical_path_and_query(uri: &Uri) -> Option<PathAndQuery> {
+pub fn canonical_path_and_query(uri: &Uri) -> Option<PathAndQuery> {
     match canonical_path(uri.path()).ok()? {
         std::borrow::Cow::Borrowed(_) => Some(
             uri.path_and_query()
