@@ -246,9 +246,14 @@ struct RunArgs {
     /// Time allowed to connect to an upstream endpoint.
     #[arg(long, env = "SLUICE_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     connect_timeout: Duration,
-    /// Time allowed for an upstream to send its response headers.
+    /// Time allowed for an upstream to send its response headers, counted from the end of
+    /// the request body: the time a client takes to upload does not count.
     #[arg(long, env = "SLUICE_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     request_timeout: Duration,
+    /// How long a client may keep Sluice waiting for the next bytes of a request body; then
+    /// the request is answered 408, and the endpoint is not blamed.
+    #[arg(long, env = "SLUICE_CLIENT_BODY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    client_body_timeout: Duration,
     /// How long idle upstream connections are kept for reuse.
     #[arg(long, env = "SLUICE_UPSTREAM_IDLE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     upstream_idle_timeout: Duration,
@@ -551,6 +556,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     let proxy_config = ProxyConfig {
         connect_timeout: args.connect_timeout,
         request_timeout: args.request_timeout,
+        client_body_timeout: args.client_body_timeout,
         upstream_idle_timeout: args.upstream_idle_timeout,
         max_request_body: args.max_request_body,
         retries: args.retries,

@@ -19,7 +19,7 @@ pub type StoreBody = Box<dyn FnOnce(Bytes) + Send>;
 
 /// What goes to the upstream: the client's body under the size limit, or nothing (for a
 /// body-less request, which can then be retried on another endpoint).
-pub type UpstreamBody = Either<Limited<Incoming>, Empty<Bytes>>;
+pub type UpstreamBody = Either<Limited<super::upload::ClientBody>, Empty<Bytes>>;
 
 /// Work to finish when the response body is done or dropped: the request's duration and
 /// its in-flight mark on the endpoint.

@@ -29,18 +29,43 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 pub static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// Headers that frameworks read to rebuild the URL a client asked for (RFC 7239's
-/// `Forwarded`, Spring's and Symfony's overrides). Only a trusted proxy may send them: from
-/// anyone else they would let one client change the links and redirects in an answer the
-/// cache then stores for everyone.
-const URL_OVERRIDES: [HeaderName; 4] = [
+/// Headers that frameworks and CDNs read to learn the URL or the client a request came
+/// for: RFC 7239's `Forwarded`, Spring's and Symfony's URL overrides, Rails' and Rack's
+/// scheme hints, and the client-address headers of CDNs. Only a trusted proxy may send
+/// them: from anyone else they would let one client pose as another address, or change
+/// the links and redirects in an answer the cache then stores for everyone.
+const UNTRUSTED_FORWARDING: [HeaderName; 11] = [
     HeaderName::from_static("forwarded"),
     HeaderName::from_static("x-forwarded-prefix"),
     HeaderName::from_static("x-original-url"),
     HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-host"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
 ];
 
-/// Removes hop-by-hop headers and every header that `Connection` names.
+/// Fields that say what the message is and who sends it. `Connection` may not name them
+/// (RFC 9110 §7.6.1): obeying `Connection: Host` would send the upstream no Host (it would
+/// see the endpoint's address, and a cache key would name another host), and dropping
+/// `Authorization` or `Cookie` would make Sluice and the upstream judge different requests.
+static END_TO_END: [HeaderName; 9] = [
+    http::header::HOST,
+    http::header::CONTENT_LENGTH,
+    http::header::CONTENT_TYPE,
+    http::header::CONTENT_ENCODING,
+    http::header::AUTHORIZATION,
+    http::header::COOKIE,
+    http::header::SET_COOKIE,
+    http::header::CACHE_CONTROL,
+    http::header::VARY,
+];
+
+/// Removes hop-by-hop headers and every header that `Connection` names, except the
+/// end-to-end fields a client may not have removed (see [`END_TO_END`]).
 /// `TE: trailers` survives, since it tells the upstream that trailers are welcome.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(CONNECTION) {
@@ -50,6 +75,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|value| value.to_str().ok())
             .flat_map(|value| value.split(','))
             .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .filter(|name| !END_TO_END.contains(name))
             .collect();
         for name in named {
             headers.remove(name);
@@ -162,11 +188,11 @@ pub struct ForwardedFor<'a> {
 }
 
 /// Sets `X-Forwarded-For/-Proto/-Host/-Port` and `X-Real-IP`. Values from an untrusted
-/// peer are replaced, never extended, so clients cannot forge them; its URL overrides
-/// (`Forwarded`, `X-Forwarded-Prefix`, `X-Original-URL`, `X-Rewrite-URL`) are removed.
+/// peer are replaced, never extended, so clients cannot forge them; the other forwarding
+/// headers it sent ([`UNTRUSTED_FORWARDING`]) are removed.
 pub fn set_forwarded(headers: &mut HeaderMap, forwarded: &ForwardedFor<'_>) {
     if !forwarded.peer_trusted {
-        for name in &URL_OVERRIDES {
+        for name in &UNTRUSTED_FORWARDING {
             headers.remove(name);
         }
     }
@@ -250,6 +276,23 @@ mod tests {
     }
 
     #[test]
+    fn connection_cannot_name_end_to_end_fields_away() {
+        let mut map = headers(&[
+            ("connection", "Host, content-length, Authorization, Cookie"),
+            ("connection", "close, x-gone"),
+            ("host", "members.test"),
+            ("content-length", "5"),
+            ("authorization", "Basic eA=="),
+            ("cookie", "sid=1"),
+            ("x-gone", "1"),
+        ]);
+        strip_hop_by_hop(&mut map);
+        let mut names: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["authorization", "content-length", "cookie", "host"]);
+    }
+
+    #[test]
     fn untrusted_peers_cannot_forge_forwarding_headers() {
         let proxies = TrustedProxies::default();
         let mut map = headers(&[
@@ -259,6 +302,13 @@ mod tests {
             ("x-forwarded-prefix", "/evil"),
             ("x-original-url", "/admin"),
             ("x-rewrite-url", "/admin"),
+            ("x-forwarded-scheme", "https"),
+            ("x-forwarded-ssl", "on"),
+            ("x-host", "evil.example"),
+            ("x-forwarded-server", "evil.example"),
+            ("true-client-ip", "10.0.0.1"),
+            ("x-client-ip", "10.0.0.1"),
+            ("cf-connecting-ip", "10.0.0.1"),
         ]);
         let peer: IpAddr = "127.0.0.9".parse().unwrap();
         let client = proxies.client_ip(peer, &map);
@@ -278,7 +328,7 @@ mod tests {
         assert_eq!(map["x-real-ip"], "127.0.0.9");
         assert_eq!(map["x-forwarded-host"], "a.example");
         assert_eq!(map["x-forwarded-port"], "8080");
-        for name in &URL_OVERRIDES {
+        for name in &UNTRUSTED_FORWARDING {
             assert!(!map.contains_key(name), "{name}");
         }
     }

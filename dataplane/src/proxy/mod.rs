@@ -7,6 +7,7 @@ mod grpc;
 pub(crate) mod headers;
 mod target;
 mod tunnel;
+mod upload;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -42,8 +43,12 @@ use tunnel::Tunnel;
 pub struct ProxyConfig {
     /// Time allowed to open a TCP connection to an endpoint.
     pub connect_timeout: Duration,
-    /// Time allowed from sending the request until the upstream's response headers arrive.
+    /// Time the upstream gets to send its response headers, counted from the end of the
+    /// request body (time the client takes to send it does not count).
     pub request_timeout: Duration,
+    /// How long the client may keep Sluice waiting for the next bytes of a request body
+    /// before the request is answered 408.
+    pub client_body_timeout: Duration,
     /// How long an idle upstream connection stays in the pool.
     pub upstream_idle_timeout: Duration,
     pub max_idle_per_endpoint: usize,
@@ -70,6 +75,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(60),
             upstream_idle_timeout: Duration::from_secs(90),
             max_idle_per_endpoint: 256,
             max_request_body: 16 * 1024 * 1024,
@@ -970,19 +976,42 @@ impl Proxy {
             } else {
                 headers.take()
             };
-            let upstream_body: UpstreamBody = match (replayable, body.take()) {
-                (false, Some(incoming)) => Either::Left(Limited::new(
-                    incoming,
-                    limit_usize(self.config.max_request_body),
-                )),
-                _ => Either::Right(Empty::new()),
+            let (upstream_body, upload): (UpstreamBody, _) = match (replayable, body.take()) {
+                (false, Some(incoming)) => {
+                    let (body, upload) =
+                        upload::ClientBody::new(incoming, self.config.client_body_timeout);
+                    let limited = Limited::new(body, limit_usize(self.config.max_request_body));
+                    (Either::Left(limited), Some(upload))
+                }
+                _ => (Either::Right(Empty::new()), None),
             };
             let mut request = Request::new(upstream_body);
             *request.method_mut() = parts.method.clone();
             *request.uri_mut() = uri;
             *request.headers_mut() = attempt_headers.unwrap_or_default();
             let sent_at = Instant::now();
-            let result = tokio::time::timeout(timeout, client.request(request)).await;
+            let deadline = async {
+                match &upload {
+                    Some(upload) => upload.response_deadline(timeout).await,
+                    None => {
+                        tokio::time::sleep(timeout).await;
+                        Ok(())
+                    }
+                }
+            };
+            let result = tokio::select! {
+                response = client.request(request) => Ok(response),
+                ended = deadline => Err(ended),
+            };
+            // The client's own failure is answered as such and never held against the
+            // endpoint, whichever way it surfaced.
+            let client_failure = upload
+                .as_ref()
+                .and_then(|upload| upload.client_failure())
+                .map(|failure| match failure {
+                    upload::ClientFailure::Broken => LocalAnswer::ClientBodyFailed,
+                    upload::ClientFailure::TimedOut => LocalAnswer::ClientBodyTimeout,
+                });
             let labels = || backend_labels(&balancer.key);
             match result {
                 Ok(Ok(response)) => {
@@ -1000,6 +1029,10 @@ impl Proxy {
                 Ok(Err(error)) => {
                     if body_limit_exceeded(&error) {
                         return Err(LocalAnswer::PayloadTooLarge);
+                    }
+                    if let Some(answer) = client_failure {
+                        tracing::debug!(client_error = %error, "request body failed on the client's side");
+                        return Err(answer);
                     }
                     self.report(balancer, index, Outcome::Failure);
                     if error.is_connect() {
@@ -1024,7 +1057,10 @@ impl Proxy {
                     last_error = LocalAnswer::UpstreamFailed;
                     break;
                 }
-                Err(_elapsed) => {
+                Err(Err(_)) => {
+                    return Err(client_failure.unwrap_or(LocalAnswer::ClientBodyFailed));
+                }
+                Err(Ok(())) => {
                     self.report(balancer, index, Outcome::Failure);
                     last_error = LocalAnswer::UpstreamTimeout;
                     break;
