@@ -13,7 +13,8 @@ use crate::compile::PathMatch;
 pub enum Severity {
     /// The whole object was left out of the snapshot (or kept at its last good form).
     Rejection,
-    /// One rule, path, backend or endpoint was left out or cannot work; the rest serves.
+    /// One rule, path, backend or endpoint was left out, cannot work, or is served other
+    /// than as written; the rest serves.
     Partial,
     /// Nothing wrong by itself: says what is being served and why.
     Notice,
@@ -34,6 +35,18 @@ pub enum CompileError {
         field: String,
         path: String,
         why: String,
+    },
+
+    /// The route is kept, under the one spelling requests for it arrive in: as written it
+    /// could never match (`/%61dmin` is `/admin`, `/a//b` is `/a/b`).
+    #[error(
+        "{field}: path {path:?} is served as {canonical:?}, the form requests are matched in; \
+         write it that way"
+    )]
+    PathNotCanonical {
+        field: String,
+        path: String,
+        canonical: String,
     },
 
     /// Boxed: it is the largest error and would make every `Result` carrying one large.
@@ -230,6 +243,7 @@ impl CompileError {
         match self {
             CompileError::InvalidHost { .. } => "InvalidHost",
             CompileError::InvalidPath { .. } => "InvalidPath",
+            CompileError::PathNotCanonical { .. } => "PathNotCanonical",
             CompileError::PathConflict(_) => "PathConflict",
             CompileError::DefaultBackendConflict { .. } => "DefaultBackendConflict",
             CompileError::InvalidBackend { .. } => "InvalidBackend",
@@ -269,6 +283,7 @@ impl CompileError {
             CompileError::ServingLastGood { .. } => Severity::Notice,
             CompileError::InvalidHost { .. }
             | CompileError::InvalidPath { .. }
+            | CompileError::PathNotCanonical { .. }
             | CompileError::PathConflict(_)
             | CompileError::DefaultBackendConflict { .. }
             | CompileError::InvalidBackend { .. }
@@ -303,6 +318,7 @@ impl CompileError {
         match self {
             CompileError::InvalidHost { field, .. }
             | CompileError::InvalidPath { field, .. }
+            | CompileError::PathNotCanonical { field, .. }
             | CompileError::DefaultBackendConflict { field, .. }
             | CompileError::InvalidBackend { field, .. }
             | CompileError::UnsupportedBackend { field, .. }

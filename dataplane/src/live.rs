@@ -626,6 +626,7 @@ mod tests {
             policies: None,
             https: std::sync::Arc::default(),
             upstream: None,
+            strict_paths: false,
             slot,
         }
     }

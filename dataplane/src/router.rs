@@ -82,6 +82,7 @@ mod tests {
             policies: None,
             https: std::sync::Arc::default(),
             upstream: None,
+            strict_paths: false,
             slot: RouteTarget::UNNUMBERED,
         }
     }

@@ -153,6 +153,10 @@ pub struct RouteTarget {
     /// How to talk to the upstream, shared by the routes of one Ingress; `None` is plain
     /// HTTP/1.1 with the default WebSocket idle timeout.
     pub upstream: Option<Arc<UpstreamSettings>>,
+    /// Answer 400 to a request path a backend might read differently than the router did
+    /// (`crate::canonical::is_ambiguous_path`: `;`, `%2F`, `%5C`). From
+    /// `sluice.dev/strict-paths`; on by default where the Ingress names an Auth.
+    pub strict_paths: bool,
     /// Index of this target in its table, given by [`RouteTable::number_targets`];
     /// [`RouteTarget::UNNUMBERED`] until then (still served, only without cached state).
     pub slot: u32,

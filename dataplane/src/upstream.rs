@@ -253,6 +253,7 @@ pub(crate) mod tests {
             policies: None,
             https: Arc::default(),
             upstream,
+            strict_paths: false,
             slot: RouteTarget::UNNUMBERED,
         }
     }

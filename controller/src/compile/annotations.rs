@@ -25,6 +25,10 @@ pub const AUTH: &str = "sluice.dev/auth";
 /// `name`: the Cache policy in the Ingress's namespace whose responses every route stores
 /// and serves again.
 pub const CACHE: &str = "sluice.dev/cache";
+/// `"true"` or `"false"`: the routes answer 400 to a path with `;` or an encoded `/` or
+/// `\`, which a backend may read as another path than the one routed. On by default for
+/// the routes of an Ingress with `sluice.dev/auth`.
+pub const STRICT_PATHS: &str = "sluice.dev/strict-paths";
 /// `"false"` serves plain HTTP on hosts with a certificate instead of redirecting (308).
 pub const SSL_REDIRECT: &str = "sluice.dev/ssl-redirect";
 /// `Strict-Transport-Security` for HTTPS answers: `max-age=N[; includeSubDomains][; preload]`,
@@ -64,6 +68,9 @@ pub(crate) struct IngressAnnotations {
     /// The name of the Cache policy, or why the value is not a name. A bad value does not
     /// reject the Ingress: the routes are served uncached, which loses nothing but speed.
     pub cache: Option<Result<String, String>>,
+    /// Refuse ambiguous request paths (`sluice.dev/strict-paths`, default: whether
+    /// `sluice.dev/auth` is set, even to a bad value).
+    pub strict_paths: bool,
     pub ssl_redirect: bool,
     pub hsts: Option<HeaderValue>,
     /// The Secret holding the client CA bundle, or why the value is not a Secret name. A
@@ -156,6 +163,22 @@ pub(crate) fn parse_ingress_annotations(
     let auth = get(AUTH).map(|value| parse_policy_name(value, "Auth"));
     let cache = get(CACHE).map(|value| parse_policy_name(value, "Cache"));
 
+    // What a guard checks and what the backend serves must be the same path: where the
+    // backend may split `/admin;x` or `/a%2Fb` differently, a guarded route refuses them.
+    let strict_paths = match get(STRICT_PATHS).map(str::trim) {
+        None => auth.is_some(),
+        Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            errors.push(invalid(
+                STRICT_PATHS,
+                other,
+                "expected \"true\" or \"false\"",
+            ));
+            auth.is_some()
+        }
+    };
+
     let ssl_redirect = match get(SSL_REDIRECT).map(str::trim) {
         None | Some("true") => true,
         Some("false") => false,
@@ -191,6 +214,7 @@ pub(crate) fn parse_ingress_annotations(
             rate_limits,
             auth,
             cache,
+            strict_paths,
             ssl_redirect,
             hsts,
             client_ca,
@@ -595,6 +619,29 @@ mod tests {
                 Some(Err(why)) => assert!(why.contains("one Cache"), "{why}"),
                 other => panic!("{value:?}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn strict_paths_default_to_on_with_an_auth_and_take_true_or_false() {
+        assert!(!parse(&[]).unwrap().strict_paths);
+        assert!(parse(&[(AUTH, "members")]).unwrap().strict_paths);
+        assert!(
+            parse(&[(AUTH, "Not A Name")]).unwrap().strict_paths,
+            "a bad Auth value still guards the routes"
+        );
+        assert!(
+            !parse(&[(AUTH, "members"), (STRICT_PATHS, "false")])
+                .unwrap()
+                .strict_paths
+        );
+        assert!(parse(&[(STRICT_PATHS, " true ")]).unwrap().strict_paths);
+        for bad in ["yes", "TRUE", "1", ""] {
+            assert_eq!(
+                rejected_fields(&[(AUTH, "members"), (STRICT_PATHS, bad)]),
+                ["metadata.annotations[sluice.dev/strict-paths]"],
+                "{bad:?}"
+            );
         }
     }
 

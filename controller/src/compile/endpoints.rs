@@ -238,6 +238,7 @@ mod tests {
             policies: None,
             https: Arc::default(),
             upstream: None,
+            strict_paths: false,
             slot: RouteTarget::UNNUMBERED,
         }
     }

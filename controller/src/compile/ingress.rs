@@ -6,13 +6,14 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::Ingress;
+use sluice_dataplane::canonical::is_ambiguous_path;
 use sluice_dataplane::snapshot::BackendKey;
 use sluice_dataplane::snapshot::{
     ClientCa, ClientCaRequirement, HttpsPolicy, ObjectRef, RoutePolicies, RouteTarget,
 };
 
 use super::annotations::{
-    AUTH, CACHE, CLIENT_CA, IngressAnnotations, RATE_LIMIT, annotation_field,
+    AUTH, CACHE, CLIENT_CA, IngressAnnotations, RATE_LIMIT, STRICT_PATHS, annotation_field,
     parse_ingress_annotations,
 };
 use super::backend::{ServiceIndex, resolve_backend};
@@ -93,6 +94,7 @@ pub(crate) fn compile_ingress(
         balance: annotations.balance.clone(),
         policies: route_policies.clone(),
         https: Arc::clone(&https),
+        strict_paths: annotations.strict_paths,
         slot: RouteTarget::UNNUMBERED,
     };
     let namespace = owner.namespace.as_str();
@@ -124,6 +126,19 @@ pub(crate) fn compile_ingress(
                     continue;
                 }
             };
+            // Strict routes refuse every request such a path could match.
+            if annotations.strict_paths && is_ambiguous_path(&path_rule.key) {
+                compiled.errors.push(CompileError::InvalidPath {
+                    field: format!("{field}.path"),
+                    path: path.path.clone().unwrap_or_default(),
+                    why: format!(
+                        "it has ; or an encoded / or \\, which {STRICT_PATHS} refuses in \
+                         requests, so it could never match"
+                    ),
+                });
+                continue;
+            }
+            compiled.errors.extend(path_rule.warning);
             let backend_field = format!("{field}.backend");
             match resolve_backend(&path.backend, namespace, &backend_field, services) {
                 Ok(resolved) => {
@@ -504,6 +519,91 @@ mod tests {
         let expected = BalancePolicy::Hash(HashOn::Header("x-user".into()));
         assert_eq!(compiled.routes[0].target.balance, expected);
         assert_eq!(compiled.default_backend.unwrap().balance, expected);
+    }
+
+    /// `(reason, field)` of each error.
+    fn problems(compiled: &IngressRoutes) -> Vec<(&str, Option<&str>)> {
+        compiled
+            .errors
+            .iter()
+            .map(|error| (error.reason(), error.field()))
+            .collect()
+    }
+
+    #[test]
+    fn strict_paths_follow_the_auth_and_strict_routes_drop_paths_they_would_refuse() {
+        let spec = json!({ "rules": [rule(None, vec![
+            path("/a", "Prefix", backend("web", 80)),
+            path("/a;b", "Exact", backend("web", 80)),
+            path("/%61dmin", "Prefix", backend("web", 80)),
+        ])] });
+        let noncanonical = ("PathNotCanonical", Some("spec.rules[0].http.paths[2].path"));
+
+        let open = compile(json!({}), spec.clone()).unwrap();
+        assert_eq!(open.routes.len(), 3);
+        assert!(open.routes.iter().all(|route| !route.target.strict_paths));
+        assert_eq!(open.routes[2].path, "/admin");
+        assert_eq!(problems(&open), [noncanonical]);
+
+        let guarded = compile(
+            json!({ "annotations": { "sluice.dev/auth": "members" } }),
+            spec.clone(),
+        )
+        .unwrap();
+        let paths: Vec<&str> = guarded.routes.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["/a", "/admin"]);
+        assert!(guarded.routes.iter().all(|route| route.target.strict_paths));
+        assert_eq!(
+            problems(&guarded),
+            [
+                (
+                    "PolicyNotFound",
+                    Some("metadata.annotations[sluice.dev/auth]")
+                ),
+                ("InvalidPath", Some("spec.rules[0].http.paths[1].path")),
+                noncanonical,
+            ]
+        );
+        assert!(
+            guarded.errors[1]
+                .to_string()
+                .contains("sluice.dev/strict-paths"),
+            "{}",
+            guarded.errors[1]
+        );
+
+        let relaxed = compile(
+            json!({ "annotations": {
+                "sluice.dev/auth": "members",
+                "sluice.dev/strict-paths": "false",
+            } }),
+            spec.clone(),
+        )
+        .unwrap();
+        assert_eq!(relaxed.routes.len(), 3);
+        assert!(
+            relaxed
+                .routes
+                .iter()
+                .all(|route| !route.target.strict_paths)
+        );
+
+        let strict = compile(
+            json!({ "annotations": { "sluice.dev/strict-paths": "true" } }),
+            json!({ "defaultBackend": backend("web", 80) }),
+        )
+        .unwrap();
+        assert!(strict.default_backend.unwrap().strict_paths);
+        let bad = compile(
+            json!({ "annotations": { "sluice.dev/strict-paths": "on" } }),
+            spec,
+        )
+        .unwrap_err();
+        assert_eq!(
+            bad[0].field(),
+            Some("metadata.annotations[sluice.dev/strict-paths]")
+        );
+        assert!(bad[0].is_rejection());
     }
 
     #[test]

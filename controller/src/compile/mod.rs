@@ -45,7 +45,8 @@ use tls::{SecretIndex, TlsTableBuilder};
 
 pub use annotations::{
     BACKEND_CA, BACKEND_PROTOCOL, BACKEND_SNI, BACKEND_TLS_VERIFY, CLIENT_CA, ENDPOINT_WEIGHTS,
-    HASH_KEY, HSTS, LOAD_BALANCE, MAX_ENDPOINT_WEIGHT, SSL_REDIRECT, WEBSOCKET_IDLE_TIMEOUT,
+    HASH_KEY, HSTS, LOAD_BALANCE, MAX_ENDPOINT_WEIGHT, SSL_REDIRECT, STRICT_PATHS,
+    WEBSOCKET_IDLE_TIMEOUT,
 };
 pub use class::{DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION};
 pub use endpoints::{SERVICE_NAME_LABEL, compile_backends, route_targets};
@@ -1493,6 +1494,47 @@ mod tests {
         let compiled = run(&cluster(vec![web]));
         assert_eq!(reasons(&compiled, "web"), ["InvalidAnnotation"]);
         assert!(compiled.snapshot_routes.any_host.prefix_paths.is_empty());
+    }
+
+    /// The defect: `/café` was stored raw, requests arrive as `/caf%C3%A9`, and so they
+    /// were served by the unguarded `/` of another Ingress.
+    #[test]
+    fn a_non_ascii_guarded_path_is_what_its_requests_route_to() {
+        let guarded = with_metadata(
+            ours(
+                "guarded",
+                Some("2024-01-01T00:00:00Z"),
+                routes(vec![rule(
+                    Some("a.example"),
+                    vec![path("/café", "Prefix", backend("web", 80))],
+                )]),
+            ),
+            json!({"annotations": {"sluice.dev/auth": "members"}}),
+        );
+        let open = ours(
+            "open",
+            Some("2024-01-02T00:00:00Z"),
+            routes(vec![rule(
+                Some("a.example"),
+                vec![path("/", "Prefix", backend("web", 80))],
+            )]),
+        );
+        let compiled = run(&cluster(vec![guarded, open]));
+        for request in ["/caf%C3%A9", "/caf%C3%A9/menu"] {
+            let found = compiled
+                .snapshot_routes
+                .lookup("a.example", request)
+                .unwrap();
+            assert_eq!(found.target.owner, shop("guarded"), "{request}");
+            assert!(found.target.strict_paths);
+        }
+        let rest = compiled
+            .snapshot_routes
+            .lookup("a.example", "/cafe")
+            .unwrap();
+        assert_eq!(rest.target.owner, shop("open"));
+        assert!(!rest.target.strict_paths);
+        assert_eq!(reasons(&compiled, "guarded"), ["PolicyNotFound"]);
     }
 
     #[test]
