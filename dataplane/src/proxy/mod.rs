@@ -357,6 +357,11 @@ impl Proxy {
             let (parts, body) = response.into_parts();
             Response::from_parts(parts, body.with_finish(finish))
         };
+        // Encoded slashes, backslashes and `;` parameters: a backend that decodes them
+        // before routing would see another path than the one this route matched.
+        if target.strict_paths && crate::canonical::is_ambiguous_path(path_and_query.path()) {
+            return (local(LocalAnswer::BadRequest, finish), Some(series));
+        }
 
         let https = &*target.https;
         let has_certificate = || live.snapshot.tls.site(&host).is_some();
