@@ -1,0 +1,132 @@
+//! Paths that climb out of the open `/public` of the protected host into its `/admin`, in
+//! every disguise a backend might resolve: each is refused before routing, and the backend
+//! gets nothing. Encodings that are not dot segments are passed on exactly as routed.
+
+use crate::Site;
+use crate::cases::{Case, header, run, target};
+
+/// `GET <path>` on the protected host.
+fn members(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: members.test\r\n\r\n")
+}
+
+/// Paths that reach `/admin` from `/public` once a backend resolves them.
+const CLIMBS: &[(&str, &str)] = &[
+    ("dot-dot", "/public/../admin"),
+    ("encoded-dot-dot", "/public/%2e%2e/admin"),
+    ("encoded-dot-dot-upper", "/public/%2E%2E/admin"),
+    ("half-encoded-dot-dot", "/public/.%2e/admin"),
+    ("half-encoded-dot-dot-2", "/public/%2e./admin"),
+    ("dot-dot-semicolon", "/public/..;/admin"),
+    ("dot-dot-path-parameter", "/public/..;jsessionid=x/admin"),
+    ("dot-dot-encoded-slash", "/public/..%2Fadmin"),
+    ("dot-dot-encoded-slash-lower", "/public/..%2fadmin"),
+    ("encoded-slashes-around", "/public%2F..%2Fadmin"),
+    ("all-encoded", "/public/%2e%2e%2fadmin"),
+    ("backslashes", "/public\\..\\admin"),
+    ("dot-dot-backslash", "/public/..\\admin"),
+    ("encoded-backslashes", "/public/%5C..%5Cadmin"),
+    ("dot-dot-encoded-backslash", "/public/..%5cadmin"),
+    ("dot-then-dot-dot", "/public/./../admin"),
+    ("double-slash-dot-dot", "/public//../admin"),
+    ("semicolon-then-dot-dot", "/public;/../admin"),
+    ("single-dot", "/public/./admin"),
+    ("encoded-single-dot", "/public/%2e/admin"),
+    ("trailing-dot-dot", "/public/.."),
+    ("trailing-encoded-dot-dot", "/public/%2e%2e"),
+    ("upper-case-prefix", "/PUBLIC/../admin"),
+    ("encoded-nul", "/public/%00/../admin"),
+    ("encoded-crlf", "/public/%0d%0aX-Injected:%201"),
+    ("bad-percent", "/public/%zz/admin"),
+    ("truncated-percent", "/public/%2"),
+    ("iis-unicode-dots", "/public/%u002e%u002e/admin"),
+];
+
+fn cases() -> Vec<Case> {
+    let mut cases: Vec<Case> = CLIMBS
+        .iter()
+        .map(|(name, path)| {
+            Case::new(
+                name,
+                "a path from the open /public into the protected /admin",
+                members(path),
+            )
+        })
+        .collect();
+    cases.extend([
+        Case::new(
+            "baseline-open-path",
+            "the open path is served (so the refusals above are about the climb)",
+            members("/public/x"),
+        )
+        .answers(&[200])
+        .reaches(vec![target("/public/x"), header("host", "members.test")]),
+        Case::new(
+            "baseline-protected-path",
+            "the protected path needs credentials",
+            members("/admin"),
+        )
+        .answers(&[401]),
+        Case::new(
+            "double-encoded-dots",
+            "%252e%252e is not decoded twice: routed to /public and passed on as sent",
+            members("/public/%252e%252e/admin"),
+        )
+        .answers(&[200])
+        .reaches(vec![target("/public/%252e%252e/admin")]),
+        Case::new(
+            "overlong-utf8-dots",
+            "overlong UTF-8 dots (%c0%ae) are never decoded into dots: passed on as sent",
+            members("/public/%c0%ae%c0%ae/admin"),
+        )
+        .answers(&[200])
+        .reaches(vec![target("/public/%C0%AE%C0%AE/admin")]),
+        Case::new(
+            "merged-slashes",
+            "repeated slashes are merged before routing, and the backend gets the merged path",
+            members("//public//x"),
+        )
+        .answers(&[200])
+        .reaches(vec![target("/public/x")]),
+        Case::new(
+            "encoded-protected-path",
+            "/%61dmin is /admin: the Auth applies",
+            members("/%61dmin"),
+        )
+        .answers(&[401]),
+        Case::new(
+            "dots-in-query",
+            "dot segments in the query are not a path: passed on untouched",
+            members("/public/x?next=/../admin"),
+        )
+        .answers(&[200])
+        .reaches(vec![target("/public/x?next=/../admin")]),
+        Case::new(
+            "raw-nul-in-path",
+            "a raw NUL in the request target",
+            members("/public/a\0b"),
+        )
+        .closes(),
+        Case::new(
+            "raw-space-in-path",
+            "a raw space in the request target makes four request-line parts",
+            members("/public/a b/../../admin"),
+        )
+        .closes(),
+        Case::new(
+            "64k-path",
+            "a 64 KiB path: refused whole, without crashing",
+            members(&format!("/public/{}", "a".repeat(64 * 1024))),
+        )
+        .answers_one_of(&[400, 414, 431])
+        .closes(),
+    ]);
+    cases
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_climbing_out_of_an_open_prefix_are_refused() {
+    let site = Site::start("paths", &[]).await;
+    run(&site, "paths", &cases()).await;
+    site.assert_still_serves("paths").await;
+}
