@@ -12,7 +12,7 @@ fn public(headers: &str) -> String {
     format!("GET /page HTTP/1.1\r\nHost: public.test\r\n{headers}\r\n")
 }
 
-const FORGED: &str = "X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-For: 5.6.7.8\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Port: 443\r\nX-Forwarded-Prefix: /evil\r\nForwarded: for=1.2.3.4;host=evil.example;proto=https\r\nX-Real-IP: 1.2.3.4\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\n";
+const FORGED: &str = "X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-For: 5.6.7.8\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Port: 443\r\nX-Forwarded-Prefix: /evil\r\nForwarded: for=1.2.3.4;host=evil.example;proto=https\r\nX-Real-IP: 1.2.3.4\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\nX-Forwarded-Scheme: https\r\nX-Forwarded-Ssl: on\r\nX-Host: evil.example\r\nX-Forwarded-Server: evil.example\r\nTrue-Client-IP: 1.2.3.4\r\nX-Client-IP: 1.2.3.4\r\nCF-Connecting-IP: 1.2.3.4\r\n";
 
 fn untrusted_cases(port: u16) -> Vec<Case> {
     let port = port.to_string();
@@ -31,6 +31,13 @@ fn untrusted_cases(port: u16) -> Vec<Case> {
         absent("x-forwarded-prefix"),
         absent("x-original-url"),
         absent("x-rewrite-url"),
+        absent("x-forwarded-scheme"),
+        absent("x-forwarded-ssl"),
+        absent("x-host"),
+        absent("x-forwarded-server"),
+        absent("true-client-ip"),
+        absent("x-client-ip"),
+        absent("cf-connecting-ip"),
     ]);
     vec![
         Case::new(

@@ -103,6 +103,17 @@ fn cases() -> Vec<H2Case> {
         .answers(200)
         .reaches(vec![target("/page"), header("host", "public.test")]),
         H2Case::new(
+            "split-cookies-joined",
+            "cookie split into fields (RFC 9113 §8.2.3) reaches an HTTP/1.1 upstream as one field, so it cannot read only the first",
+            get(
+                "public.test",
+                "/page",
+                &[("cookie", "a=1"), ("cookie", "sid=2"), ("cookie", "c=3")],
+            ),
+        )
+        .answers(200)
+        .reaches(vec![target("/page"), header("cookie", "a=1; sid=2; c=3")]),
+        H2Case::new(
             "protected-host-without-credentials",
             "the Auth applies over h2",
             get("members.test", "/page", &[]),

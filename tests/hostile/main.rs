@@ -24,6 +24,7 @@ mod paths;
 mod slow;
 mod tls;
 mod upgrades;
+mod uploads;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -66,7 +67,8 @@ impl Site {
     /// Starts Sluice with `args` on the site's manifests plus `extra` YAML (which may route
     /// to the Service `raw`, the backend). Header reads are cut off after 1 s and upstream
     /// answers after 3 s, so no case can hang; endpoints are never ejected, so the
-    /// failures one case provokes cannot change the answers of the next.
+    /// failures one case provokes cannot change the answers of the next. A flag in `args`
+    /// replaces the default of the same name.
     pub async fn start_with(name: &str, extra: &str, args: &[&str]) -> Site {
         let backend = RawBackend::start();
         let dir = ManifestDir::new(&format!("hostile-{name}"));
@@ -75,14 +77,16 @@ impl Site {
         if !extra.is_empty() {
             dir.write("extra.yaml", extra);
         }
-        let mut all = vec![
-            "--header-read-timeout",
-            "1s",
-            "--request-timeout",
-            "3s",
-            "--eject-after",
-            "1000000",
+        let defaults = [
+            ("--header-read-timeout", "1s"),
+            ("--request-timeout", "3s"),
+            ("--eject-after", "1000000"),
         ];
+        let mut all: Vec<&str> = defaults
+            .iter()
+            .filter(|(flag, _)| !args.contains(flag))
+            .flat_map(|(flag, value)| [*flag, *value])
+            .collect();
         all.extend_from_slice(args);
         let sluice = Sluice::start(&dir.0, &all).await;
         Site {

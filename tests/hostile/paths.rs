@@ -10,6 +10,19 @@ fn members(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: members.test\r\n\r\n")
 }
 
+/// `GET <path>` on the protected host, with good credentials.
+fn members_signed_in(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: members.test\r\nAuthorization: {}\r\n\r\n",
+        crate::credentials()
+    )
+}
+
+/// `GET <path>` on the open host.
+fn public(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: public.test\r\n\r\n")
+}
+
 /// Paths that reach `/admin` from `/public` once a backend resolves them.
 const CLIMBS: &[(&str, &str)] = &[
     ("dot-dot", "/public/../admin"),
@@ -120,6 +133,48 @@ fn cases() -> Vec<Case> {
         )
         .answers_one_of(&[400, 414, 431])
         .closes(),
+        // Strict paths: on by default for a route with an Auth policy.
+        Case::new(
+            "strict-encoded-slash",
+            "an encoded slash on a route with an Auth policy: a backend that decodes it before routing would see another path (strict paths)",
+            members_signed_in("/admin%2F..%252Fpublic"),
+        ),
+        Case::new(
+            "strict-encoded-slash-alone",
+            "%2F on a strict route, even without dots",
+            members_signed_in("/admin/a%2Fb"),
+        ),
+        Case::new(
+            "strict-path-parameter",
+            "a ;parameter on a strict route (Tomcat and Spring cut segments there)",
+            members_signed_in("/admin;jsessionid=1/x"),
+        ),
+        Case::new(
+            "strict-backslash",
+            "a backslash on a strict route (IIS and some frameworks read it as /)",
+            members_signed_in("/admin\\x"),
+        ),
+        Case::new(
+            "strict-signed-in-baseline",
+            "the strict route serves canonical paths to a signed-in client",
+            members_signed_in("/admin/x"),
+        )
+        .answers(&[200])
+        .reaches(vec![target("/admin/x")]),
+        Case::new(
+            "not-strict-encoded-slash",
+            "without an Auth policy paths are not strict: %2F passes as routed",
+            public("/a%2fb"),
+        )
+        .answers(&[200])
+        .reaches(vec![target("/a%2Fb")]),
+        Case::new(
+            "raw-utf8-path-encoded",
+            "a raw UTF-8 path reaches the backend percent-encoded, as the route matched it (issue 19, defect 3)",
+            public("/caf\u{e9}"),
+        )
+        .answers(&[200])
+        .reaches(vec![target("/caf%C3%A9")]),
     ]);
     cases
 }

@@ -34,7 +34,7 @@ pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// scheme hints, and the client-address headers of CDNs. Only a trusted proxy may send
 /// them: from anyone else they would let one client pose as another address, or change
 /// the links and redirects in an answer the cache then stores for everyone.
-const UNTRUSTED_FORWARDING: [HeaderName; 11] = [
+pub(crate) const UNTRUSTED_FORWARDING: [HeaderName; 11] = [
     HeaderName::from_static("forwarded"),
     HeaderName::from_static("x-forwarded-prefix"),
     HeaderName::from_static("x-original-url"),
@@ -64,10 +64,56 @@ static END_TO_END: [HeaderName; 9] = [
     http::header::VARY,
 ];
 
+/// `x_user` against `x-user`: equal once underscores are read as hyphens (both lower case).
+fn same_but_underscores(name: &str, protected: &str) -> bool {
+    name.len() == protected.len()
+        && name
+            .bytes()
+            .zip(protected.bytes())
+            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+}
+
+/// Removes the fields whose names read as one of `protected` once underscores are taken
+/// for hyphens: CGI-style gateways (PHP-FPM, WSGI, Rack) turn `x_real_ip` and `x-real-ip`
+/// into one variable, so a client's look-alike would stand in for what Sluice vouches for.
+pub(crate) fn remove_look_alikes<'p>(
+    headers: &mut HeaderMap,
+    protected: impl IntoIterator<Item = &'p HeaderName>,
+) {
+    if !headers.keys().any(|name| name.as_str().contains('_')) {
+        return;
+    }
+    let protected: Vec<&HeaderName> = protected.into_iter().collect();
+    let look_alikes: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .filter(|name| {
+            protected
+                .iter()
+                .any(|protected| same_but_underscores(name.as_str(), protected.as_str()))
+        })
+        .cloned()
+        .collect();
+    for name in look_alikes {
+        headers.remove(name);
+    }
+}
+
 /// Removes hop-by-hop headers and every header that `Connection` names, except the
 /// end-to-end fields a client may not have removed (see [`END_TO_END`]).
 /// `TE: trailers` survives, since it tells the upstream that trailers are welcome.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // `TE: trailers, deflate` still says the client takes trailers; decided before
+    // `Connection: TE` (which a client must send with it) removes the field.
+    let keep_te = headers
+        .get_all(TE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|token| {
+            let name = token.split(';').next().unwrap_or_default();
+            name.trim().eq_ignore_ascii_case("trailers")
+        });
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
@@ -84,21 +130,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    if headers.contains_key(TE) {
-        // `TE: trailers, deflate` still says the client takes trailers.
-        let keep_te = headers
-            .get_all(TE)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|token| {
-                let name = token.split(';').next().unwrap_or_default();
-                name.trim().eq_ignore_ascii_case("trailers")
-            });
-        headers.remove(TE);
-        if keep_te {
-            headers.insert(TE, HeaderValue::from_static("trailers"));
-        }
+    headers.remove(TE);
+    if keep_te {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -273,6 +307,31 @@ mod tests {
         let mut map = headers(&[("te", "gzip")]);
         strip_hop_by_hop(&mut map);
         assert!(map.is_empty());
+        // RFC 9110 §10.1.4: a client sending TE also names it in Connection.
+        let mut map = headers(&[("connection", "TE"), ("te", "trailers")]);
+        strip_hop_by_hop(&mut map);
+        assert_eq!(map["te"], "trailers");
+    }
+
+    #[test]
+    fn underscore_look_alikes_of_protected_names_go() {
+        let mut map = headers(&[
+            ("x_real_ip", "10.0.0.1"),
+            ("ssl_client_verify", "SUCCESS"),
+            ("x_reals_ip", "kept"),
+            ("x-real-ip", "kept"),
+        ]);
+        let protected = [
+            X_REAL_IP.clone(),
+            HeaderName::from_static("ssl-client-verify"),
+        ];
+        remove_look_alikes(&mut map, protected.iter());
+        let mut names: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["x-real-ip", "x_reals_ip"]);
+        assert!(same_but_underscores("x_user", "x-user"));
+        assert!(!same_but_underscores("x_users", "x-user"));
+        assert!(!same_but_underscores("x-user", "x_user"));
     }
 
     #[test]

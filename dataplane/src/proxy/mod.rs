@@ -927,6 +927,10 @@ impl Proxy {
         // asked for that very CA: a certificate from another Ingress's CA proves nothing here.
         headers.remove(CLIENT_SUBJECT_HEADER);
         headers.remove(CLIENT_VERIFY_HEADER);
+        headers::remove_look_alikes(
+            headers,
+            VOUCHED.iter().chain(&headers::UNTRUSTED_FORWARDING),
+        );
         if let Some(client) = verified_client {
             headers.insert(CLIENT_SUBJECT_HEADER, client.subject.clone());
             headers.insert(CLIENT_VERIFY_HEADER, HeaderValue::from_static("SUCCESS"));
@@ -1096,6 +1100,17 @@ const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 pub const CLIENT_SUBJECT_HEADER: HeaderName = HeaderName::from_static("ssl-client-subject-dn");
 /// `SUCCESS` when a client certificate was verified.
 pub const CLIENT_VERIFY_HEADER: HeaderName = HeaderName::from_static("ssl-client-verify");
+
+/// The fields whose values Sluice sets itself and vouches for.
+static VOUCHED: [HeaderName; 7] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-real-ip"),
+    CLIENT_SUBJECT_HEADER,
+    CLIENT_VERIFY_HEADER,
+];
 
 /// `https://host[:port]/path?query` for a redirect.
 fn https_location(host: &str, port: u16, path_and_query: &PathAndQuery) -> Option<HeaderValue> {
