@@ -182,7 +182,8 @@ struct RunArgs {
     #[arg(long, env = "SLUICE_DEFAULT_SSL_CERTIFICATE", value_name = "NAMESPACE/NAME", value_parser = parse_object_ref)]
     default_ssl_certificate: Option<ObjectRef>,
     /// A client connection with no request in flight for this long is closed (gracefully:
-    /// HTTP/2 gets a GOAWAY), so idle HTTP/2 connections do not pile up.
+    /// HTTP/2 gets a GOAWAY), so idle HTTP/2 connections do not pile up. Traffic and admin
+    /// listeners.
     #[arg(long, env = "SLUICE_CLIENT_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     client_idle_timeout: Duration,
     /// TLS handshakes in progress at once per traffic thread; more connections are closed
@@ -206,14 +207,27 @@ struct RunArgs {
         default_value_t = 443
     )]
     https_redirect_port: u16,
-    /// Address of the admin listener: /metrics, /healthz, /readyz.
+    /// Address of the admin listener: /metrics, /healthz, /readyz. Loopback by default, so
+    /// only the host (or pod) itself reaches it; for kubelet probes and Prometheus bind the
+    /// pod's address or 0.0.0.0, as the Helm chart does.
     #[arg(
         long,
         env = "SLUICE_ADMIN_ADDR",
         value_name = "ADDR",
-        default_value = "0.0.0.0:9090"
+        default_value = "127.0.0.1:9090"
     )]
     admin_addr: SocketAddr,
+    /// Connections the admin listener keeps open at once; more are closed as soon as they
+    /// are accepted (counted in `sluice_admin_connections_refused_total`). It shares the
+    /// process's file descriptors with traffic.
+    #[arg(
+        long,
+        env = "SLUICE_ADMIN_MAX_CONNECTIONS",
+        value_name = "COUNT",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    admin_max_connections: u32,
     /// A file holding the bearer token of `POST /cache/purge` on the admin listener (mount
     /// it from a Secret); without one the purge endpoint is off.
     #[arg(long, env = "SLUICE_CACHE_PURGE_TOKEN_FILE", value_name = "PATH")]
@@ -257,8 +271,11 @@ struct RunArgs {
     /// How long idle upstream connections are kept for reuse.
     #[arg(long, env = "SLUICE_UPSTREAM_IDLE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     upstream_idle_timeout: Duration,
-    /// Time a client gets to send a request's headers; also how long an idle keep-alive
-    /// connection stays open.
+    /// Time a client gets to send a request's headers, and to begin its first request on a
+    /// new connection (a connection that sends nothing, or part of the HTTP/2 preface, is
+    /// closed after it); also how long an idle keep-alive connection stays open, and how
+    /// long a connection closed for being idle gets to let go before it is dropped. Traffic
+    /// and admin listeners.
     #[arg(long, env = "SLUICE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     header_read_timeout: Duration,
     /// Largest request body in bytes; larger requests get 413.
@@ -300,7 +317,8 @@ struct RunArgs {
     /// close. Then in-flight requests get --drain-timeout.
     #[arg(long, env = "SLUICE_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     shutdown_delay: Duration,
-    /// How long in-flight requests get to finish on SIGTERM.
+    /// How long in-flight requests get to finish on SIGTERM; connections still open then
+    /// (an HTTP/2 client that ignores the GOAWAY) are dropped.
     #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     drain_timeout: Duration,
     /// Threads serving traffic, each with its own socket and upstream pool [default: one
@@ -536,7 +554,17 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let data_plane = Arc::new(data_plane);
     data_plane.follow_cache_purges();
+    let listener_config = ListenerConfig {
+        header_read_timeout: args.header_read_timeout,
+        max_header_bytes: args.max_header_bytes,
+        max_headers: args.max_headers,
+        drain_timeout: args.drain_timeout,
+        max_handshakes: args.max_tls_handshakes,
+        idle_timeout: args.client_idle_timeout,
+    };
     let admin_options = AdminOptions {
+        listener: listener_config.clone(),
+        max_connections: usize::try_from(args.admin_max_connections).unwrap_or(usize::MAX),
         purge_token: match &args.cache_purge_token_file {
             None => None,
             Some(path) => {
@@ -671,14 +699,6 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
-    let listener_config = ListenerConfig {
-        header_read_timeout: args.header_read_timeout,
-        max_header_bytes: args.max_header_bytes,
-        max_headers: args.max_headers,
-        drain_timeout: args.drain_timeout,
-        max_handshakes: args.max_tls_handshakes,
-        idle_timeout: args.client_idle_timeout,
-    };
     let workers = TrafficWorkers::start(
         sockets,
         tls.as_ref(),
@@ -747,5 +767,23 @@ async fn shutdown_signal() -> &'static str {
     {
         let _ = tokio::signal::ctrl_c().await;
         "SIGINT"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_listener_is_internal_unless_bound_elsewhere() {
+        let cli = Cli::try_parse_from(["sluice", "run", "--manifests", "examples"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        assert!(args.admin_addr.ip().is_loopback(), "{}", args.admin_addr);
+        assert_eq!(args.admin_addr.port(), 9090);
+        assert_eq!(args.admin_max_connections, 64);
+        let refused = Cli::try_parse_from(["sluice", "run", "--admin-max-connections", "0"]);
+        assert!(refused.is_err(), "a cap of 0 would refuse every probe");
     }
 }

@@ -2,6 +2,7 @@
 //! a purge token is configured.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -9,27 +10,44 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
 
 use sha2::{Digest, Sha256};
 
 use crate::cache::store::PurgeTarget;
 use crate::live::{DataPlane, PurgeReport};
+use crate::server::{ConnectionServer, ListenerConfig};
 
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
 
-/// What the admin listener offers besides metrics and probes.
-#[derive(Debug, Clone, Default)]
+/// How the admin listener serves, and what it offers besides metrics and probes.
+#[derive(Debug, Clone)]
 pub struct AdminOptions {
     /// The bearer token `POST /cache/purge` needs; without one the endpoint does not exist.
     pub purge_token: Option<Arc<str>>,
+    /// Header limits and the header-read, idle and drain deadlines: the traffic
+    /// listeners' own, so a client gets no more patience here than there.
+    pub listener: ListenerConfig,
+    /// Connections open at once. More are closed as soon as they are accepted: every one
+    /// holds a file descriptor the traffic listeners share, and the deadlines above free
+    /// a held slot within the header-read timeout.
+    pub max_connections: usize,
 }
 
-/// Serves the admin endpoints until `shutdown` completes.
+impl Default for AdminOptions {
+    fn default() -> Self {
+        AdminOptions {
+            purge_token: None,
+            listener: ListenerConfig::default(),
+            max_connections: 64,
+        }
+    }
+}
+
+/// Serves the admin endpoints until `shutdown` completes; then open connections close
+/// gracefully, within the drain timeout.
 pub async fn serve_admin(
     listener: TcpListener,
     data_plane: Arc<DataPlane>,
@@ -40,10 +58,15 @@ pub async fn serve_admin(
     let purge_token = options
         .purge_token
         .map(|token| Arc::new(<[u8; 32]>::from(Sha256::digest(token.as_bytes()))));
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let (drain, draining) = watch::channel(false);
+    let server = ConnectionServer::new(&options.listener, draining);
+    // Clamped: a semaphore panics beyond MAX_PERMITS.
+    let slots = Arc::new(Semaphore::new(
+        options.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -52,31 +75,53 @@ pub async fn serve_admin(
                     continue;
                 }
             },
-            () = &mut shutdown => return,
+            () = &mut shutdown => break,
         };
-        let data_plane = Arc::clone(&data_plane);
-        let purge_token = purge_token.clone();
-        let service = service_fn(move |request: Request<Incoming>| {
-            let data_plane = Arc::clone(&data_plane);
-            let purge_token = purge_token.clone();
-            async move {
-                let response = if request.uri().path() == "/cache/purge"
-                    && let Some(token) = purge_token
-                {
-                    purge(&data_plane, &request, &token).await
-                } else {
-                    answer(&data_plane, &request)
-                };
-                Ok::<_, std::convert::Infallible>(response)
-            }
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
+        // Refused rather than queued: a queue would hold the descriptors the cap is there
+        // to bound. Probes retry, and a slot frees within the header-read timeout.
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            data_plane.metrics().admin_connections_refused.inc();
+            tracing::debug!(client = %peer, "admin connection refused: too many open");
+            drop(stream);
+            continue;
+        };
+        let connection = serve_admin_client(
+            server.clone(),
+            stream,
+            peer,
+            Arc::clone(&data_plane),
+            purge_token.clone(),
+        );
         tokio::spawn(async move {
-            let _ = connection.await;
+            connection.await;
+            drop(slot);
         });
     }
+    let _ = drain.send(true);
+}
+
+/// Serves one admin connection until it closes.
+async fn serve_admin_client(
+    server: ConnectionServer,
+    stream: TcpStream,
+    peer: SocketAddr,
+    data_plane: Arc<DataPlane>,
+    purge_token: Option<Arc<[u8; 32]>>,
+) {
+    let handle = move |request: Request<Incoming>| {
+        let data_plane = Arc::clone(&data_plane);
+        let purge_token = purge_token.clone();
+        async move {
+            if request.uri().path() == "/cache/purge"
+                && let Some(token) = purge_token
+            {
+                purge(&data_plane, &request, &token).await
+            } else {
+                answer(&data_plane, &request)
+            }
+        }
+    };
+    server.serve(stream, peer, handle).await;
 }
 
 fn answer(data_plane: &DataPlane, request: &Request<Incoming>) -> Response<Full<Bytes>> {

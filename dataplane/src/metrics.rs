@@ -419,6 +419,8 @@ pub struct Metrics {
     pub cache_redis_errors: Family<CacheLabels, Counter>,
     pub rate_limit_redis_seconds: Histogram,
     pub active_connections: Gauge,
+    /// Admin connections closed at once because `--admin-max-connections` were open.
+    pub admin_connections_refused: Counter,
     pub tls_handshakes: Family<TlsHandshakeLabels, Counter>,
     pub tls_handshake_failures: Family<TlsFailureLabels, Counter>,
     pub tls_certificate_expiry: Family<TlsCertificateLabels, Gauge>,
@@ -545,6 +547,12 @@ impl Metrics {
             "Client connections open on the traffic listeners",
             active_connections.clone(),
         );
+        let admin_connections_refused = Counter::default();
+        registry.register(
+            "admin_connections_refused",
+            "Connections to the admin listener closed at once because the most allowed were open",
+            admin_connections_refused.clone(),
+        );
         let upgraded_tunnels = Gauge::default();
         registry.register(
             "upgraded_tunnels",
@@ -624,6 +632,7 @@ impl Metrics {
             cache_redis_errors,
             rate_limit_redis_seconds,
             active_connections,
+            admin_connections_refused,
             tls_handshakes,
             tls_handshake_failures,
             tls_certificate_expiry,
