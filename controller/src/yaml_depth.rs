@@ -11,8 +11,6 @@
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 
-use unsafe_libyaml as sys;
-
 /// The deepest nesting of collections a manifest may have. Kubernetes objects nest about
 /// ten deep; a generous bound keeps hand-written files working.
 pub(crate) const MAX_DEPTH: usize = 64;
@@ -56,25 +54,28 @@ enum Event {
 /// A libyaml parser reading `'a` text, freed when dropped.
 struct EventParser<'a> {
     /// Boxed: libyaml keeps pointers into the parser, so it must not move.
-    raw: Box<MaybeUninit<sys::yaml_parser_t>>,
+    raw: Box<MaybeUninit<unsafe_libyaml::yaml_parser_t>>,
     /// libyaml reads the text in place.
     _text: PhantomData<&'a str>,
 }
 
 impl<'a> EventParser<'a> {
     fn new(text: &'a str) -> Option<Self> {
-        let mut raw = Box::new(MaybeUninit::<sys::yaml_parser_t>::uninit());
+        let mut raw = Box::new(MaybeUninit::<unsafe_libyaml::yaml_parser_t>::uninit());
         let size = u64::try_from(text.len()).ok()?;
         // SAFETY: `raw` is writable memory for a parser, which initialize fills in (and
         // frees what it allocated itself when it fails, leaving nothing to delete).
-        if unsafe { sys::yaml_parser_initialize(raw.as_mut_ptr()).fail } {
+        if unsafe { unsafe_libyaml::yaml_parser_initialize(raw.as_mut_ptr()).fail } {
             return None;
         }
         // SAFETY: the parser is initialized; `text` outlives it (`'a`), is not moved, and
         // is only read. UTF-8 is what serde_yaml_ng sets, so both read the text alike.
         unsafe {
-            sys::yaml_parser_set_encoding(raw.as_mut_ptr(), sys::YAML_UTF8_ENCODING);
-            sys::yaml_parser_set_input_string(raw.as_mut_ptr(), text.as_ptr(), size);
+            unsafe_libyaml::yaml_parser_set_encoding(
+                raw.as_mut_ptr(),
+                unsafe_libyaml::YAML_UTF8_ENCODING,
+            );
+            unsafe_libyaml::yaml_parser_set_input_string(raw.as_mut_ptr(), text.as_ptr(), size);
         }
         Some(EventParser {
             raw,
@@ -84,22 +85,24 @@ impl<'a> EventParser<'a> {
 
     /// The next event, or `None` on a syntax error.
     fn next(&mut self) -> Option<Event> {
-        let mut event = MaybeUninit::<sys::yaml_event_t>::uninit();
+        let mut event = MaybeUninit::<unsafe_libyaml::yaml_event_t>::uninit();
         // SAFETY: the parser is initialized and not yet deleted. On success the event is
         // filled in, read once and deleted before it goes out of scope; on failure libyaml
         // leaves nothing in it to delete.
         unsafe {
-            if sys::yaml_parser_parse(self.raw.as_mut_ptr(), event.as_mut_ptr()).fail {
+            if unsafe_libyaml::yaml_parser_parse(self.raw.as_mut_ptr(), event.as_mut_ptr()).fail {
                 return None;
             }
             let kind = match (*event.as_ptr()).type_ {
-                sys::YAML_STREAM_END_EVENT => Event::StreamEnd,
-                sys::YAML_DOCUMENT_START_EVENT => Event::DocumentStart,
-                sys::YAML_SEQUENCE_START_EVENT | sys::YAML_MAPPING_START_EVENT => Event::Open,
-                sys::YAML_SEQUENCE_END_EVENT | sys::YAML_MAPPING_END_EVENT => Event::Close,
+                unsafe_libyaml::YAML_STREAM_END_EVENT => Event::StreamEnd,
+                unsafe_libyaml::YAML_DOCUMENT_START_EVENT => Event::DocumentStart,
+                unsafe_libyaml::YAML_SEQUENCE_START_EVENT
+                | unsafe_libyaml::YAML_MAPPING_START_EVENT => Event::Open,
+                unsafe_libyaml::YAML_SEQUENCE_END_EVENT
+                | unsafe_libyaml::YAML_MAPPING_END_EVENT => Event::Close,
                 _ => Event::Other,
             };
-            sys::yaml_event_delete(event.as_mut_ptr());
+            unsafe_libyaml::yaml_event_delete(event.as_mut_ptr());
             Some(kind)
         }
     }
@@ -108,7 +111,7 @@ impl<'a> EventParser<'a> {
 impl Drop for EventParser<'_> {
     fn drop(&mut self) {
         // SAFETY: built only by `new`, so initialized, and deleted only here.
-        unsafe { sys::yaml_parser_delete(self.raw.as_mut_ptr()) }
+        unsafe { unsafe_libyaml::yaml_parser_delete(self.raw.as_mut_ptr()) }
     }
 }
 
