@@ -74,6 +74,128 @@ fn check_reports_each_objects_errors_and_exits_non_zero() {
     );
 }
 
+/// `sluice check` on `dir`: exit code, stdout and stderr.
+fn check(dir: &ManifestDir) -> (Option<i32>, String, String) {
+    let output = sluice()
+        .args(["check", "--manifests"])
+        .arg(&dir.0)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The defect: serde's message for `password: 12345` quoted the number, so the Secret's
+/// value was printed by `sluice check` (and logged, and listed on /readyz).
+#[test]
+fn check_never_shows_a_secret_value_but_names_the_object_and_field() {
+    let dir = ManifestDir::new("check-secret");
+    dir.write("class.yaml", INGRESS_CLASS);
+    dir.write(
+        "data.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: creds, namespace: shop}\ndata: {password: 12345}\n",
+    );
+    dir.write(
+        "string.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: plain, namespace: shop}\nstringData:\n  token: 987654321\n",
+    );
+    dir.write(
+        "base64.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: coded, namespace: shop}\ndata:\n  key: \"hunter2!!\"\n",
+    );
+    dir.write(
+        "tagged.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: tagged, namespace: shop}\ndata:\n  key: !!int swordfish\n",
+    );
+    let (code, out, err) = check(&dir);
+    assert_eq!(code, Some(1), "{out}");
+    for value in ["12345", "987654321", "hunter2", "swordfish"] {
+        assert!(!out.contains(value), "{value} in {out}");
+        assert!(!err.contains(value), "{value} in {err}");
+    }
+    for (object, field) in [
+        (
+            "Secret \"creds\"",
+            "data.password: expected a base64-encoded string, found a number",
+        ),
+        (
+            "Secret \"plain\"",
+            "stringData.token: expected a string, found a number",
+        ),
+        ("Secret \"coded\"", "data.key: is not valid base64"),
+    ] {
+        assert!(
+            out.lines()
+                .any(|line| line.contains(object) && line.contains(field)),
+            "{object} {field}: {out}"
+        );
+    }
+    assert!(
+        out.lines()
+            .any(|line| line.contains("tagged.yaml: document 1: not valid YAML")),
+        "{out}"
+    );
+}
+
+/// The defect: a document nested tens of thousands deep took seconds to parse (quadratic in
+/// its depth) before the parser's own limit refused it; `run` re-reads it on every change.
+#[test]
+fn check_refuses_a_deeply_nested_document_quickly_and_compiles_the_rest() {
+    let dir = ManifestDir::new("check-deep");
+    dir.write("class.yaml", INGRESS_CLASS);
+    dir.write(
+        "web.yaml",
+        &format!("{}{INGRESS}", service_yaml("default", "web", 80, &[], &[])),
+    );
+    let deep = 50_000;
+    dir.write(
+        "deep.yaml",
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\n---\nkind: {}{}\n",
+            "{a: ".repeat(deep),
+            "}".repeat(deep)
+        ),
+    );
+    let started = Instant::now();
+    let (code, out, _) = check(&dir);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.lines()
+            .any(|line| line.contains("deep.yaml: document 2: collections nest more than 64 deep")),
+        "{out}"
+    );
+    assert!(
+        out.contains("1 Ingresses of class \"sluice\" accepted, 1 errors"),
+        "{out}"
+    );
+}
+
+/// The defect: an EndpointSlice port of 0, above 65535 or missing was dropped without a
+/// word, so a Service whose endpoints never got traffic gave no reason.
+#[test]
+fn check_reports_an_unusable_endpoint_slice_port() {
+    let dir = ManifestDir::new("check-port");
+    dir.write("class.yaml", INGRESS_CLASS);
+    let addr: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let objects =
+        service_yaml("default", "web", 80, &[addr], &[]).replace("port: 8080}", "port: 0}");
+    dir.write("web.yaml", &format!("{objects}{INGRESS}"));
+    let (code, out, _) = check(&dir);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.lines().any(|line| line.starts_with(
+            "error: EndpointSlice default/web-0: ports[0].port: port 0 is not a port number from \
+             1 to 65535; the slice's endpoints get no traffic for port \"http\" of Service default/web"
+        )),
+        "{out}"
+    );
+}
+
 #[test]
 fn run_without_a_source_says_what_is_missing() {
     let output = sluice()

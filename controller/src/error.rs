@@ -105,6 +105,22 @@ pub enum CompileError {
     #[error("{field}: address {address:?} is not an IP address; it is ignored")]
     InvalidEndpointAddress { field: String, address: String },
 
+    /// On the EndpointSlice: a port no connection can be made to. Its endpoints get no
+    /// traffic on it, as before, but now someone is told.
+    #[error(
+        "{field}: {} is not a port number from 1 to 65535; the slice's endpoints get no \
+         traffic for port {name:?} of Service {service}",
+        .port.map_or_else(|| "a missing port".to_owned(), |port| format!("port {port}"))
+    )]
+    InvalidEndpointPort {
+        field: String,
+        /// The port's name as written (`""` when unnamed).
+        name: String,
+        port: Option<i32>,
+        /// `namespace/name` of the Service the slice belongs to.
+        service: String,
+    },
+
     #[error(
         "serving the last good version of this Ingress (resourceVersion {}) until its errors are fixed",
         .resource_version.as_deref().unwrap_or("unknown")
@@ -255,6 +271,7 @@ impl CompileError {
                 "InvalidAnnotation"
             }
             CompileError::InvalidEndpointAddress { .. } => "InvalidEndpointAddress",
+            CompileError::InvalidEndpointPort { .. } => "InvalidEndpointPort",
             CompileError::ServingLastGood { .. } => "ServingLastGood",
             CompileError::PolicyNotFound { .. } => "PolicyNotFound",
             CompileError::PolicyNotAccepted { .. } => "PolicyNotAccepted",
@@ -292,6 +309,7 @@ impl CompileError {
             | CompileError::BackendPortNotFound { .. }
             | CompileError::InvalidEndpointWeight { .. }
             | CompileError::InvalidEndpointAddress { .. }
+            | CompileError::InvalidEndpointPort { .. }
             | CompileError::PolicyNotFound { .. }
             | CompileError::PolicyNotAccepted { .. }
             | CompileError::InvalidAuthAnnotation { .. }
@@ -327,6 +345,7 @@ impl CompileError {
             | CompileError::InvalidAnnotation { field, .. }
             | CompileError::InvalidEndpointWeight { field, .. }
             | CompileError::InvalidEndpointAddress { field, .. }
+            | CompileError::InvalidEndpointPort { field, .. }
             | CompileError::PolicyNotFound { field, .. }
             | CompileError::PolicyNotAccepted { field, .. }
             | CompileError::InvalidPolicy { field, .. }

@@ -7,4 +7,6 @@ pub mod error;
 pub mod leader;
 pub mod object_key;
 pub mod publish;
+mod redact;
 pub mod standalone;
+mod yaml_depth;

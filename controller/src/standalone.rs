@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
@@ -23,6 +24,8 @@ use crate::compile::ClusterObjects;
 use crate::error::ControllerError;
 use crate::object_key::{DEFAULT_NAMESPACE, ObjectKey, ObjectKind};
 use crate::publish::Publisher;
+use crate::redact::without_quoted_values;
+use crate::yaml_depth;
 
 /// Why a manifest file was not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +48,15 @@ pub enum ManifestError {
     },
     #[error("{path}: document {document}: needs apiVersion, kind and metadata.name")]
     MissingIdentity { path: String, document: usize },
+    #[error(
+        "{path}: document {document}: collections nest more than {limit} deep; the file is \
+         not parsed"
+    )]
+    TooDeep {
+        path: String,
+        document: usize,
+        limit: usize,
+    },
 }
 
 /// A note about a file that was still taken (an ignored document, a duplicate object).
@@ -291,14 +303,24 @@ fn manifest_paths(root: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// Parses every document of one file. Any document that fails fails the whole file, so
 /// a half-edited file never contributes half of its objects.
 fn parse_file(path: &str, text: &str) -> Result<FileObjects, ManifestError> {
+    // Deep nesting makes the parse itself slow, so it is refused before parsing.
+    if let Some(document) = yaml_depth::too_deep(text, yaml_depth::MAX_DEPTH) {
+        return Err(ManifestError::TooDeep {
+            path: path.to_owned(),
+            document,
+            limit: yaml_depth::MAX_DEPTH,
+        });
+    }
     let mut objects = FileObjects::default();
     for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let number = index + 1;
+        // The document's kind is unknown until it parses, and a tagged scalar's message
+        // quotes the scalar (`!!int hunter2`): values are left out of every syntax error.
         let value =
             serde_json::Value::deserialize(document).map_err(|error| ManifestError::Syntax {
                 path: path.to_owned(),
                 document: number,
-                why: error.to_string(),
+                why: without_quoted_values(&error.to_string()),
             })?;
         if value.is_null() {
             continue;
@@ -379,7 +401,7 @@ fn add_document(
             objects.endpoint_slices.push(Arc::new(item));
         }
         ("v1", "Secret") => {
-            let mut item: Secret = typed(value, path, number, &kind, &name)?;
+            let mut item = secret(value, path, number, &name)?;
             default_namespace(&mut item.metadata);
             objects.secrets.push(Arc::new(item));
         }
@@ -403,6 +425,86 @@ fn add_document(
         ))),
     }
     Ok(())
+}
+
+/// A Secret document, with `data` and `stringData` read here rather than by serde: serde's
+/// messages quote the value they fail on (``invalid type: integer `12345` ``, a base64
+/// error's bad symbol), and no Secret value may reach an error, a log line or an Event.
+/// Errors name the field and the type found, never the value.
+fn secret(
+    mut value: serde_json::Value,
+    path: &str,
+    number: usize,
+    name: &str,
+) -> Result<Secret, ManifestError> {
+    let invalid = |why: String| ManifestError::Schema {
+        path: path.to_owned(),
+        document: number,
+        kind: "Secret".to_owned(),
+        name: name.to_owned(),
+        why,
+    };
+    let (data, string_data) = match value.as_object_mut() {
+        Some(fields) => (fields.remove("data"), fields.remove("stringData")),
+        None => (None, None),
+    };
+    // What is left holds no Secret value, but its messages are cleaned all the same.
+    let mut secret: Secret = serde_json::from_value(value)
+        .map_err(|error| invalid(without_quoted_values(&error.to_string())))?;
+    secret.data = secret_entries(data, "data", |value| match value {
+        serde_json::Value::Null => Ok(ByteString(Vec::new())),
+        serde_json::Value::String(text) => serde_json::from_value(serde_json::Value::String(text))
+            .map_err(|_| "is not valid base64".to_owned()),
+        other => Err(format!(
+            "expected a base64-encoded string, found {}",
+            json_type(&other)
+        )),
+    })
+    .map_err(invalid)?;
+    secret.string_data = secret_entries(string_data, "stringData", |value| match value {
+        serde_json::Value::String(text) => Ok(text),
+        other => Err(format!("expected a string, found {}", json_type(&other))),
+    })
+    .map_err(invalid)?;
+    Ok(secret)
+}
+
+/// The entries of a Secret's `data` or `stringData` map, each converted by `entry`; an error
+/// names the key (`data.password`) and says why, without the value.
+fn secret_entries<T>(
+    map: Option<serde_json::Value>,
+    field: &str,
+    entry: impl Fn(serde_json::Value) -> Result<T, String>,
+) -> Result<Option<BTreeMap<String, T>>, String> {
+    let entries = match map {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::Object(entries)) => entries,
+        Some(other) => {
+            return Err(format!(
+                "{field}: expected a map of keys to values, found {}",
+                json_type(&other)
+            ));
+        }
+    };
+    let mut out = BTreeMap::new();
+    for (key, value) in entries {
+        let converted = entry(value)
+            .map_err(|why| format!("{field}.{key}: {why} (Secret values are never shown)"))?;
+        out.insert(key, converted);
+    }
+    Ok(Some(out))
+}
+
+/// The JSON type of a value, for messages that must not show the value.
+fn json_type(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "a map",
+    }
 }
 
 fn default_namespace(meta: &mut ObjectMeta) {
@@ -578,6 +680,114 @@ spec: {ttl: 5m, bypass: {cookies: [session]}}
             parse_file("f.yaml", anonymous),
             Err(ManifestError::MissingIdentity { .. })
         ));
+    }
+
+    #[test]
+    fn secrets_read_data_and_string_data() {
+        let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {a: aGk=, empty: null}\nstringData: {b: there}\n";
+        let file = parse_file("f.yaml", text).unwrap();
+        let secret = &file.secrets[0];
+        let data = secret.data.as_ref().unwrap();
+        assert_eq!(data["a"].0, b"hi");
+        assert!(data["empty"].0.is_empty());
+        assert_eq!(secret.string_data.as_ref().unwrap()["b"], "there");
+        assert_eq!(secret.metadata.namespace.as_deref(), Some("default"));
+    }
+
+    /// The defect: serde's messages quoted the value (``invalid type: integer `12345` ``),
+    /// so a Secret's value landed in `sluice check` output, the log and /readyz.
+    #[test]
+    fn secret_values_never_appear_in_errors_which_name_the_field() {
+        let secret = |rest: &str| {
+            format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: creds}}\n{rest}\n")
+        };
+        for (rest, field) in [
+            (
+                "data: {password: 12345}",
+                "data.password: expected a base64-encoded string, found a number",
+            ),
+            (
+                "data: {password: 12345.5}",
+                "data.password: expected a base64-encoded string",
+            ),
+            (
+                "data: {password: \"hunter2!!\"}",
+                "data.password: is not valid base64",
+            ),
+            (
+                "data: {password: [hunter2]}",
+                "data.password: expected a base64-encoded string, found a list",
+            ),
+            (
+                "stringData: {password: 12345}",
+                "stringData.password: expected a string, found a number",
+            ),
+            (
+                "stringData: {password: true}",
+                "stringData.password: expected a string, found a boolean",
+            ),
+            (
+                "data: hunter2",
+                "data: expected a map of keys to values, found a string",
+            ),
+            ("type: 12345", "invalid type: integer (value not shown)"),
+        ] {
+            let error = parse_file("f.yaml", &secret(rest)).unwrap_err().to_string();
+            assert!(
+                error.starts_with("f.yaml: document 1: Secret \"creds\" does not match"),
+                "{error}"
+            );
+            assert!(error.contains(field), "{rest}: {error}");
+            for value in ["12345", "hunter2", "true"] {
+                assert!(!error.contains(value), "{rest}: {error}");
+            }
+        }
+        // A tagged scalar fails before the kind is known; its value is left out too.
+        let error = parse_file("f.yaml", &secret("data: {password: !!int hunter2}"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("expected an integer"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    /// The defect: a deeply nested document took seconds to parse (quadratic in its depth)
+    /// before serde_yaml_ng's own depth limit refused it.
+    #[test]
+    fn a_deeply_nested_document_is_refused_quickly_and_other_files_still_load() {
+        let dir = tempdir();
+        std::fs::write(dir.join("a.yaml"), GOOD).unwrap();
+        let deep = 40_000;
+        std::fs::write(
+            dir.join("deep.yaml"),
+            format!(
+                "{GOOD}\n---\nkind: {}{}\n",
+                "[".repeat(deep),
+                "]".repeat(deep)
+            ),
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let loaded = ManifestFolder::new(&dir).load();
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert!(loaded.has_errors);
+        assert_eq!(loaded.objects.ingresses.len(), 1, "a.yaml still loads");
+        let shown = dir.join("deep.yaml").display().to_string();
+        assert!(
+            loaded.problems.contains(&format!(
+                "{shown}: document 5: collections nest more than 64 deep; the file is not parsed"
+            )),
+            "{:?}",
+            loaded.problems
+        );
+        // 64 deep is still fine.
+        let nested = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\ndata: {}1{}\n",
+            "[".repeat(63),
+            "]".repeat(63)
+        );
+        assert!(parse_file("f.yaml", &nested).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

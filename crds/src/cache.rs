@@ -55,6 +55,24 @@ pub struct CacheSpec {
         }])
     )]
     pub ttl: String,
+    /// The statuses stored for `ttl` when the upstream gives no freshness (no `s-maxage`,
+    /// `max-age` or `Expires`), or for every response when `respectCacheControl` is false.
+    /// Each must be one RFC 9110 §15.1 lets a cache store without being told: 200, 203,
+    /// 204, 206, 300, 301, 308, 404, 405, 410, 414 or 501 (206 is accepted but never
+    /// stored: this cache keeps no partial responses). Defaults to `[200, 203, 204, 300,
+    /// 301, 308]`: an error answer is stored only when the upstream says for how long.
+    #[serde(default = "default_ttl_statuses")]
+    #[schemars(
+        length(max = 12),
+        extend(
+            "x-kubernetes-list-type" = "set",
+            "items" = {
+                "type": "integer",
+                "enum": [200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501]
+            }
+        )
+    )]
+    pub ttl_statuses: Vec<u16>,
     /// Let the upstream's `s-maxage`, `max-age` and `Expires` decide how long a response
     /// stays fresh. `no-store`, `private`, `Vary` and `Set-Cookie` are honoured either way.
     #[serde(default = "yes")]
@@ -137,6 +155,10 @@ const QUANTITY: &str = r"^[1-9][0-9]{0,11}(k|M|G|Ki|Mi|Gi)?$";
 
 fn default_ttl() -> String {
     "60s".to_owned()
+}
+
+fn default_ttl_statuses() -> Vec<u16> {
+    vec![200, 203, 204, 300, 301, 308]
 }
 
 fn yes() -> bool {
@@ -250,6 +272,7 @@ mod tests {
     fn an_empty_spec_takes_the_documented_defaults() {
         let spec: CacheSpec = serde_json::from_value(serde_json::json!({})).unwrap();
         assert_eq!(spec.ttl, "60s");
+        assert_eq!(spec.ttl_statuses, [200, 203, 204, 300, 301, 308]);
         assert!(spec.respect_cache_control);
         assert_eq!(spec.stale_while_revalidate, None);
         assert_eq!(spec.stale_if_error, None);
@@ -289,5 +312,16 @@ mod tests {
         assert_eq!(spec["methods"]["x-kubernetes-list-type"], "set");
         assert_eq!(spec["key"]["maxItems"], 8);
         assert!(spec["ttl"]["x-kubernetes-validations"].is_array());
+        let statuses = &spec["ttlStatuses"];
+        assert_eq!(statuses["x-kubernetes-list-type"], "set");
+        assert_eq!(statuses["maxItems"], 12);
+        assert_eq!(
+            statuses["items"]["enum"],
+            serde_json::json!([200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501])
+        );
+        assert_eq!(
+            statuses["default"],
+            serde_json::json!([200, 203, 204, 300, 301, 308])
+        );
     }
 }

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use super::status::FIELD_MANAGER;
 use crate::object_key::ObjectKind;
+use crate::redact::without_quoted_values;
 
 /// What a watch tells the compile loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,8 +237,13 @@ pub(crate) fn watch_kind<K: Watched>(
                 Err(error) => {
                     errors.inc();
                     if connection != Connection::Disconnected {
-                        // Watch errors carry the request and the API server's reason,
-                        // never object data, so this is safe for Secrets too.
+                        // Watch errors carry the request and the API server's reason;
+                        // only a body that does not decode quotes object data, so for
+                        // Secrets the quoted parts are left out.
+                        let mut error = error.to_string();
+                        if kind == ObjectKind::Secret {
+                            error = without_quoted_values(&error);
+                        }
                         tracing::warn!(
                             kind = %kind,
                             %error,

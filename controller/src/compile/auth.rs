@@ -13,6 +13,7 @@ use sluice_dataplane::upstream::parse_ca_bundle;
 
 use super::tls::{CA_KEY, SecretIndex, secret_bytes};
 use crate::error::CompileError;
+use crate::redact::without_quoted_values;
 
 /// The htpasswd key of a Basic-auth Secret (ingress-nginx's name for it).
 const HTPASSWD_KEY: &str = "auth";
@@ -534,10 +535,14 @@ fn compile_jwt(
         KeySet::parse(document)
             .map(Arc::new)
             .map_err(|error| {
+                // A JSON parser's message quotes what it choked on: a key's `d` or `k`.
                 errors.push(CompileError::InvalidPolicySecret {
                     field: field.to_owned(),
                     secret: reference.name.clone(),
-                    why: format!("key {JWKS_KEY:?}: {error}"),
+                    why: format!(
+                        "key {JWKS_KEY:?}: {}",
+                        without_quoted_values(&error.to_string())
+                    ),
                     serving_last_good: false,
                 })
             })
@@ -720,6 +725,25 @@ mod tests {
             !joined.contains("ci"),
             "Secret contents stay out of messages"
         );
+    }
+
+    /// serde_json's message quoted the JWKS text it choked on, which may be a private key.
+    #[test]
+    fn a_jwks_that_does_not_parse_is_reported_without_its_contents() {
+        let errors = compile(
+            json!({"jwt": {"issuer": "https://issuer.example", "audiences": ["shop"],
+                           "jwksSecretRef": {"name": "jwks"}}}),
+            &[secret(
+                "jwks",
+                &[("jwks.json", r#"{"keys": "d-is-hunter2"}"#)],
+            )],
+        )
+        .unwrap_err();
+        let message = errors[0].to_string();
+        assert!(message.contains("spec.jwt.jwksSecretRef"), "{message}");
+        assert!(message.contains("not a JSON Web Key Set"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        assert_eq!(errors[0].reason(), "InvalidSecret");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::{HeaderName, Method};
 use sluice_crds::{Cache, CacheBypass, CacheMethod, CacheRedis};
+use sluice_dataplane::cache::semantics::HEURISTIC_STATUSES;
 use sluice_dataplane::cache::{CacheKeyPart, CachePolicy, CacheRules, RedisLayer};
 use sluice_dataplane::snapshot::ObjectRef;
 
@@ -61,6 +62,7 @@ pub(crate) fn compile_cache(
         .map_or(Some(Duration::ZERO), |text| {
             duration(text, "spec.staleIfError", Duration::ZERO, &mut errors)
         });
+    let ttl_statuses = ttl_statuses(&spec.ttl_statuses, &mut errors);
     let key = key_parts(&spec.key, &mut errors);
     let methods = methods(&spec.methods, &mut errors);
     let max_object_size = size(
@@ -115,6 +117,7 @@ pub(crate) fn compile_cache(
                 stale_while_revalidate,
                 stale_if_error,
                 store_set_cookie: spec.allow_set_cookie,
+                ttl_statuses,
             },
             key,
             methods,
@@ -163,6 +166,34 @@ fn duration(
         return None;
     }
     Some(parsed)
+}
+
+/// `spec.ttlStatuses`: heuristically cacheable statuses (RFC 9110 §15.1), none twice.
+/// Sorted, so the same set in any order is the same policy.
+fn ttl_statuses(statuses: &[u16], errors: &mut Vec<CompileError>) -> Vec<u16> {
+    let mut valid = Vec::with_capacity(statuses.len());
+    for (index, status) in statuses.iter().enumerate() {
+        let field = format!("spec.ttlStatuses[{index}]");
+        if !HEURISTIC_STATUSES.contains(status) {
+            errors.push(invalid(
+                &field,
+                format!(
+                    "{status} is not a status a cache may store without being told for how \
+                     long (RFC 9110 §15.1): one of 200, 203, 204, 206, 300, 301, 308, 404, \
+                     405, 410, 414, 501"
+                ),
+            ));
+        } else if let Some(earlier) = statuses[..index].iter().position(|s| s == status) {
+            errors.push(invalid(
+                &field,
+                format!("{status} is already spec.ttlStatuses[{earlier}]"),
+            ));
+        } else {
+            valid.push(*status);
+        }
+    }
+    valid.sort_unstable();
+    valid
 }
 
 /// `spec.key`: at least one part, at most [`MAX_KEY_PARTS`], none twice.
@@ -414,6 +445,7 @@ mod tests {
                     stale_while_revalidate: Duration::ZERO,
                     stale_if_error: Duration::ZERO,
                     store_set_cookie: false,
+                    ttl_statuses: vec![200, 203, 204, 300, 301, 308],
                 },
                 key: vec![
                     CacheKeyPart::Method,
@@ -449,6 +481,7 @@ mod tests {
                     "cookies": ["session", "Session", "session"],
                 },
                 "allowSetCookie": true,
+                "ttlStatuses": [404, 200, 410],
             }),
             true,
         )
@@ -463,6 +496,7 @@ mod tests {
                     stale_while_revalidate: Duration::from_secs(30),
                     stale_if_error: Duration::from_secs(3600),
                     store_set_cookie: true,
+                    ttl_statuses: vec![200, 404, 410],
                 },
                 key: vec![
                     CacheKeyPart::Host,
@@ -612,6 +646,13 @@ mod tests {
                 json!({"bypass": {"cookies": ["a=b"]}}),
                 "spec.bypass.cookies[0]",
             ),
+            (json!({"ttlStatuses": [200, 500]}), "spec.ttlStatuses[1]"),
+            (json!({"ttlStatuses": [302]}), "spec.ttlStatuses[0]"),
+            (json!({"ttlStatuses": [0]}), "spec.ttlStatuses[0]"),
+            (
+                json!({"ttlStatuses": [404, 200, 404]}),
+                "spec.ttlStatuses[2]",
+            ),
         ];
         for (spec, field) in cases {
             let errors = compiled(spec.clone(), false).unwrap_err();
@@ -622,6 +663,19 @@ mod tests {
                 "{spec}: {errors:?}"
             );
         }
+    }
+
+    #[test]
+    fn ttl_statuses_take_any_heuristically_cacheable_status_in_any_order() {
+        let every = [200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
+        let mut reversed = every;
+        reversed.reverse();
+        let policy = compiled(json!({ "ttlStatuses": reversed }), false).unwrap();
+        assert_eq!(policy.rules.ttl_statuses, every);
+        let none = compiled(json!({ "ttlStatuses": [] }), false).unwrap();
+        assert!(none.rules.ttl_statuses.is_empty());
+        let error = &compiled(json!({ "ttlStatuses": [503] }), false).unwrap_err()[0];
+        assert!(error.to_string().contains("503 is not a status"), "{error}");
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub fn compile_backends(
         {
             continue;
         }
-        let (view, slice_errors) = SliceView::new(slice);
+        let (view, slice_errors) = SliceView::new(slice, service);
         if !slice_errors.is_empty() {
             errors
                 .entry(ObjectKey::from_meta(
@@ -132,7 +132,8 @@ struct SliceEndpoint {
 }
 
 impl<'a> SliceView<'a> {
-    fn new(slice: &'a EndpointSlice) -> (Self, Vec<CompileError>) {
+    /// `service` is the slice's Service, `(namespace, name)`, named in its errors.
+    fn new(slice: &'a EndpointSlice, service: (&str, &str)) -> (Self, Vec<CompileError>) {
         let annotation = slice
             .metadata
             .annotations
@@ -142,6 +143,18 @@ impl<'a> SliceView<'a> {
             Some(value) => parse_endpoint_weights(value),
             None => (BTreeMap::new(), Vec::new()),
         };
+        // A port that no connection can be made to is left out, as before; it is reported
+        // so that a Service whose endpoints never get traffic says why.
+        for (index, port) in slice.ports.iter().flatten().enumerate() {
+            if usable_port(port.port).is_none() {
+                errors.push(CompileError::InvalidEndpointPort {
+                    field: format!("ports[{index}].port"),
+                    name: port.name.clone().unwrap_or_default(),
+                    port: port.port,
+                    service: format!("{}/{}", service.0, service.1),
+                });
+            }
+        }
         let mut endpoints = Vec::with_capacity(slice.endpoints.len());
         for (index, endpoint) in slice.endpoints.iter().enumerate() {
             let mut addresses = Vec::with_capacity(endpoint.addresses.len());
@@ -185,10 +198,15 @@ impl<'a> SliceView<'a> {
             .as_deref()?
             .iter()
             .find(|port| port.name.as_deref().unwrap_or_default() == port_name)
-            .and_then(|port| port.port)
-            .and_then(|port| u16::try_from(port).ok())
-            .filter(|port| *port != 0)
+            .and_then(|port| usable_port(port.port))
     }
+}
+
+/// A slice port's number when it can be connected to: 1 to 65535. The API allows a
+/// missing one ("all ports"), which names nothing to connect to.
+fn usable_port(port: Option<i32>) -> Option<u16> {
+    port.and_then(|port| u16::try_from(port).ok())
+        .filter(|port| *port != 0)
 }
 
 /// Ready endpoints on the named port across the slices, or the draining ones when none
@@ -523,6 +541,61 @@ mod tests {
                 ("InvalidEndpointAddress", Some("endpoints[0].addresses[1]")),
             ]
         );
+    }
+
+    /// The defect: a slice port of 0, over 65535 or missing was dropped without a word,
+    /// leaving a Service with endpoints that never got traffic and no reason given.
+    #[test]
+    fn unusable_slice_ports_are_reported_on_the_slice_and_give_no_endpoints() {
+        let mut slice = endpoint_slice(
+            "shop",
+            "web-1",
+            "web",
+            "IPv4",
+            &[(Some("http"), 0), (None, 70000)],
+            vec![ready(&["10.0.0.1"])],
+        );
+        slice
+            .ports
+            .as_mut()
+            .unwrap()
+            .push(k8s_openapi::api::discovery::v1::EndpointPort {
+                name: Some("admin".into()),
+                ..Default::default()
+            });
+        let objects = objects(vec![web()], vec![slice]);
+        let mut routes = routes_to("web", 80, BalancePolicy::RoundRobin);
+        routes.default_backend = Some(target("web", 81, BalancePolicy::RoundRobin));
+        let (table, errors) = compile_backends(&objects, &routes);
+        assert!(addrs(&table, &key("web", 80)).is_empty());
+        assert!(addrs(&table, &key("web", 81)).is_empty());
+        let slice_errors = &errors[&ObjectKey::new(ObjectKind::EndpointSlice, "shop", "web-1")];
+        let reported: Vec<(&str, Option<&str>, String)> = slice_errors
+            .iter()
+            .map(|error| (error.reason(), error.field(), error.to_string()))
+            .collect();
+        assert_eq!(reported.len(), 3, "{reported:?}");
+        for ((reason, field, _), index) in reported.iter().zip(0..) {
+            assert_eq!(*reason, "InvalidEndpointPort");
+            assert_eq!(*field, Some(format!("ports[{index}].port").as_str()));
+        }
+        assert!(
+            reported[0].2.contains("port 0 is not a port number"),
+            "{}",
+            reported[0].2
+        );
+        assert!(
+            reported[0].2.contains("port \"http\" of Service shop/web"),
+            "{}",
+            reported[0].2
+        );
+        assert!(reported[1].2.contains("port 70000"), "{}", reported[1].2);
+        assert!(
+            reported[2].2.contains("a missing port"),
+            "{}",
+            reported[2].2
+        );
+        assert!(slice_errors.iter().all(|error| !error.is_rejection()));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::networking::v1::Ingress;
 use sluice_dataplane::snapshot::{ClientCa, ObjectRef, ServerCertificate, TlsSite, TlsTable};
-use sluice_dataplane::tls::certificate_fingerprint;
+use sluice_dataplane::tls::{CertificateError, certificate_fingerprint};
 
 use super::host::{HostRule, compile_host};
 use crate::error::CompileError;
@@ -293,7 +293,13 @@ impl<'a> TlsTableBuilder<'a> {
         }
         ServerCertificate::from_pem(secret_ref.clone(), cert, key)
             .map(Arc::new)
-            .map_err(|error| invalid(error.to_string()))
+            .map_err(|error| match error {
+                // The PEM reader's detail can quote the private key (a bad base64 symbol).
+                CertificateError::BadKey(_) => {
+                    invalid(format!("{PRIVATE_KEY_KEY} holds no usable PEM private key"))
+                }
+                other => invalid(other.to_string()),
+            })
     }
 
     /// The table, and the certificates to pass back as the next compile's last good.
@@ -580,6 +586,35 @@ mod tests {
             "{message}"
         );
         assert!(never_good.tls.site("r.example").is_none());
+    }
+
+    /// The PEM reader's message named the offending byte of the private key.
+    #[test]
+    fn a_bad_private_key_is_reported_without_its_contents() {
+        let good = issue(&["k.example"]);
+        let key = "-----BEGIN PRIVATE KEY-----\nMIIE!!!!hunter2\n-----END PRIVATE KEY-----\n";
+        let compiled = run(
+            &objects(
+                vec![tls_ingress(
+                    "k",
+                    "2024-01-01T00:00:00Z",
+                    &["k.example"],
+                    json!([{"secretName": "k"}]),
+                    json!({}),
+                )],
+                vec![secret("k", &[("tls.crt", &good.cert), ("tls.key", key)])],
+            ),
+            &LastGood::default(),
+        );
+        let message =
+            compiled.statuses[&ObjectKey::ingress(&ObjectRef::new("shop", "k"))][0].to_string();
+        assert!(
+            message.contains("tls.key holds no usable PEM private key; its hosts get"),
+            "{message}"
+        );
+        for leaked in ["symbol", "offset", "hunter2", "33"] {
+            assert!(!message.contains(leaked), "{leaked} in {message}");
+        }
     }
 
     #[test]

@@ -151,7 +151,16 @@ pub struct CacheRules {
     pub stale_if_error: Duration,
     /// Store responses that set cookies (never by default: they are usually per user).
     pub store_set_cookie: bool,
+    /// The statuses stored for `default_ttl` when the response itself gives no freshness
+    /// (every response, without `respect_cache_control`); a subset of
+    /// [`HEURISTIC_STATUSES`]. Others are stored only with explicit freshness.
+    pub ttl_statuses: Vec<u16>,
 }
+
+/// The statuses RFC 9110 §15.1 lets a cache store without explicit freshness ("heuristically
+/// cacheable"); what a policy's `ttl_statuses` may name.
+pub const HEURISTIC_STATUSES: [u16; 12] =
+    [200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
 
 /// Why a response is not stored; the `detail` of its `Cache-Status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,10 +374,17 @@ pub fn storable(
     if vary_names(response).is_none() {
         return Err(NotStored::VaryStar);
     }
-    let fresh_for = if rules.respect_cache_control {
-        explicit_lifetime(&control, response).unwrap_or(rules.default_ttl)
+    let explicit = if rules.respect_cache_control {
+        explicit_lifetime(&control, response)
     } else {
-        rules.default_ttl
+        None
+    };
+    // A 404 the upstream said nothing about may be a moment's state (a page not yet
+    // published): kept for the policy's ttl only where the policy asks for it.
+    let fresh_for = match explicit {
+        Some(lifetime) => lifetime,
+        None if rules.ttl_statuses.contains(&status.as_u16()) => rules.default_ttl,
+        None => return Err(NotStored::Status),
     };
     let revalidate_always = control.no_cache || pragma_no_cache(response);
     // `must-revalidate`/`proxy-revalidate`, and `no-cache` (RFC 9111 §4.2.4): never served
@@ -607,6 +623,7 @@ mod tests {
             stale_while_revalidate: Duration::from_secs(30),
             stale_if_error: Duration::from_secs(300),
             store_set_cookie: false,
+            ttl_statuses: vec![200, 203, 204, 300, 301, 308],
         }
     }
 
@@ -708,6 +725,81 @@ mod tests {
                 &headers(&[("set-cookie", "a=b")]),
             )
             .is_ok()
+        );
+    }
+
+    /// The defect: 404, 405, 410, 414 and 501 answers the upstream said nothing about were
+    /// stored for the policy's ttl, so a page missing for a moment stayed missing for it.
+    #[test]
+    fn without_explicit_freshness_only_the_policys_statuses_are_stored() {
+        let fresh = |status: u16, response: &[(&str, &str)]| {
+            store(&[], status, response).map(|lifetime| lifetime.fresh_for)
+        };
+        for status in [404, 405, 410, 414, 501] {
+            assert_eq!(fresh(status, &[]), Err(NotStored::Status), "{status}");
+            assert_eq!(
+                fresh(status, &[("cache-control", "max-age=30")]),
+                Ok(Duration::from_secs(30)),
+                "{status} with max-age"
+            );
+            assert_eq!(
+                fresh(status, &[("cache-control", "s-maxage=20")]),
+                Ok(Duration::from_secs(20))
+            );
+            assert_eq!(
+                fresh(
+                    status,
+                    &[
+                        ("date", "Tue, 01 Dec 2026 10:00:00 GMT"),
+                        ("expires", "Tue, 01 Dec 2026 10:01:00 GMT"),
+                    ]
+                ),
+                Ok(Duration::from_secs(60))
+            );
+        }
+        for status in [200, 203, 204, 300, 301, 308] {
+            assert_eq!(fresh(status, &[]), Ok(Duration::from_secs(60)), "{status}");
+        }
+        assert_eq!(
+            fresh(500, &[("cache-control", "max-age=30")]),
+            Err(NotStored::Status)
+        );
+
+        let with = |ttl_statuses: Vec<u16>, respect_cache_control: bool| CacheRules {
+            ttl_statuses,
+            respect_cache_control,
+            ..rules()
+        };
+        let store_with = |rules: &CacheRules, status: u16, response: &[(&str, &str)]| {
+            storable(
+                rules,
+                &HeaderMap::new(),
+                false,
+                StatusCode::from_u16(status).unwrap(),
+                &headers(response),
+            )
+            .map(|lifetime| lifetime.fresh_for)
+        };
+        let errors_too = with(vec![200, 404, 410], true);
+        assert_eq!(
+            store_with(&errors_too, 404, &[]),
+            Ok(Duration::from_secs(60))
+        );
+        assert_eq!(store_with(&errors_too, 301, &[]), Err(NotStored::Status));
+        // Without respectCacheControl every response is stored for the ttl, so the list
+        // decides for all of them.
+        let ttl_only = with(vec![200], false);
+        assert_eq!(
+            store_with(&ttl_only, 404, &[("cache-control", "max-age=30")]),
+            Err(NotStored::Status)
+        );
+        assert_eq!(
+            store_with(&ttl_only, 200, &[("cache-control", "max-age=30")]),
+            Ok(Duration::from_secs(60))
+        );
+        assert_eq!(
+            store_with(&with(vec![], true), 200, &[]),
+            Err(NotStored::Status)
         );
     }
 
