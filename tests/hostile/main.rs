@@ -20,6 +20,7 @@ mod framing;
 mod headers;
 mod hop_by_hop;
 mod http2;
+mod listeners;
 mod paths;
 mod slow;
 mod tls;

@@ -6,7 +6,6 @@ pub mod grpc;
 pub mod jwt;
 pub mod origin;
 pub mod raw;
-pub mod sockets;
 pub mod tls;
 pub mod upstream_tls;
 pub mod websocket;

@@ -762,16 +762,44 @@ pub async fn closed_within(addr: SocketAddr, request: &[u8], within: Duration) -
     let mut stream = connect(addr).await;
     let started = Instant::now();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(request)).await;
+    let left = within.saturating_sub(started.elapsed());
+    let ending = read_until_closed(&mut stream, left).await;
+    ending.closed_after.map(|_| started.elapsed())
+}
+
+/// How a connection ended, as its client saw it.
+#[derive(Debug)]
+pub struct Ending {
+    /// Since reading began, when the server closed (or reset) the connection; `None` if it
+    /// was still open at the limit.
+    pub closed_after: Option<Duration>,
+    /// Everything received meanwhile.
+    pub received: Vec<u8>,
+}
+
+/// Reads (and answers nothing) until the server closes the connection or `within` passes.
+pub async fn read_until_closed<S: AsyncRead + Unpin>(stream: &mut S, within: Duration) -> Ending {
+    let started = Instant::now();
+    let mut received = Vec::new();
     let mut buffer = vec![0u8; 16 * 1024];
-    while started.elapsed() < within {
+    loop {
         let left = within.saturating_sub(started.elapsed());
         match tokio::time::timeout(left, stream.read(&mut buffer)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
-            Ok(Ok(_)) => {}
-            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return Ending {
+                    closed_after: Some(started.elapsed()),
+                    received,
+                };
+            }
+            Ok(Ok(read)) => received.extend_from_slice(&buffer[..read]),
+            Err(_) => {
+                return Ending {
+                    closed_after: None,
+                    received,
+                };
+            }
         }
     }
-    None
 }
 
 /// Minimal HTTP/2: frames, an HPACK encoder that writes any field verbatim, and a decoder
@@ -952,6 +980,8 @@ pub mod h2 {
         /// The last GOAWAY received: last stream id and error code.
         pub goaway: Option<(u32, u32)>,
         closed: bool,
+        /// Whether SETTINGS are acknowledged and PINGs answered (see `answer_nothing`).
+        answering: bool,
     }
 
     impl Connection<TcpStream> {
@@ -971,6 +1001,7 @@ pub mod h2 {
                 decoder: hpack::Decoder::new(),
                 goaway: None,
                 closed: false,
+                answering: true,
             };
             let mut hello = PREFACE.to_vec();
             hello.extend(settings(&[
@@ -994,7 +1025,7 @@ pub mod h2 {
         }
 
         /// The next frame, within `within`. SETTINGS are acknowledged and PINGs answered
-        /// on the way (and still returned).
+        /// on the way (and still returned), unless told to `answer_nothing`.
         pub async fn next_frame(&mut self, within: Duration) -> Event {
             let deadline = Instant::now() + within;
             loop {
@@ -1035,8 +1066,36 @@ pub mod h2 {
             }
         }
 
+        /// Reads frames until the server's SETTINGS (acknowledged on the way), within 5 s:
+        /// the connection is then established. The frames read, that SETTINGS last.
+        pub async fn settings_exchanged(&mut self) -> Vec<Frame> {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut frames = Vec::new();
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.next_frame(left).await {
+                    Event::Frame(frame) => {
+                        let settings = frame.kind == SETTINGS && frame.flags & ACK == 0;
+                        frames.push(frame);
+                        if settings {
+                            return frames;
+                        }
+                    }
+                    Event::Closed => panic!("closed before the server's SETTINGS: {frames:?}"),
+                    Event::Silent => panic!("no SETTINGS from the server in 5 s: {frames:?}"),
+                }
+            }
+        }
+
+        /// From now on the client answers nothing: SETTINGS go unacknowledged and PINGs
+        /// unanswered (they are still returned), as from a client that has gone quiet.
+        pub fn answer_nothing(&mut self) {
+            self.answering = false;
+        }
+
         async fn react(&mut self, received: &Frame) {
             match received.kind {
+                SETTINGS | PING if !self.answering => {}
                 SETTINGS if received.flags & ACK == 0 => {
                     let _ = self.send(&settings_ack()).await;
                 }

@@ -1,46 +1,42 @@
-//! The real `sluice` binary's traffic and admin listeners against hostile clients on
-//! loopback: connections that say nothing, half an HTTP/2 preface, headers one byte at a
-//! time, a flood of admin connections, and an HTTP/2 client that ignores the GOAWAY.
-//! Timeouts are set short by flag (`--header-read-timeout 1s`) so every test is over in
-//! seconds.
-
-mod support;
+//! The traffic and admin listeners against clients that hold connections open: connections
+//! that say nothing, half an HTTP/2 preface, headers one byte at a time, a flood of admin
+//! connections, and an HTTP/2 client that ignores the GOAWAY. The header-read timeout is
+//! 1 s (the site's default), so every case is over in seconds.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use support::sockets::{
-    ACK, Ending, GOAWAY, H2_PREFACE, HEADERS, PING, h2_get, h2_handshake,
-    read_h2_frames_until_closed, read_until_closed, trickle,
-};
-use support::{INGRESS_CLASS, ManifestDir, Sluice};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+
+use crate::Site;
+use crate::support::raw::h2::{self, Connection};
+use crate::support::raw::{self, Ending};
+use crate::support::{self, INGRESS_CLASS, ManifestDir, Sluice};
 
 const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Sluice with no routes and a one-second header-read timeout. The idle timeout is 30 s
-/// unless given: long enough that only the header timeout can explain a close.
-async fn start(name: &str, idle: Option<&str>, extra: &[&str]) -> (Sluice, ManifestDir) {
-    let dir = ManifestDir::new(name);
+/// An idle timeout long enough that only the header timeout can explain a close.
+const LONG_IDLE: [&str; 2] = ["--client-idle-timeout", "30s"];
+
+/// Sluice with no routes at all, so that traffic can only get Sluice's own 404, and the
+/// site's header-read timeout.
+async fn start_without_routes(name: &str, extra: &[&str]) -> (Sluice, ManifestDir) {
+    let dir = ManifestDir::new(&format!("hostile-{name}"));
     dir.write("class.yaml", INGRESS_CLASS);
-    let idle = idle.unwrap_or("30s");
-    let mut args = vec!["--header-read-timeout", "1s", "--client-idle-timeout", idle];
+    let mut args = vec!["--header-read-timeout", "1s"];
+    args.extend_from_slice(&LONG_IDLE);
     args.extend_from_slice(extra);
     let sluice = Sluice::start(&dir.0, &args).await;
     (sluice, dir)
 }
 
-/// Asserts that the server closed a connection within a little over the header timeout
-/// of when it opened, and not long before it.
-fn closed_at_header_timeout(what: &str, opened: Instant, ending: &Ending) {
-    assert!(
-        ending.closed_after.is_some(),
-        "{what}: still open {:?} after it opened",
-        opened.elapsed()
-    );
-    let lived = opened.elapsed();
+/// Asserts that the server closed a connection `lived` after it opened (`None`: still
+/// open at the end of the wait), a little over the header timeout and not long before it.
+fn assert_closed_at_header_timeout(what: &str, lived: Option<Duration>) {
+    let Some(lived) = lived else {
+        panic!("{what}: still open at the end of the wait");
+    };
     assert!(
         lived >= HEADER_TIMEOUT.mul_f32(0.8) && lived < HEADER_TIMEOUT * 3,
         "{what}: closed after {lived:?}, not at the header timeout"
@@ -49,55 +45,45 @@ fn closed_at_header_timeout(what: &str, opened: Instant, ending: &Ending) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_and_partial_http2_prefaces_are_closed_at_the_header_timeout() {
-    let (sluice, _dir) = start("silent", None, &[]).await;
-    let listeners = [("traffic", sluice.http), ("admin", sluice.admin)];
+    let site = Site::start("listeners-silent", &LONG_IDLE).await;
+    let listeners = [("traffic", site.http()), ("admin", site.sluice.admin)];
     let mut clients = Vec::new();
     let opened = Instant::now();
     for (listener, addr) in listeners {
-        let silent = TcpStream::connect(addr).await.unwrap();
+        let silent = raw::connect(addr).await;
         clients.push((format!("silent {listener} connection"), silent));
-        let mut partial = TcpStream::connect(addr).await.unwrap();
-        partial.write_all(&H2_PREFACE[..10]).await.unwrap();
+        let mut partial = raw::connect(addr).await;
+        partial.write_all(&h2::PREFACE[..10]).await.unwrap();
         clients.push((format!("partial preface on {listener}"), partial));
     }
     for (what, stream) in &mut clients {
-        let ending = read_until_closed(stream, Duration::from_secs(4)).await;
-        closed_at_header_timeout(what, opened, &ending);
+        let ending = raw::read_until_closed(stream, Duration::from_secs(4)).await;
+        assert_closed_at_header_timeout(what, ending.closed_after.map(|_| opened.elapsed()));
         assert!(ending.received.is_empty(), "{what}: {:?}", ending.received);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_trickled_a_byte_at_a_time_are_cut_at_the_header_timeout() {
-    let (sluice, _dir) = start("slowloris", None, &[]).await;
+    let site = Site::start("listeners-slowloris", &LONG_IDLE).await;
     let request = format!(
         "GET /readyz HTTP/1.1\r\nHost: admin\r\nX-Slow: {}",
         "a".repeat(40)
     );
-    let slowloris = |addr: SocketAddr| {
-        let request = request.clone();
-        async move {
-            let mut stream = TcpStream::connect(addr).await.unwrap();
-            let opened = Instant::now();
-            // 70 bytes, 200 ms apart: 14 s if nothing stopped it.
-            let ending = trickle(
-                &mut stream,
-                request.as_bytes(),
-                Duration::from_millis(200),
-                Duration::from_secs(5),
-            )
-            .await;
-            (opened, ending)
-        }
+    // 70 bytes, 200 ms apart: 14 s if nothing stopped it.
+    let slowloris = async |addr: SocketAddr| {
+        let stream = raw::connect(addr).await;
+        raw::exchange_on(stream, request.as_bytes(), Some(Duration::from_millis(200))).await
     };
-    let (admin, traffic) = tokio::join!(slowloris(sluice.admin), slowloris(sluice.http));
-    for (what, (opened, ending)) in [("admin", admin), ("traffic", traffic)] {
-        closed_at_header_timeout(&format!("slowloris on {what}"), opened, &ending);
-        let answer = String::from_utf8_lossy(&ending.received);
-        assert!(!answer.contains(" 200 "), "{what} answered: {answer}");
+    let (admin, traffic) = tokio::join!(slowloris(site.sluice.admin), slowloris(site.http()));
+    for (what, slow) in [("admin", admin), ("traffic", traffic)] {
+        assert_closed_at_header_timeout(&format!("slowloris on {what}"), slow.closed_after);
+        let answered = slow.statuses().contains(&200)
+            || String::from_utf8_lossy(&slow.trailing).contains(" 200 ");
+        assert!(!answered, "{what} answered: {}", slow.describe());
     }
     // Well-behaved clients were never affected.
-    assert_eq!(sluice.admin_get("/readyz").await.unwrap().status, 200);
+    assert_eq!(site.sluice.admin_get("/readyz").await.unwrap().status, 200);
 }
 
 /// The cap's semantics: beyond `--admin-max-connections` open connections, a new one is
@@ -107,13 +93,14 @@ async fn headers_trickled_a_byte_at_a_time_are_cut_at_the_header_timeout() {
 /// traffic is served throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_connections_beyond_the_cap_are_refused_and_probes_answer_after_the_flood() {
-    let (sluice, _dir) = start("admin-flood", None, &["--admin-max-connections", "8"]).await;
+    let (sluice, _dir) =
+        start_without_routes("listeners-admin-flood", &["--admin-max-connections", "8"]).await;
     let flood_began = Instant::now();
     let mut endings = Vec::new();
     for _ in 0..58 {
-        let mut stream = TcpStream::connect(sluice.admin).await.unwrap();
+        let mut stream = raw::connect(sluice.admin).await;
         endings.push(tokio::spawn(async move {
-            read_until_closed(&mut stream, Duration::from_secs(3)).await
+            raw::read_until_closed(&mut stream, Duration::from_secs(3)).await
         }));
     }
     // Traffic shares nothing with the admin listener's slots.
@@ -142,11 +129,12 @@ async fn admin_connections_beyond_the_cap_are_refused_and_probes_answer_after_th
     // Each connection was either refused at once or held until the header timeout.
     let (mut refused, mut held) = (0, 0);
     for ending in endings {
-        let ending = ending.await.unwrap();
-        let closed_after = ending
-            .closed_after
-            .expect("every flood connection is closed");
-        assert!(ending.received.is_empty(), "{:?}", ending.received);
+        let Ending {
+            closed_after,
+            received,
+        } = ending.await.unwrap();
+        let closed_after = closed_after.expect("every flood connection is closed");
+        assert!(received.is_empty(), "{received:?}");
         if closed_after < HEADER_TIMEOUT / 2 {
             refused += 1;
         } else {
@@ -170,37 +158,64 @@ async fn admin_connections_beyond_the_cap_are_refused_and_probes_answer_after_th
     assert!(counted >= 50.0, "refusals counted: {counted}");
 }
 
+/// Opens an HTTP/2 connection by prior knowledge, completes the SETTINGS exchange, and
+/// from then on answers nothing, PINGs included.
+async fn quiet_h2(addr: SocketAddr) -> Connection {
+    let mut connection = Connection::open(addr).await;
+    connection.settings_exchanged().await;
+    connection.answer_nothing();
+    connection
+}
+
+/// The frames read (answering none) until the server closes the connection or `within`
+/// passes, and when it closed if it did.
+async fn frames_until_closed(
+    connection: &mut Connection,
+    within: Duration,
+) -> (Vec<h2::Frame>, Option<Duration>) {
+    let started = Instant::now();
+    let (_, closed, frames) = connection.drain(within).await;
+    (frames, closed.then(|| started.elapsed()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_client_that_ignores_the_goaway_ping_is_dropped() {
-    let (sluice, _dir) = start("h2-goaway", Some("2s"), &[]).await;
+    let site = Site::start("listeners-h2-goaway", &["--client-idle-timeout", "2s"]).await;
 
     // Traffic: the SETTINGS exchange and then silence. At the header timeout (1 s) the
     // server sends GOAWAY and PING; the PING is never answered, and one header timeout
     // later the connection is dropped.
-    let mut traffic = TcpStream::connect(sluice.http).await.unwrap();
-    h2_handshake(&mut traffic).await;
+    let mut traffic = quiet_h2(site.http()).await;
     let silent_since = Instant::now();
     // Admin: one request (its answer read), then silence: idle after 2 s, GOAWAY and PING,
     // dropped one header timeout later.
-    let mut admin = TcpStream::connect(sluice.admin).await.unwrap();
-    h2_handshake(&mut admin).await;
-    admin.write_all(&h2_get("/healthz")).await.unwrap();
+    let mut admin = quiet_h2(site.sluice.admin).await;
+    let healthz = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "a"),
+        (":path", "/healthz"),
+    ];
+    admin
+        .send(&h2::headers(1, &healthz, true))
+        .await
+        .expect("send GET /healthz");
 
     let reading_from = silent_since.elapsed();
     let within = Duration::from_secs(6);
     let ((traffic_frames, traffic_closed), (admin_frames, admin_closed)) = tokio::join!(
-        read_h2_frames_until_closed(&mut traffic, within),
-        read_h2_frames_until_closed(&mut admin, within),
+        frames_until_closed(&mut traffic, within),
+        frames_until_closed(&mut admin, within),
     );
     // Counted from when the connections fell silent.
     let traffic_lived = traffic_closed.map(|closed| reading_from + closed);
     let admin_lived = admin_closed.map(|closed| reading_from + closed);
 
-    let goaway_and_ping = |frames: &[support::sockets::Frame]| {
-        frames.iter().any(|frame| frame.kind == GOAWAY)
+    let goaway_and_ping = |frames: &[h2::Frame]| {
+        frames.iter().any(|frame| frame.kind == h2::GOAWAY)
             && frames
                 .iter()
-                .any(|frame| frame.kind == PING && frame.flags & ACK == 0)
+                .any(|frame| frame.kind == h2::PING && frame.flags & h2::ACK == 0)
     };
     assert!(goaway_and_ping(&traffic_frames), "{traffic_frames:?}");
     println!(
@@ -217,7 +232,7 @@ async fn an_http2_client_that_ignores_the_goaway_ping_is_dropped() {
     assert!(
         admin_frames
             .iter()
-            .any(|frame| frame.kind == HEADERS && frame.stream == 1),
+            .any(|frame| frame.kind == h2::HEADERS && frame.stream == 1),
         "admin: no answer to /healthz: {admin_frames:?}"
     );
     assert!(goaway_and_ping(&admin_frames), "{admin_frames:?}");
