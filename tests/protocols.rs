@@ -67,8 +67,14 @@ async fn grpc_calls_errors_and_deadlines_through_sluice() {
         &rule(None, &[("/test.Echo", "echo"), ("/test.Empty", "nothing")]),
     );
     dir.write("objects.yaml", &objects);
-    // A short request timeout, to show that a longer grpc-timeout wins on gRPC routes.
-    let sluice = Sluice::start(&dir.0, &["--request-timeout", "1s"]).await;
+    // A short request timeout, to show that a longer grpc-timeout wins on gRPC routes; a
+    // short body timeout, to show it ends with the upstream's answer (a streaming client
+    // may go quiet for longer).
+    let sluice = Sluice::start(
+        &dir.0,
+        &["--request-timeout", "1s", "--client-body-timeout", "1s"],
+    )
+    .await;
     let mut client = EchoClient::new(sluice.http);
 
     let reply = client
@@ -84,6 +90,9 @@ async fn grpc_calls_errors_and_deadlines_through_sluice() {
     // Each answer arrives before the next message is sent: both directions stream.
     let (sender, mut answers) = client.chat().await.expect("bidirectional call");
     for i in 0..10u32 {
+        if i == 5 {
+            tokio::time::sleep(Duration::from_millis(1600)).await;
+        }
         sender
             .send(EchoMessage::new(&format!("line {i}"), i))
             .await
@@ -227,6 +236,35 @@ async fn websocket_tunnels_survive_snapshot_changes_and_close_when_idle() {
     println!(
         "WebSocket: 1000 round trips, 100 snapshot changes, idle tunnel closed after {waited:?}"
     );
+}
+
+/// An HTTP/2 WebSocket's response body ends with its headers, so its stream no longer
+/// counts as a request; the tunnel must still keep its connection from being closed as
+/// idle (and then dropped at the idle close's hard deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_websocket_keeps_its_connection_open_past_the_idle_timeout() {
+    let echo = start_echo_server().await;
+    let dir = ManifestDir::new("websocket-idle-connection");
+    dir.write("class.yaml", INGRESS_CLASS);
+    dir.write(
+        "services.yaml",
+        &service_yaml("default", "ws", 80, &[echo], &[]),
+    );
+    dir.write(
+        "routes.yaml",
+        &ingress("ws", &[], &rule(Some("ws.test"), &[("/", "ws")])),
+    );
+    let sluice = Sluice::start(
+        &dir.0,
+        &["--client-idle-timeout", "1s", "--header-read-timeout", "1s"],
+    )
+    .await;
+    let mut over_h2 = connect_h2(sluice.http, "ws.test", "/chat-h2").await;
+    round_trip(&mut over_h2, "before").await;
+    // Past the idle timeout and the idle close's hard deadline after it, twice over.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    round_trip(&mut over_h2, "after four quiet seconds").await;
+    assert_eq!(sluice.metric("sluice_upgraded_tunnels").await, Some(1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

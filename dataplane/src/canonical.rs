@@ -172,10 +172,38 @@ pub fn canonical_path(path: &str) -> Result<Cow<'_, str>, PathError> {
 }
 
 /// Whether a canonical path has something a backend may read as another path than Sluice
-/// routed: an encoded slash or backslash, or a `;` path parameter. Routes with strict
-/// paths refuse these (`sluice.dev/strict-paths`).
+/// routed: an encoded slash or backslash (`\` is always encoded), or a `;` path parameter,
+/// also encoded. Routes with strict paths refuse these (`sluice.dev/strict-paths`).
 pub fn is_ambiguous_path(canonical: &str) -> bool {
-    canonical.contains(';') || canonical.contains("%2F") || canonical.contains("%5C")
+    canonical.contains(';')
+        || canonical.contains("%2F")
+        || canonical.contains("%5C")
+        || canonical.contains("%3B")
+}
+
+/// How a lenient backend reads an ambiguous canonical path: encoded slashes and
+/// backslashes as `/`, an encoded `;` as `;`, each segment cut at its `;` parameters, and
+/// repeated slashes merged (Tomcat, Spring, IIS and many frameworks do one or more of
+/// these). A request whose lenient reading routes elsewhere than its canonical path is
+/// refused, so no backend can be led past the route Sluice matched and guarded.
+pub fn lenient_reading(canonical: &str) -> String {
+    let decoded = canonical
+        .replace("%2F", "/")
+        .replace("%5C", "/")
+        .replace("%3B", ";");
+    let mut out = String::with_capacity(decoded.len());
+    for segment in decoded.split('/') {
+        let segment = segment.split(';').next().unwrap_or_default();
+        if segment.is_empty() {
+            continue;
+        }
+        out.push('/');
+        out.push_str(segment);
+    }
+    if out.is_empty() || decoded.ends_with('/') {
+        out.push('/');
+    }
+    out
 }
 
 /// Bytes that stand raw in a canonical path: RFC 3986's `pchar` (unreserved, sub-delims,
@@ -388,8 +416,18 @@ mod tests {
     }
 
     #[test]
+    fn lenient_readings_cut_where_lenient_backends_cut() {
+        assert_eq!(lenient_reading("/%5Cadmin"), "/admin");
+        assert_eq!(lenient_reading("/admin%2Fusers"), "/admin/users");
+        assert_eq!(lenient_reading("/admin;x"), "/admin");
+        assert_eq!(lenient_reading("/admin%3Bx/y"), "/admin/y");
+        assert_eq!(lenient_reading("/a;b/c;d/"), "/a/c/");
+        assert_eq!(lenient_reading("/;x"), "/");
+    }
+
+    #[test]
     fn ambiguous_paths_are_recognised() {
-        for path in ["/a%2Fb", "/a;b", "/a%5Cb"] {
+        for path in ["/a%2Fb", "/a;b", "/a%5Cb", "/a%3Bb"] {
             assert!(is_ambiguous_path(path), "{path}");
         }
         assert!(!is_ambiguous_path("/a/b%20c"));

@@ -30,7 +30,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::live::DataPlane;
-use crate::proxy::{ClientConnection, Proxy, ProxyConfig};
+use crate::proxy::{ClientConnection, Proxy, ProxyConfig, TunnelOpen};
 use crate::tls::{HandshakeFailure, TlsAcceptor};
 
 /// Connection-level limits of a listener: the traffic listeners and the admin listener.
@@ -290,9 +290,23 @@ impl ConnectionServer {
         let activity_for_service = Arc::clone(&activity);
         let service = service_fn(move |request| {
             let guard = activity_for_service.begin();
+            let activity = Arc::clone(&activity_for_service);
             let response = handle(request);
             async move {
-                let response = response.await;
+                let mut response = response.await;
+                // A tunnel keeps its connection busy after its response is done with
+                // (an HTTP/2 WebSocket's body ends with its headers): never idle-closed.
+                let guard = match response.extensions_mut().remove::<TunnelOpen>() {
+                    Some(TunnelOpen(mut open)) => {
+                        tokio::spawn(async move {
+                            let _busy = guard;
+                            // Never sent on: ends when the tunnel drops its sender.
+                            while open.changed().await.is_ok() {}
+                        });
+                        activity.begin()
+                    }
+                    None => guard,
+                };
                 Ok::<_, Infallible>(response.map(|body| TrackedBody {
                     body,
                     _guard: guard,

@@ -185,3 +185,55 @@ async fn paths_climbing_out_of_an_open_prefix_are_refused() {
     run(&site, "paths", &cases()).await;
     site.assert_still_serves("paths").await;
 }
+
+/// Separators a lenient backend cuts a path at and the router does not (found by the
+/// request_target fuzz target): `public.test` serves `/` openly and guards `/admin`, and
+/// each of these reads as `/admin…` to a backend that decodes `%2F` or `%5C`, takes `\`
+/// for `/`, or drops `;` parameters, while the router would have matched the open `/`.
+fn separator_cases() -> Vec<Case> {
+    [
+        ("raw-backslash", "/\\admin"),
+        ("encoded-backslash", "/%5cadmin"),
+        ("encoded-slash-inside", "/admin%2Fusers"),
+        ("path-parameter", "/admin;x"),
+        ("path-parameter-then-path", "/admin;x/users"),
+        ("encoded-semicolon", "/admin%3B"),
+    ]
+    .into_iter()
+    .map(|(name, path)| {
+        Case::new(
+            name,
+            "a separator only the backend cuts at would take the open / to the guarded /admin",
+            public(path),
+        )
+    })
+    .chain([
+        Case::new(
+            "guarded-prefix-baseline",
+            "the guarded prefix itself needs credentials",
+            public("/admin/users"),
+        )
+        .answers(&[401]),
+        Case::new(
+            "open-ambiguous-path-baseline",
+            "an ambiguous path whose lenient reading stays on the open route is served",
+            public("/files%2Freport;v=1"),
+        )
+        .answers(&[200])
+        .reaches(vec![target("/files%2Freport;v=1")]),
+    ])
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separators_a_backend_cuts_at_cannot_route_around_a_guarded_prefix() {
+    let guarded = crate::ingress(
+        "public-admin",
+        Some("public.test"),
+        &["/admin"],
+        &[("sluice.dev/auth", "members")],
+    );
+    let site = Site::start_with("separators", &guarded, &[]).await;
+    run(&site, "separators", &separator_cases()).await;
+    site.assert_still_serves("separators").await;
+}

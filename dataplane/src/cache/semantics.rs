@@ -119,8 +119,15 @@ fn split_list(text: &str) -> impl Iterator<Item = &str> {
     let mut members = Vec::new();
     let mut start = 0;
     let mut quoted = false;
+    let mut escaped = false;
     for (index, byte) in text.bytes().enumerate() {
+        if escaped {
+            // RFC 9110 §5.6.4: inside a quoted string, `\` takes the next byte as it is.
+            escaped = false;
+            continue;
+        }
         match byte {
+            b'\\' if quoted => escaped = true,
             b'"' => quoted = !quoted,
             b',' if !quoted => {
                 members.push(&text[start..index]);

@@ -37,6 +37,7 @@ use crate::tls::{TlsConnectionInfo, VerifiedClient};
 use clients::{UpstreamClient, UpstreamClients};
 pub use target::{RequestTarget, TargetRefusal, canonical_path_and_query, canonical_target};
 use tunnel::Tunnel;
+pub use tunnel::TunnelOpen;
 
 /// Limits, timeouts and header settings of the proxy.
 #[derive(Debug, Clone)]
@@ -358,8 +359,20 @@ impl Proxy {
             Response::from_parts(parts, body.with_finish(finish))
         };
         // Encoded slashes, backslashes and `;` parameters: a backend that decodes them
-        // before routing would see another path than the one this route matched.
-        if target.strict_paths && crate::canonical::is_ambiguous_path(path_and_query.path()) {
+        // before routing would see another path than the one this route matched. Strict
+        // routes refuse them; every route refuses them when that other path is another
+        // route's (`/admin;x` must not reach `/admin`'s backend by way of `/`).
+        if crate::canonical::is_ambiguous_path(path_and_query.path())
+            && (target.strict_paths
+                || live
+                    .snapshot
+                    .routes
+                    .lookup(
+                        &host,
+                        &crate::canonical::lenient_reading(path_and_query.path()),
+                    )
+                    .is_some_and(|lenient| !std::ptr::eq(lenient.target, target)))
+        {
             return (local(LocalAnswer::BadRequest, finish), Some(series));
         }
 
@@ -752,6 +765,8 @@ impl Proxy {
                         } else {
                             tunnel::restore_upgrade_headers(&mut response_parts.headers, accepted);
                         }
+                        let (open, open_until) = tokio::sync::watch::channel(());
+                        response_parts.extensions.insert(TunnelOpen(open_until));
                         Tunnel {
                             client,
                             upstream,
@@ -762,6 +777,7 @@ impl Proxy {
                                 .unwrap_or(self.config.websocket_idle_timeout),
                             open_tunnels: self.data_plane.metrics().upgraded_tunnels.clone(),
                             in_flight,
+                            open,
                         }
                         .spawn();
                     }
@@ -1014,13 +1030,21 @@ impl Proxy {
             };
             // The client's own failure is answered as such and never held against the
             // endpoint, whichever way it surfaced.
-            let client_failure = upload
-                .as_ref()
-                .and_then(|upload| upload.client_failure())
-                .map(|failure| match failure {
-                    upload::ClientFailure::Broken => LocalAnswer::ClientBodyFailed,
-                    upload::ClientFailure::TimedOut => LocalAnswer::ClientBodyTimeout,
-                });
+            let client_failure = upload.as_ref().and_then(|upload| {
+                match upload.client_failure() {
+                    Some(upload::ClientFailure::Broken) => Some(LocalAnswer::ClientBodyFailed),
+                    Some(upload::ClientFailure::TimedOut) => Some(LocalAnswer::ClientBodyTimeout),
+                    // The upstream gave up while the client kept it waiting for the body
+                    // (its own read timeout): the client's slowness, not the endpoint's.
+                    None if upload.client_is_slow() && matches!(result, Ok(Err(_))) => {
+                        Some(LocalAnswer::ClientBodyTimeout)
+                    }
+                    None => None,
+                }
+            });
+            if let (Some(upload), Ok(Ok(_))) = (&upload, &result) {
+                upload.answered();
+            }
             let labels = || backend_labels(&balancer.key);
             match result {
                 Ok(Ok(response)) => {

@@ -144,11 +144,19 @@ fn join_cookies(headers: &mut http::HeaderMap) {
 /// be refused.
 pub fn canonical_path_and_query(uri: &Uri) -> Option<PathAndQuery> {
     match canonical_path(uri.path()).ok()? {
-        std::borrow::Cow::Borrowed(_) => Some(
-            uri.path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        ),
+        // An absolute-form URI with an empty path (`http://a.test?x=1`) keeps its query
+        // as `?x=1`; it is the same request as `/?x=1`, and keyed as one.
+        std::borrow::Cow::Borrowed(_) => match uri.path_and_query() {
+            Some(path_and_query) if path_and_query.as_str().starts_with('/') => {
+                Some(path_and_query.clone())
+            }
+            Some(path_and_query) => PathAndQuery::from_maybe_shared(Bytes::from(format!(
+                "/{}",
+                path_and_query.as_str()
+            )))
+            .ok(),
+            None => Some(PathAndQuery::from_static("/")),
+        },
         std::borrow::Cow::Owned(canonical) => {
             let joined = match uri.query() {
                 Some(query) => format!("{canonical}?{query}"),
@@ -286,6 +294,7 @@ mod tests {
         assert_eq!(path("//a//%62?q").as_deref(), Some("/a/b?q"));
         assert_eq!(path("/a/../etc?q"), None);
         assert_eq!(path("http://example.com").as_deref(), Some("/"));
+        assert_eq!(path("http://example.com?x=1").as_deref(), Some("/?x=1"));
         assert_eq!(path("/caf%c3%a9").as_deref(), Some("/caf%C3%A9"));
     }
 }

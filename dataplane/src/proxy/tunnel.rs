@@ -100,6 +100,13 @@ pub(super) fn restore_upgrade_headers(headers: &mut HeaderMap, upgrade: HeaderVa
     headers.insert(UPGRADE, upgrade);
 }
 
+/// Marks a response that opened a tunnel, for the listener: the tunnel outlives the
+/// response (an HTTP/2 extended CONNECT's body ends with its headers), and its connection
+/// must not be closed as idle while it is open. Resolves (with an error) when the tunnel
+/// ends.
+#[derive(Debug, Clone)]
+pub struct TunnelOpen(pub tokio::sync::watch::Receiver<()>);
+
 /// Both halves of an accepted upgrade, to be relayed once hyper hands them over.
 pub(super) struct Tunnel {
     pub client: OnUpgrade,
@@ -108,6 +115,8 @@ pub(super) struct Tunnel {
     pub open_tunnels: Gauge,
     /// The endpoint counts the tunnel as a request in flight until it closes.
     pub in_flight: InFlight,
+    /// Dropped when the tunnel ends, which ends [`TunnelOpen`].
+    pub open: tokio::sync::watch::Sender<()>,
 }
 
 impl Tunnel {
@@ -120,6 +129,7 @@ impl Tunnel {
                 idle_timeout,
                 open_tunnels,
                 in_flight,
+                open,
             } = self;
             let (client, upstream) = match tokio::try_join!(client, upstream) {
                 Ok(both) => both,
@@ -136,6 +146,7 @@ impl Tunnel {
             }
             open_tunnels.dec();
             drop(in_flight);
+            drop(open);
         });
     }
 }

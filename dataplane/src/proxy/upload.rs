@@ -28,6 +28,9 @@ pub struct Upload {
     last_progress_ms: AtomicU64,
     /// Set while the upstream side asked for more body and the client has not sent it.
     waiting_on_client: AtomicBool,
+    /// Set once the upstream's response headers arrived: from then on the body is a stream
+    /// both sides keep open on purpose (gRPC client streaming), and may go quiet.
+    answered: AtomicBool,
     changed: Notify,
 }
 
@@ -52,6 +55,7 @@ impl Upload {
             state: AtomicU8::new(SENDING),
             last_progress_ms: AtomicU64::new(0),
             waiting_on_client: AtomicBool::new(false),
+            answered: AtomicBool::new(false),
             changed: Notify::new(),
         }
     }
@@ -63,6 +67,18 @@ impl Upload {
             CLIENT_TIMED_OUT => Some(ClientFailure::TimedOut),
             _ => None,
         }
+    }
+
+    /// Whether the upstream is waiting on the client right now: an upstream that gives up
+    /// on a slow body (its own read timeout) is then not to blame.
+    pub fn client_is_slow(&self) -> bool {
+        self.state.load(Ordering::Acquire) == SENDING
+            && self.waiting_on_client.load(Ordering::Acquire)
+    }
+
+    /// The upstream answered: the body's idle timeout no longer applies.
+    pub fn answered(&self) {
+        self.answered.store(true, Ordering::Release);
     }
 
     fn end(&self, state: u8) {
@@ -83,7 +99,10 @@ impl Upload {
     }
 
     fn last_progress(&self) -> Instant {
-        self.started + Duration::from_millis(self.last_progress_ms.load(Ordering::Acquire))
+        later(
+            self.started,
+            Duration::from_millis(self.last_progress_ms.load(Ordering::Acquire)),
+        )
     }
 
     /// Completes when the upstream has had `timeout` to answer: `Ok` when that time is up,
@@ -96,9 +115,8 @@ impl Upload {
             if let Some(failure) = self.client_failure() {
                 return Err(failure);
             }
-            let deadline = self.last_progress() + timeout;
-            let client_is_slow = self.state.load(Ordering::Acquire) == SENDING
-                && self.waiting_on_client.load(Ordering::Acquire);
+            let deadline = later(self.last_progress(), timeout);
+            let client_is_slow = self.client_is_slow();
             if Instant::now() >= deadline && !client_is_slow {
                 return Ok(());
             }
@@ -113,6 +131,15 @@ impl Upload {
             }
         }
     }
+}
+
+/// `instant + duration`, or a point a century away when that overflows (a timeout
+/// configured as `1000000y` means "never").
+fn later(instant: Instant, duration: Duration) -> Instant {
+    instant
+        .checked_add(duration)
+        .or_else(|| instant.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(instant)
 }
 
 /// The error a silent upload ends with.
@@ -137,7 +164,10 @@ impl ClientBody {
         let body = ClientBody {
             inner,
             idle_timeout,
-            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle: Box::pin(tokio::time::sleep_until(later(
+                Instant::now(),
+                idle_timeout,
+            ))),
             upload: Arc::clone(&upload),
         };
         (body, upload)
@@ -178,11 +208,13 @@ impl Body for ClientBody {
                 // last frame: a pause while the upstream was not reading is not the
                 // client's.
                 if !this.upload.waiting_on_client.swap(true, Ordering::AcqRel) {
-                    let until = Instant::now() + this.idle_timeout;
+                    let until = later(Instant::now(), this.idle_timeout);
                     this.idle.as_mut().reset(until);
                     this.upload.changed.notify_waiters();
                 }
-                if this.idle.as_mut().poll(cx).is_ready() {
+                if !this.upload.answered.load(Ordering::Acquire)
+                    && this.idle.as_mut().poll(cx).is_ready()
+                {
                     this.upload.end(CLIENT_TIMED_OUT);
                     return Poll::Ready(Some(Err(BodyTimeout(this.idle_timeout).into())));
                 }
@@ -244,6 +276,12 @@ mod tests {
             Ok(())
         );
         assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn overflowing_timeouts_mean_never() {
+        let now = Instant::now();
+        assert!(later(now, Duration::MAX) > now + Duration::from_secs(3600 * 24 * 365));
     }
 
     #[test]
