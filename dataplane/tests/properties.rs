@@ -1,0 +1,87 @@
+//! Property tests over what clients and upstreams send: the request target and Host, the
+//! credential parsers, the caching rules. Each property lives in `properties/` and is
+//! shared with the cargo-fuzz target of the same name in `fuzz/` (see docs/security.md);
+//! here each runs on a few hundred inputs that `arbitrary` builds from random bytes, so
+//! `cargo test` stays fast. The regression tests pin the inputs fuzzing found.
+
+#[path = "properties/auth.rs"]
+mod auth;
+#[path = "properties/cache_control.rs"]
+mod cache_control;
+#[path = "properties/request_target.rs"]
+mod request_target;
+#[path = "properties/text.rs"]
+mod text;
+
+use arbitrary::{Arbitrary, Unstructured};
+use proptest::prelude::*;
+
+/// Random bytes, as the fuzzer would hand them to a target.
+fn fuzz_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(any::<u8>(), 0..1024)
+}
+
+/// The input `arbitrary` builds from `bytes`, when it can build one.
+fn input<T: for<'a> Arbitrary<'a>>(bytes: &[u8]) -> Option<T> {
+    T::arbitrary_take_rest(Unstructured::new(bytes)).ok()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn request_targets_route_what_the_backend_receives(bytes in fuzz_bytes()) {
+        if let Some(request) = input(&bytes) {
+            request_target::check(&request);
+        }
+    }
+
+    #[test]
+    fn credential_parsers_never_panic_nor_accept_invalid_tokens(bytes in fuzz_bytes()) {
+        if let Some(auth) = input(&bytes) {
+            auth::check(&auth);
+        }
+    }
+
+    #[test]
+    fn caching_rules_cap_durations_and_read_lists_alike(bytes in fuzz_bytes()) {
+        if let Some(cache) = input(&bytes) {
+            cache_control::check(&cache);
+        }
+    }
+}
+
+/// A request of `version` for `uri` with these headers, through the request-target check.
+fn check_request(version: http::Version, uri: &str, headers: &[(&str, &str)]) {
+    let headers: Vec<(http::HeaderName, Vec<u8>)> = headers
+        .iter()
+        .map(|(name, value)| (name.parse().unwrap(), value.as_bytes().to_vec()))
+        .collect();
+    let request =
+        request_target::request(http::Method::GET, version, uri.parse().unwrap(), &headers)
+            .unwrap();
+    request_target::check_request(&request);
+}
+
+#[test]
+fn protected_route_is_reached_by_its_own_spellings() {
+    use http::Version;
+    let members = [("host", "members.test")];
+    check_request(Version::HTTP_11, "/admin", &members);
+    check_request(
+        Version::HTTP_11,
+        "/%61dmin/x",
+        &[("host", "MEMBERS.test.:8080")],
+    );
+    check_request(Version::HTTP_11, "//admin//x", &members);
+    check_request(Version::HTTP_2, "https://members.test/admin", &[]);
+    check_request(Version::HTTP_11, "/x/../admin", &members);
+    check_request(Version::HTTP_11, "/x%2F..%2Fadmin", &members);
+    check_request(
+        Version::HTTP_11,
+        "/admin",
+        &[("host", "x.test"), ("host", "members.test")],
+    );
+    check_request(Version::HTTP_11, "http://x.test/admin", &members);
+    check_request(Version::HTTP_11, "/admin", &[("host", "members.test:abc")]);
+}

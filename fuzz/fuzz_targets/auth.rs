@@ -1,0 +1,12 @@
+//! htpasswd, JWKS and JWT parsing: the properties are in dataplane/tests/properties/auth.rs,
+//! shared with the in-tree property test.
+#![no_main]
+
+#[path = "../../dataplane/tests/properties/auth.rs"]
+mod auth;
+#[path = "../../dataplane/tests/properties/text.rs"]
+mod text;
+
+libfuzzer_sys::fuzz_target!(|input: auth::AuthInput| {
+    auth::check(&input);
+});
