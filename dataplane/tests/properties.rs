@@ -85,3 +85,69 @@ fn protected_route_is_reached_by_its_own_spellings() {
     check_request(Version::HTTP_11, "http://x.test/admin", &members);
     check_request(Version::HTTP_11, "/admin", &[("host", "members.test:abc")]);
 }
+
+// Found by the request_target fuzz target (docs/security.md, finding 1): a separator the
+// router does not cut a path at, but a lenient backend does, routes a request for the
+// protected `/admin` of members.test to its public `/` route. Each fails until the request
+// path phase refuses (or routes by) such paths.
+
+#[test]
+fn raw_backslash_does_not_route_around_a_protected_prefix() {
+    check_request(
+        http::Version::HTTP_11,
+        "/\\admin",
+        &[("host", "members.test")],
+    );
+}
+
+#[test]
+fn encoded_backslash_does_not_route_around_a_protected_prefix() {
+    check_request(
+        http::Version::HTTP_11,
+        "/%5Cadmin",
+        &[("host", "members.test")],
+    );
+}
+
+#[test]
+fn encoded_slash_does_not_route_around_a_protected_prefix() {
+    check_request(
+        http::Version::HTTP_11,
+        "/admin%2Fusers",
+        &[("host", "members.test")],
+    );
+}
+
+#[test]
+fn path_parameter_does_not_route_around_a_protected_prefix() {
+    check_request(
+        http::Version::HTTP_11,
+        "/admin;x",
+        &[("host", "members.test")],
+    );
+}
+
+#[test]
+fn encoded_semicolon_does_not_route_around_a_protected_prefix() {
+    check_request(
+        http::Version::HTTP_11,
+        "/admin%3B",
+        &[("host", "members.test")],
+    );
+}
+
+// Found by the cache_control fuzz target (docs/security.md, finding 2): an escaped quote
+// inside a quoted string ends the string for Sluice's list splitter, so the directives
+// after it are read as part of it and lost. Fails until `split_list` honours `\"`.
+
+#[test]
+fn escaped_quote_does_not_hide_the_directives_after_it() {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static(r#"no-cache="a\"b", no-store"#),
+    );
+    cache_control::check_cache_control(&headers);
+    let parsed = sluice_dataplane::cache::semantics::CacheControl::parse(&headers);
+    assert!(parsed.no_store, "no-store lost: {parsed:?}");
+}

@@ -387,21 +387,34 @@ pub fn check_request(original: &Parts) {
         assert!(joined.is_empty(), "a Cookie appeared: {described}");
     } else {
         assert_eq!(joined.len(), 1, "Cookie fields not joined: {described}");
+        // The same cookies in the same order (empty fields may leave empty members).
+        let pairs = |value: &[u8]| -> Vec<Vec<u8>> {
+            value
+                .split(|&b| b == b';')
+                .map(|pair| pair.trim_ascii().to_vec())
+                .filter(|pair| !pair.is_empty())
+                .collect()
+        };
+        let sent: Vec<Vec<u8>> = cookies.iter().flat_map(|value| pairs(value)).collect();
         assert_eq!(
-            joined[0].as_bytes(),
-            cookies.join(b"; ".as_slice()),
+            pairs(joined[0].as_bytes()),
+            sent,
             "Cookie fields joined wrongly: {described}"
         );
     }
 
     // The protected route: whatever a lenient backend reads as members.test + /admin,
     // in the client's request or in the forwarded one, went through it.
-    let forwarded_uri = Uri::from_maybe_shared(Bytes::copy_from_slice(
-        target.path_and_query.as_str().as_bytes(),
-    ))
-    .expect("a path and query is a URI");
+    // As hyper writes the request line: the path (`/` when empty), then any query.
+    let request_line = match target.path_and_query.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let forwarded_uri: Uri = request_line
+        .parse()
+        .unwrap_or_else(|error| panic!("{request_line:?} is not a URI ({error}): {described}"));
     let forwarded_protected = protected_in_view(&parts.headers, &forwarded_uri);
-    if backend_saw_protected || forwarded_protected {
+    if (backend_saw_protected || forwarded_protected) && !known_finding(path) {
         let routed = route_table()
             .lookup(&target.host, path)
             .map(|matched| matched.target.owner.name.as_str());
@@ -419,6 +432,16 @@ pub fn check_request(original: &Parts) {
             path,
         );
     }
+}
+
+/// With `SLUICE_FUZZ_SKIP_KNOWN=1` (for long fuzz runs only, never in tests), requests of
+/// the class already reported are let pass: a canonical path holding a separator the
+/// router does not cut at but a lenient backend does (`%2F`, `%5C`, `;`, `%3B`), see
+/// docs/security.md.
+fn known_finding(path: &str) -> bool {
+    static SKIP: LazyLock<bool> =
+        LazyLock::new(|| std::env::var_os("SLUICE_FUZZ_SKIP_KNOWN").is_some_and(|v| v == "1"));
+    *SKIP && ["%2F", "%5C", ";", "%3B"].iter().any(|s| path.contains(s))
 }
 
 /// Whether any reading a lenient backend could make of this request's host and path is
