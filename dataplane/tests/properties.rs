@@ -151,3 +151,59 @@ fn escaped_quote_does_not_hide_the_directives_after_it() {
     let parsed = sluice_dataplane::cache::semantics::CacheControl::parse(&headers);
     assert!(parsed.no_store, "no-store lost: {parsed:?}");
 }
+
+/// The token builder reaches acceptance: a well-formed token from each signer in the key
+/// set passes, and the same token damaged does not.
+#[test]
+fn built_tokens_reach_acceptance() {
+    use auth::{AlgChoice, BuiltToken, Damage, JsonChoice, Signer, TokenInput};
+    let token = |alg: AlgChoice, kid: u8, signer: Signer, damage: Vec<Damage>| {
+        TokenInput::Built(BuiltToken {
+            // Field indexes into the builder's names: 0 alg, 1 kid, 3 iss, 4 aud, 5 exp.
+            header: vec![(0, JsonChoice::Alg(alg)), (1, JsonChoice::Kid(kid))],
+            claims: vec![
+                (3, JsonChoice::Issuer),
+                (4, JsonChoice::AudienceList),
+                (5, JsonChoice::Far(true)),
+            ],
+            signer,
+            damage,
+        })
+    };
+    assert!(auth::accepted(&token(
+        AlgChoice::Es256,
+        1,
+        Signer::Ec,
+        vec![]
+    )));
+    assert!(auth::accepted(&token(
+        AlgChoice::EdDsa,
+        2,
+        Signer::Ed,
+        vec![]
+    )));
+    assert!(auth::accepted(&token(
+        AlgChoice::Rs256,
+        0,
+        Signer::Presigned(0),
+        vec![]
+    )));
+    assert!(!auth::accepted(&token(
+        AlgChoice::Es256,
+        1,
+        Signer::Ec,
+        vec![Damage::FlipByte(20)]
+    )));
+    assert!(!auth::accepted(&token(
+        AlgChoice::Hs256,
+        0,
+        Signer::Hmac,
+        vec![]
+    )));
+    assert!(!auth::accepted(&token(
+        AlgChoice::None,
+        0,
+        Signer::Empty,
+        vec![]
+    )));
+}

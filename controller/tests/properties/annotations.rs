@@ -4,7 +4,8 @@
 //! The parsers are reached the way the controller reaches them: an Ingress of ours (one
 //! rule, one path, a Service that exists) and an EndpointSlice carry the map, next to the
 //! policies and Secrets good values name, and `compile` reads them. Properties: nothing
-//! panics; every error about an annotation names one the object has; an Ingress rejected
+//! panics; every error about an annotation names one the object has (or the hash key that
+//! `load-balance: hash` lacks); an Ingress rejected
 //! as a whole is rejected for an annotation; one without `sluice.dev/*` annotations has no
 //! annotation errors at all.
 
@@ -65,7 +66,12 @@ pub fn check_annotations(annotations: &BTreeMap<String, String>, weights: Option
     };
     for error in errors {
         let field = error.field().unwrap_or_default();
-        named(field, &|name| annotations.contains_key(name));
+        // `load-balance: hash` without a hash key names the annotation that is missing.
+        named(field, &|name| {
+            annotations.contains_key(name)
+                || (name == "sluice.dev/hash-key"
+                    && annotations.contains_key("sluice.dev/load-balance"))
+        });
         if error.is_rejection() {
             assert!(
                 field.starts_with("metadata.annotations["),

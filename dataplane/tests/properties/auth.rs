@@ -524,6 +524,17 @@ fn token(input: &TokenInput) -> String {
     String::from_utf8_lossy(&token).into_owned()
 }
 
+/// Whether Sluice accepts the token `input` describes (for tests that the built tokens
+/// reach acceptance at all, so the independent check is not vacuous).
+pub fn accepted(input: &TokenInput) -> bool {
+    let token = token(input);
+    check_token(&token);
+    matches!(
+        rules().verify(&token, &[key_set()]),
+        TokenVerdict::Valid { .. }
+    )
+}
+
 /// No token is accepted unless the independent check finds it valid.
 pub fn check_token(token: &str) {
     let before = jsonwebtoken::get_current_timestamp();
