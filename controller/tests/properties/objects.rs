@@ -517,12 +517,22 @@ pub struct RateLimitInput {
 pub struct AuthSpecInput {
     pub basic: Option<(Pick, Option<String>)>,
     pub api_key: Option<(bool, Option<Pick>, bool)>,
-    pub jwt: Option<(Words, Vec<Words>, Option<Pick>, Option<Words>, Vec<u8>)>,
+    pub jwt: Option<JwtInput>,
     pub forward: Option<(Words, Words)>,
     pub ip_allow: Vec<Words>,
     pub ip_deny: Vec<Words>,
     pub require_all: bool,
     pub strip_credentials: bool,
+}
+
+/// `spec.jwt`: issuer, audiences, the JWKS Secret, the JWKS URL, algorithms.
+#[derive(Debug, Clone, Arbitrary)]
+pub struct JwtInput {
+    pub issuer: Words,
+    pub audiences: Vec<Words>,
+    pub secret: Option<Pick>,
+    pub uri: Option<Words>,
+    pub algorithms: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Arbitrary)]
@@ -817,7 +827,14 @@ impl ObjectsInput {
                     }
                     spec.insert("apiKey".into(), api_key);
                 }
-                if let Some((issuer, audiences, secret, uri, algorithms)) = &input.jwt {
+                if let Some(JwtInput {
+                    issuer,
+                    audiences,
+                    secret,
+                    uri,
+                    algorithms,
+                }) = &input.jwt
+                {
                     let mut jwt = json!({
                         "issuer": issuer.render(AUTH_WORDS),
                         "audiences": words_list(audiences, AUTH_WORDS),
