@@ -188,6 +188,12 @@ fn built_tokens_reach_acceptance() {
         Signer::Presigned(0),
         vec![]
     )));
+    // A NumericDate need not be whole (RFC 7519 §2): a fractional `nbf` in the past passes.
+    let TokenInput::Built(mut fractional) = token(AlgChoice::Es256, 1, Signer::Ec, vec![]) else {
+        unreachable!()
+    };
+    fractional.claims.push((6, JsonChoice::Float(1.0e-13)));
+    assert!(auth::accepted(&TokenInput::Built(fractional)));
     assert!(!auth::accepted(&token(
         AlgChoice::Es256,
         1,

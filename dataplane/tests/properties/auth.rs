@@ -549,7 +549,7 @@ pub fn check_token(token: &str) {
 
 /// The independent check: three base64url segments, an allowed asymmetric `alg`, a
 /// signature ring verifies with one of the set's public keys, `iss` the issuer, `aud`
-/// naming an audience, an integer `exp` not past, an `nbf` (if any) not future.
+/// naming an audience, a NumericDate `exp` not past, an `nbf` (if any) not future.
 fn independently_valid(token: &str, now: u64) -> Result<(), String> {
     let segments: Vec<&str> = token.split('.').collect();
     let [header, payload, signature] = segments[..] else {
@@ -590,18 +590,28 @@ fn independently_valid(token: &str, now: u64) -> Result<(), String> {
         return Err(format!("aud is {:?}", claims.get("aud")));
     }
     let skew = CLOCK_SKEW_SECONDS + 2;
-    match claims.get("exp").and_then(Value::as_u64) {
+    match claims.get("exp").and_then(numeric_date) {
         Some(exp) if exp.saturating_add(skew) >= now => {}
         exp => return Err(format!("exp is {exp:?} at {now}")),
     }
     match claims.get("nbf") {
         None => {}
-        Some(nbf) => match nbf.as_u64() {
+        Some(nbf) => match numeric_date(nbf) {
             Some(nbf) if nbf <= now + skew + 2 => {}
             _ => return Err(format!("nbf is {nbf:?} at {now}")),
         },
     }
     Ok(())
+}
+
+/// A NumericDate (RFC 7519 §2: seconds, not necessarily whole), rounded to seconds.
+fn numeric_date(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|seconds| seconds.is_finite() && *seconds >= 0.0 && *seconds < u64::MAX as f64)
+            .map(|seconds| seconds.round() as u64)
+    })
 }
 
 /// A public key of the test set, read straight from the JWKS document.
