@@ -2,8 +2,11 @@
 //! shared with the in-tree property test.
 #![no_main]
 
+// Shared with the in-tree tests, which use parts the fuzz target does not.
+#[allow(dead_code)]
 #[path = "../../dataplane/tests/properties/auth.rs"]
 mod auth;
+#[allow(dead_code)]
 #[path = "../../dataplane/tests/properties/text.rs"]
 mod text;
 
