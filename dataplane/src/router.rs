@@ -38,6 +38,23 @@ impl RouteTable {
     }
 }
 
+impl RouteTable {
+    /// Whether a request routed to `matched` must be refused because its path is
+    /// ambiguous (an encoded slash or backslash, a `;` parameter): always on a route with
+    /// strict paths, and on any route when a lenient backend's reading of the path
+    /// ([`crate::canonical::lenient_reading`]) would route elsewhere, so `/admin;x` cannot
+    /// reach a guarded `/admin`'s backend by way of an open `/`.
+    pub fn refuses_ambiguous(&self, host: &str, path: &str, matched: &RouteTarget) -> bool {
+        if !crate::canonical::is_ambiguous_path(path) {
+            return false;
+        }
+        matched.strict_paths
+            || self
+                .lookup(host, &crate::canonical::lenient_reading(path))
+                .is_some_and(|lenient| !std::ptr::eq(lenient.target, matched))
+    }
+}
+
 impl VirtualHost {
     /// Exact paths first (they are always the longest match), then prefixes from the
     /// longest candidate down, cutting the path at each `/` so matching is by element.

@@ -358,20 +358,10 @@ impl Proxy {
             let (parts, body) = response.into_parts();
             Response::from_parts(parts, body.with_finish(finish))
         };
-        // Encoded slashes, backslashes and `;` parameters: a backend that decodes them
-        // before routing would see another path than the one this route matched. Strict
-        // routes refuse them; every route refuses them when that other path is another
-        // route's (`/admin;x` must not reach `/admin`'s backend by way of `/`).
-        if crate::canonical::is_ambiguous_path(path_and_query.path())
-            && (target.strict_paths
-                || live
-                    .snapshot
-                    .routes
-                    .lookup(
-                        &host,
-                        &crate::canonical::lenient_reading(path_and_query.path()),
-                    )
-                    .is_some_and(|lenient| !std::ptr::eq(lenient.target, target)))
+        if live
+            .snapshot
+            .routes
+            .refuses_ambiguous(&host, path_and_query.path(), target)
         {
             return (local(LocalAnswer::BadRequest, finish), Some(series));
         }

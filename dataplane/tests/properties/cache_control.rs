@@ -17,8 +17,9 @@ use http::header::{
 use http::{HeaderMap, Method, StatusCode};
 use sluice_dataplane::cache::CacheRules;
 use sluice_dataplane::cache::semantics::{
-    CacheControl, MAX_DELTA_SECONDS, Seconds, initial_age, may_answer_authenticated, not_modified,
-    request_may_use_cache, request_requires_revalidation, storable, vary_names, vary_values,
+    CacheControl, HEURISTIC_STATUSES, MAX_DELTA_SECONDS, Seconds, initial_age,
+    may_answer_authenticated, not_modified, request_may_use_cache, request_requires_revalidation,
+    storable, vary_names, vary_values,
 };
 
 use super::text::Text;
@@ -181,6 +182,7 @@ pub fn check(input: &CacheInput) {
         stale_while_revalidate: Duration::from_secs(input.stale_while_revalidate.into()),
         stale_if_error: Duration::from_secs(input.stale_if_error.into()),
         store_set_cookie: input.store_set_cookie,
+        ttl_statuses: HEURISTIC_STATUSES.to_vec(),
     };
     let Ok(status) = StatusCode::from_u16(input.status) else {
         return;
