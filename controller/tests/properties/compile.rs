@@ -83,9 +83,6 @@ fn check_reachable(compiled: &Compiled) {
         .chain(std::iter::once(&routes.any_host));
     for host in hosts {
         for path in host.exact_paths.keys().chain(host.prefix_paths.keys()) {
-            if known_finding() {
-                break;
-            }
             assert_eq!(
                 canonical_path(path).as_deref(),
                 Ok(path.as_str()),
@@ -113,16 +110,6 @@ fn check_reachable(compiled: &Compiled) {
             "accepted Ingress {ingress} has no status"
         );
     }
-}
-
-/// With `SLUICE_FUZZ_SKIP_KNOWN=1` (for long fuzz runs only, never in tests), the class
-/// already reported is let pass: route paths stored in another spelling than requests'
-/// canonical paths (docs/security.md).
-fn known_finding() -> bool {
-    static SKIP: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
-        std::env::var_os("SLUICE_FUZZ_SKIP_KNOWN").is_some_and(|v| v == "1")
-    });
-    *SKIP
 }
 
 /// The same objects in another order: each list rotated and reversed.

@@ -236,9 +236,6 @@ pub fn check_cache_control(headers: &HeaderMap) {
         }
         assert!(seconds.duration() <= Duration::from_secs(MAX_DELTA_SECONDS));
     }
-    if known_finding(headers) {
-        return;
-    }
     let mut split = HeaderMap::new();
     for value in headers.get_all(CACHE_CONTROL) {
         let Ok(text) = value.to_str() else {
@@ -256,20 +253,6 @@ pub fn check_cache_control(headers: &HeaderMap) {
         parsed,
         "one field per member reads otherwise: {headers:?} vs {split:?}"
     );
-}
-
-/// With `SLUICE_FUZZ_SKIP_KNOWN=1` (for long fuzz runs only, never in tests), the class
-/// already reported is let pass: a backslash, which may escape a quote inside a quoted
-/// string (docs/security.md).
-fn known_finding(headers: &HeaderMap) -> bool {
-    static SKIP: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
-        std::env::var_os("SLUICE_FUZZ_SKIP_KNOWN").is_some_and(|v| v == "1")
-    });
-    *SKIP
-        && headers
-            .get_all(CACHE_CONTROL)
-            .iter()
-            .any(|value| value.as_bytes().contains(&b'\\'))
 }
 
 /// The members of a list field (RFC 9110 §5.6.1), split at commas outside quoted strings

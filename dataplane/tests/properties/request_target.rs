@@ -415,7 +415,7 @@ pub fn check_request(original: &Parts) {
         .parse()
         .unwrap_or_else(|error| panic!("{request_line:?} is not a URI ({error}): {described}"));
     let forwarded_protected = protected_in_view(&parts.headers, &forwarded_uri);
-    if (backend_saw_protected || forwarded_protected) && !known_finding(path) {
+    if backend_saw_protected || forwarded_protected {
         let matched = route_table().lookup(&target.host, path);
         // The proxy refuses an ambiguous path right after routing (`refuses_ambiguous`).
         let refused = matched.is_some_and(|matched| {
@@ -437,15 +437,6 @@ pub fn check_request(original: &Parts) {
             path,
         );
     }
-}
-/// With `SLUICE_FUZZ_SKIP_KNOWN=1` (for long fuzz runs only, never in tests), requests of
-/// the class already reported are let pass: a canonical path holding a separator the
-/// router does not cut at but a lenient backend does (`%2F`, `%5C`, `;`, `%3B`), see
-/// docs/security.md.
-fn known_finding(path: &str) -> bool {
-    static SKIP: LazyLock<bool> =
-        LazyLock::new(|| std::env::var_os("SLUICE_FUZZ_SKIP_KNOWN").is_some_and(|v| v == "1"));
-    *SKIP && ["%2F", "%5C", ";", "%3B"].iter().any(|s| path.contains(s))
 }
 
 /// Whether any reading a lenient backend could make of this request's host and path is
