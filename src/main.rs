@@ -21,7 +21,9 @@ use sluice_dataplane::live::{DataPlane, follow_snapshots};
 use sluice_dataplane::metrics::Metrics;
 use sluice_dataplane::proxy::{ProxyConfig, TrustedProxies};
 use sluice_dataplane::ratelimit::redis::{RedisBackend, RedisRole, RedisSettings};
-use sluice_dataplane::server::{ListenerConfig, TrafficWorkers, WorkerSockets, bind_shared};
+use sluice_dataplane::server::{
+    ListenerConfig, TrafficWorkers, WorkerSockets, bind_shared, memory,
+};
 use sluice_dataplane::snapshot::{ObjectRef, ServerCertificate};
 use sluice_dataplane::tls::TlsAcceptor;
 use tokio::net::TcpListener;
@@ -228,6 +230,24 @@ struct RunArgs {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     admin_max_connections: u32,
+    /// Client connections the traffic listeners hold at once, all threads together. At
+    /// the cap a new connection closes the connection idle longest (HTTP/1.1: closed;
+    /// HTTP/2: GOAWAY, streams finish); with none idle the new one is closed at once.
+    /// Counted in `sluice_connections_shed_total`. Default: what fits under the high
+    /// memory watermark at 40 KiB a connection, at most half the open-file limit.
+    #[arg(
+        long,
+        env = "SLUICE_MAX_CONNECTIONS",
+        value_name = "COUNT",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    max_connections: Option<u32>,
+    /// The memory limit the watermarks apply to, in bytes (suffixes Ki, Mi, Gi): above
+    /// 80 % Sluice stops offering keep-alive and closes idle connections sooner, above 90 %
+    /// it closes idle connections oldest first. Default: the cgroup's memory limit; none,
+    /// no watermarks.
+    #[arg(long, env = "SLUICE_MEMORY_LIMIT", value_name = "BYTES", value_parser = parse_bytes)]
+    memory_limit: Option<u64>,
     /// A file holding the bearer token of `POST /cache/purge` on the admin listener (mount
     /// it from a Secret); without one the purge endpoint is off.
     #[arg(long, env = "SLUICE_CACHE_PURGE_TOKEN_FILE", value_name = "PATH")]
@@ -369,6 +389,32 @@ fn main() -> ExitCode {
 }
 
 /// `NAMESPACE/NAME`, both object names.
+/// A byte count: a plain number, or with a binary suffix (`512Mi`, `2Gi`), as Kubernetes
+/// writes memory limits.
+fn parse_bytes(value: &str) -> Result<u64, String> {
+    let (digits, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => value.split_at(at),
+        None => (value, ""),
+    };
+    let multiplier: u64 = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{value:?}: a number of bytes, with Ki, Mi or Gi if any"
+            ));
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|number| number.checked_mul(multiplier))
+        .filter(|bytes| *bytes > 0)
+        .ok_or_else(|| format!("{value:?}: a number of bytes above 0, with Ki, Mi or Gi if any"))
+}
+
 fn parse_object_ref(value: &str) -> Result<ObjectRef, String> {
     let (namespace, name) = value
         .split_once('/')
@@ -554,6 +600,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let data_plane = Arc::new(data_plane);
     data_plane.follow_cache_purges();
+    let memory_limit = args.memory_limit.or_else(memory::cgroup_memory_limit);
     let listener_config = ListenerConfig {
         header_read_timeout: args.header_read_timeout,
         max_header_bytes: args.max_header_bytes,
@@ -561,7 +608,17 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         drain_timeout: args.drain_timeout,
         max_handshakes: args.max_tls_handshakes,
         idle_timeout: args.client_idle_timeout,
+        max_connections: args.max_connections.map_or_else(
+            || memory::default_max_connections(memory_limit, memory::open_files_limit()),
+            |max| usize::try_from(max).unwrap_or(usize::MAX),
+        ),
+        memory_limit,
     };
+    tracing::info!(
+        max_connections = listener_config.max_connections,
+        memory_limit = ?listener_config.memory_limit,
+        "connection budget"
+    );
     let admin_options = AdminOptions {
         listener: listener_config.clone(),
         max_connections: usize::try_from(args.admin_max_connections).unwrap_or(usize::MAX),
@@ -773,6 +830,25 @@ async fn shutdown_signal() -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_limits_take_kubernetes_binary_suffixes() {
+        assert_eq!(parse_bytes("536870912"), Ok(512 << 20));
+        assert_eq!(parse_bytes("512Mi"), Ok(512 << 20));
+        assert_eq!(parse_bytes("2Gi"), Ok(2 << 30));
+        assert_eq!(parse_bytes("64Ki"), Ok(64 << 10));
+        for bad in [
+            "",
+            "0",
+            "512M",
+            "Mi",
+            "-1",
+            "1.5Gi",
+            "99999999999999999999Gi",
+        ] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn the_admin_listener_is_internal_unless_bound_elsewhere() {

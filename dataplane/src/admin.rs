@@ -59,7 +59,7 @@ pub async fn serve_admin(
         .purge_token
         .map(|token| Arc::new(<[u8; 32]>::from(Sha256::digest(token.as_bytes()))));
     let (drain, draining) = watch::channel(false);
-    let server = ConnectionServer::new(&options.listener, draining);
+    let server = ConnectionServer::new(&options.listener, draining, None);
     // Clamped: a semaphore panics beyond MAX_PERMITS.
     let slots = Arc::new(Semaphore::new(
         options.max_connections.clamp(1, Semaphore::MAX_PERMITS),
@@ -121,7 +121,10 @@ async fn serve_admin_client(
             }
         }
     };
-    server.serve(stream, peer, handle).await;
+    let activity = Arc::new(crate::server::Activity::new());
+    server
+        .serve(stream, peer, activity, None, |_| {}, handle)
+        .await;
 }
 
 fn answer(data_plane: &DataPlane, request: &Request<Incoming>) -> Response<Full<Bytes>> {

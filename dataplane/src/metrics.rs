@@ -397,6 +397,31 @@ fn apply_duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_01, 2.5, 15))
 }
 
+/// Why a client connection was shed by the connection budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ShedReason {
+    /// An idle connection closed to make room for a new one at the cap.
+    idle,
+    /// A new connection closed at once: at the cap with none idle.
+    full,
+    /// An idle connection closed because memory ran short.
+    memory,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ShedLabels {
+    pub reason: ShedReason,
+}
+
+/// A traffic listener (`http`, `https`) and the protocol a connection on it speaks
+/// (`http1`, `http2`, or `unknown` before its first bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    pub listener: &'static str,
+    pub protocol: &'static str,
+}
+
 /// Every metric Sluice exports, registered once at start-up.
 #[derive(Debug)]
 pub struct Metrics {
@@ -419,6 +444,16 @@ pub struct Metrics {
     pub cache_redis_errors: Family<CacheLabels, Counter>,
     pub rate_limit_redis_seconds: Histogram,
     pub active_connections: Gauge,
+    /// Client connections open, by listener and protocol.
+    pub open_connections: Family<ConnectionLabels, Gauge>,
+    pub connections_shed: Family<ShedLabels, Counter>,
+    /// `--max-connections`, as applied.
+    pub max_connections: Gauge,
+    /// 0 normal, 1 above the high watermark, 2 above the critical one.
+    pub memory_pressure: Gauge,
+    /// The memory limit the watermarks are fractions of; 0 without one.
+    pub memory_limit_bytes: Gauge,
+    pub resident_memory_bytes: Gauge,
     /// Admin connections closed at once because `--admin-max-connections` were open.
     pub admin_connections_refused: Counter,
     pub tls_handshakes: Family<TlsHandshakeLabels, Counter>,
@@ -547,6 +582,42 @@ impl Metrics {
             "Client connections open on the traffic listeners",
             active_connections.clone(),
         );
+        let open_connections = Family::<ConnectionLabels, Gauge>::default();
+        registry.register(
+            "open_connections",
+            "Client connections open on the traffic listeners, by listener and protocol",
+            open_connections.clone(),
+        );
+        let connections_shed = Family::<ShedLabels, Counter>::default();
+        registry.register(
+            "connections_shed",
+            "Client connections closed by the connection budget: idle ones to make room at the cap, new ones refused with none idle, idle ones for memory",
+            connections_shed.clone(),
+        );
+        let max_connections = Gauge::default();
+        registry.register(
+            "max_connections",
+            "The most client connections the traffic listeners hold at once",
+            max_connections.clone(),
+        );
+        let memory_pressure = Gauge::default();
+        registry.register(
+            "memory_pressure",
+            "0 below the high memory watermark, 1 above it (no keep-alive, short idle timeouts), 2 above the critical one (idle connections closed)",
+            memory_pressure.clone(),
+        );
+        let memory_limit_bytes = Gauge::default();
+        registry.register(
+            "memory_limit_bytes",
+            "The memory limit the watermarks apply to (the cgroup's, or --memory-limit); 0 without one",
+            memory_limit_bytes.clone(),
+        );
+        let resident_memory_bytes = Gauge::default();
+        registry.register(
+            "resident_memory_bytes",
+            "Resident memory of the process, as the memory watch last read it",
+            resident_memory_bytes.clone(),
+        );
         let admin_connections_refused = Counter::default();
         registry.register(
             "admin_connections_refused",
@@ -632,6 +703,12 @@ impl Metrics {
             cache_redis_errors,
             rate_limit_redis_seconds,
             active_connections,
+            open_connections,
+            connections_shed,
+            max_connections,
+            memory_pressure,
+            memory_limit_bytes,
+            resident_memory_bytes,
             admin_connections_refused,
             tls_handshakes,
             tls_handshake_failures,
@@ -642,6 +719,13 @@ impl Metrics {
             snapshot_routes,
             config_errors,
         }
+    }
+
+    /// The counter of connections shed for `reason`.
+    pub fn connections_shed(&self, reason: ShedReason) -> Counter {
+        self.connections_shed
+            .get_or_create(&ShedLabels { reason })
+            .clone()
     }
 
     /// The series of a route; keep it rather than calling this per request.

@@ -552,7 +552,7 @@ impl Proxy {
         let timeout = self.response_header_timeout(target, &parts.headers);
         let client_side = upgrade
             .as_ref()
-            .and_then(|_| parts.extensions.remove::<OnUpgrade>());
+            .and_then(|_| tunnel::ClientSide::take(&mut parts.extensions));
         let hash = hash_input(&target.balance, &parts.headers, client_ip);
         self.prepare_upstream_headers(
             &mut parts,

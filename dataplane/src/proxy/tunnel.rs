@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::balance::InFlight;
+use crate::server::{ClientUpgrade, UpgradedClient};
 
 /// Bytes read at a time in each direction.
 const BUFFER: usize = 16 * 1024;
@@ -107,9 +108,43 @@ pub(super) fn restore_upgrade_headers(headers: &mut HeaderMap, upgrade: HeaderVa
 #[derive(Debug, Clone)]
 pub struct TunnelOpen(pub tokio::sync::watch::Receiver<()>);
 
+/// The client's side of an upgrade: from hyper (HTTP/2 extended CONNECT), or from the
+/// listener, which serves HTTP/1.1 connections in a way that can park them and so hands
+/// over an upgraded stream itself.
+pub(super) enum ClientSide {
+    Hyper(OnUpgrade),
+    Listener(tokio::sync::oneshot::Receiver<UpgradedClient>),
+}
+
+impl ClientSide {
+    /// Takes the client side out of a request's extensions.
+    pub fn take(extensions: &mut http::Extensions) -> Option<Self> {
+        if let Some(receiver) = extensions
+            .remove::<ClientUpgrade>()
+            .and_then(|upgrade| upgrade.take())
+        {
+            return Some(ClientSide::Listener(receiver));
+        }
+        extensions.remove::<OnUpgrade>().map(ClientSide::Hyper)
+    }
+
+    async fn open(self) -> Result<Box<dyn crate::server::UpgradedIo>, String> {
+        match self {
+            ClientSide::Hyper(on_upgrade) => match on_upgrade.await {
+                Ok(upgraded) => Ok(Box::new(TokioIo::new(upgraded))),
+                Err(error) => Err(error.to_string()),
+            },
+            ClientSide::Listener(receiver) => receiver
+                .await
+                .map(|client| client.0)
+                .map_err(|_| "the client connection closed before the upgrade".to_owned()),
+        }
+    }
+}
+
 /// Both halves of an accepted upgrade, to be relayed once hyper hands them over.
 pub(super) struct Tunnel {
-    pub client: OnUpgrade,
+    pub client: ClientSide,
     pub upstream: OnUpgrade,
     pub idle_timeout: Duration,
     pub open_tunnels: Gauge,
@@ -131,9 +166,13 @@ impl Tunnel {
                 in_flight,
                 open,
             } = self;
-            let (client, upstream) = match tokio::try_join!(client, upstream) {
-                Ok(both) => both,
-                Err(error) => {
+            let (client, upstream) = match tokio::join!(client.open(), upstream) {
+                (Ok(client), Ok(upstream)) => (client, upstream),
+                (Err(error), _) => {
+                    tracing::debug!(%error, "upgrade did not complete");
+                    return;
+                }
+                (_, Err(error)) => {
                     tracing::debug!(%error, "upgrade did not complete");
                     return;
                 }
@@ -158,8 +197,12 @@ enum Ended {
     Idle,
 }
 
-async fn relay(client: Upgraded, upstream: Upgraded, idle_timeout: Duration) -> io::Result<Ended> {
-    relay_streams(TokioIo::new(client), TokioIo::new(upstream), idle_timeout).await
+async fn relay(
+    client: Box<dyn crate::server::UpgradedIo>,
+    upstream: Upgraded,
+    idle_timeout: Duration,
+) -> io::Result<Ended> {
+    relay_streams(client, TokioIo::new(upstream), idle_timeout).await
 }
 
 /// Copies both ways until both sides have finished (each end of input is passed on as a

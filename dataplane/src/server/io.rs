@@ -1,0 +1,178 @@
+//! A client connection's byte stream as the HTTP servers see it.
+//!
+//! Bytes read ahead (the protocol sniff, or what hyper had buffered when it let go of an
+//! idle connection) are served first, and whether the last write had to wait is kept
+//! where the connection's driver can see it: an idle HTTP/1.1 connection is only taken
+//! back from hyper once everything hyper wrote has left.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::budget::Activity;
+
+/// A client stream the listener can park: wait, holding nothing but the socket, until
+/// the client sends something.
+pub(crate) trait ClientStream:
+    AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static
+{
+    /// Whether the stream can say when it is readable, and so park.
+    const PARKS: bool;
+
+    /// Ready once reading would not wait (bytes, end of stream or an error); for a stream
+    /// that cannot park, at once.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ClientStream for TcpStream {
+    const PARKS: bool = true;
+
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+    const PARKS: bool = true;
+
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // hyper reads until the stream would wait, so no plaintext is left in rustls
+        // when the connection parks; the next record arrives on the socket.
+        self.get_ref().0.poll_read_ready(cx)
+    }
+}
+
+/// In-memory connections for tests: never parked.
+impl ClientStream for tokio::io::DuplexStream {
+    const PARKS: bool = false;
+
+    fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The stream hyper reads from and writes to.
+pub(crate) struct ClientIo<IO> {
+    read_ahead: Bytes,
+    inner: IO,
+    activity: Arc<Activity>,
+}
+
+impl<IO: ClientStream> ClientIo<IO> {
+    pub(crate) fn new(inner: IO, activity: Arc<Activity>) -> Self {
+        ClientIo {
+            read_ahead: Bytes::new(),
+            inner,
+            activity,
+        }
+    }
+
+    /// Puts `bytes` back in front of whatever is still to be read.
+    pub(crate) fn unread(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.read_ahead.is_empty() {
+            self.read_ahead = bytes;
+        } else {
+            let mut joined = BytesMut::with_capacity(bytes.len() + self.read_ahead.len());
+            joined.extend_from_slice(&bytes);
+            joined.extend_from_slice(&self.read_ahead);
+            self.read_ahead = joined.freeze();
+        }
+    }
+
+    /// Whether bytes are waiting to be read that the socket no longer has.
+    pub(crate) fn has_read_ahead(&self) -> bool {
+        !self.read_ahead.is_empty()
+    }
+
+    /// Completes once the client has sent something (or closed, or failed).
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        if self.has_read_ahead() {
+            return Ok(());
+        }
+        std::future::poll_fn(|cx| self.inner.poll_read_ready(cx)).await
+    }
+
+    fn note_write<T>(&self, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        self.activity
+            .write_waiting
+            .store(poll.is_pending(), Ordering::Relaxed);
+        poll
+    }
+}
+
+impl<IO: ClientStream> AsyncRead for ClientIo<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read_ahead.is_empty() {
+            let take = self.read_ahead.len().min(buf.remaining());
+            buf.put_slice(&self.read_ahead[..take]);
+            self.read_ahead.advance(take);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<IO: ClientStream> AsyncWrite for ClientIo<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note_write(poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note_write(poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note_write(poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn unread_bytes_come_first_in_the_order_they_were_sent() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut io = ClientIo::new(server, Arc::new(Activity::new()));
+        client.write_all(b" world").await.unwrap();
+        io.unread(Bytes::from_static(b"lo"));
+        io.unread(Bytes::from_static(b"hel"));
+        let mut read = vec![0u8; 11];
+        io.read_exact(&mut read).await.unwrap();
+        assert_eq!(read, b"hello world");
+        assert!(!io.has_read_ahead());
+    }
+}
