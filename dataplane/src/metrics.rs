@@ -447,6 +447,8 @@ pub struct Metrics {
     /// Client connections open, by listener and protocol.
     pub open_connections: Family<ConnectionLabels, Gauge>,
     pub connections_shed: Family<ShedLabels, Counter>,
+    /// Client connections parked: idle, holding only their sockets.
+    pub parked_connections: Gauge,
     /// `--max-connections`, as applied.
     pub max_connections: Gauge,
     /// 0 normal, 1 above the high watermark, 2 above the critical one.
@@ -594,6 +596,12 @@ impl Metrics {
             "Client connections closed by the connection budget: idle ones to make room at the cap, new ones refused with none idle, idle ones for memory",
             connections_shed.clone(),
         );
+        let parked_connections = Gauge::default();
+        registry.register(
+            "parked_connections",
+            "Idle client connections holding nothing but their sockets until the client sends again",
+            parked_connections.clone(),
+        );
         let max_connections = Gauge::default();
         registry.register(
             "max_connections",
@@ -705,6 +713,7 @@ impl Metrics {
             active_connections,
             open_connections,
             connections_shed,
+            parked_connections,
             max_connections,
             memory_pressure,
             memory_limit_bytes,

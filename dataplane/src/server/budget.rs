@@ -217,6 +217,7 @@ pub struct ConnectionBudget {
     shed_idle: Counter,
     shed_full: Counter,
     shed_memory: Counter,
+    parked: Gauge,
 }
 
 impl std::fmt::Debug for ConnectionBudget {
@@ -258,6 +259,7 @@ impl ConnectionBudget {
             shed_idle: metrics.connections_shed(ShedReason::idle),
             shed_full: metrics.connections_shed(ShedReason::full),
             shed_memory: metrics.connections_shed(ShedReason::memory),
+            parked: metrics.parked_connections.clone(),
         }
     }
 
@@ -368,6 +370,11 @@ impl ConnectionBudget {
         }
     }
 
+    /// Counts a connection as parked while the guard lives.
+    pub(crate) fn parked(&self) -> Counted {
+        Counted::new(self.parked.clone())
+    }
+
     /// The listeners are draining: parked connections close now, and connections that
     /// park later close instead.
     pub(crate) fn drain(&self) {
@@ -395,9 +402,15 @@ fn shed_oldest_idle(connections: &Slab<Arc<Activity>>, count: usize) -> usize {
     if count == 0 {
         return 0;
     }
+    // Idle means waiting for the client: parked, or between requests. A connection that
+    // has sent bytes not yet made into a request (a busy thread has not got to them) is
+    // not idle, however long ago it opened.
     let mut idle: Vec<(Instant, &Arc<Activity>)> = connections
         .iter()
         .filter(|(_, activity)| !activity.shed.load(Ordering::Relaxed))
+        .filter(|(_, activity)| {
+            activity.parked.load(Ordering::Relaxed) || activity.begun.load(Ordering::Relaxed)
+        })
         .filter_map(|(_, activity)| Some((activity.idle_since()?, activity)))
         .collect();
     let count = count.min(idle.len());
@@ -443,6 +456,13 @@ mod tests {
         Arc::new(ConnectionBudget::new(max, limits, &Metrics::new()))
     }
 
+    /// Admits a connection that then waits for its client (parked).
+    fn waiting(budget: &Arc<ConnectionBudget>) -> Option<Admitted> {
+        let admitted = budget.admit()?;
+        admitted.activity.set_parked(true);
+        Some(admitted)
+    }
+
     fn shed(activity: &Activity) -> bool {
         activity.shed.load(Ordering::Relaxed)
     }
@@ -450,18 +470,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn at_the_cap_the_longest_idle_connection_makes_room() {
         let budget = budget(3);
-        let first = budget.admit().unwrap();
+        let first = waiting(&budget).unwrap();
         tokio::time::sleep(SECOND).await;
-        let second = budget.admit().unwrap();
-        let third = budget.admit().unwrap();
+        let second = waiting(&budget).unwrap();
+        let third = waiting(&budget).unwrap();
         // The first is busy: the second has been idle longest.
         let busy = first.activity.begin(false);
-        let fourth = budget.admit().expect("room made");
+        let fourth = waiting(&budget).expect("room made");
         assert!(!shed(&first.activity) && shed(&second.activity) && !shed(&third.activity));
         assert_eq!(budget.open(), 4, "until the shed one closes");
         drop(second);
         // Third and fourth idle, first busy: the third goes next.
-        let _fifth = budget.admit().expect("room made");
+        let _fifth = waiting(&budget).expect("room made");
         assert!(shed(&third.activity) && !shed(&fourth.activity));
         drop(busy);
         drop(third);
@@ -473,10 +493,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn with_every_connection_busy_a_new_one_is_refused() {
         let budget = budget(2);
-        let a = budget.admit().unwrap();
-        let b = budget.admit().unwrap();
+        let a = waiting(&budget).unwrap();
+        let b = waiting(&budget).unwrap();
         let _busy = (a.activity.begin(false), b.activity.begin(false));
-        assert!(budget.admit().is_none());
+        assert!(waiting(&budget).is_none());
         assert_eq!(budget.shed_full.get(), 1);
         assert!(!shed(&a.activity) && !shed(&b.activity));
         assert_eq!(budget.open(), 2);
@@ -485,22 +505,22 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_connection_is_shed_once() {
         let budget = budget(1);
-        let a = budget.admit().unwrap();
-        let _b = budget.admit().expect("a made room");
+        let a = waiting(&budget).unwrap();
+        let _b = waiting(&budget).expect("a made room");
         // `a` is still closing: it is not counted as room a second time.
         let _b_busy = _b.activity.begin(false);
-        assert!(budget.admit().is_none());
+        assert!(waiting(&budget).is_none());
         drop(a);
     }
 
     #[tokio::test(start_paused = true)]
     async fn memory_pressure_sheds_idle_connections_oldest_first() {
         let budget = budget(100);
-        let old = budget.admit().unwrap();
+        let old = waiting(&budget).unwrap();
         tokio::time::sleep(3 * SECOND).await;
-        let newer = budget.admit().unwrap();
+        let newer = waiting(&budget).unwrap();
         tokio::time::sleep(SECOND).await;
-        let busy = budget.admit().unwrap();
+        let busy = waiting(&budget).unwrap();
         let _request = busy.activity.begin(false);
         assert_eq!(budget.shed_idle_longer_than(2 * SECOND), 1);
         assert!(shed(&old.activity) && !shed(&newer.activity));
@@ -508,10 +528,8 @@ mod tests {
         assert!(shed(&newer.activity) && !shed(&busy.activity));
         assert_eq!(budget.shed_memory.get(), 2);
         budget.set_pressure(Pressure::Critical);
-        let fresh = budget
-            .admit()
-            .expect("a fresh client is served with none idle");
-        let _in_its_place = budget.admit().expect("served");
+        let fresh = waiting(&budget).expect("a fresh client is served with none idle");
+        let _in_its_place = waiting(&budget).expect("served");
         assert!(
             shed(&fresh.activity),
             "critical: a new one closes the one idle longest"
@@ -522,8 +540,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn parked_connections_expire_at_their_deadlines() {
         let budget = budget(10);
-        let silent = budget.admit().unwrap();
-        silent.activity.set_parked(true);
+        let silent = waiting(&budget).unwrap();
         let keep_alive = budget.admit().unwrap();
         drop(keep_alive.activity.begin(false));
         keep_alive.activity.set_parked(true);
@@ -541,10 +558,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_connection_whose_bytes_wait_unread_is_not_idle() {
+        let budget = budget(1);
+        // Accepted, sent its request, not yet made into one by a busy thread.
+        let unread = budget.admit().unwrap();
+        assert!(
+            budget.admit().is_none(),
+            "nothing idle to close in its place"
+        );
+        assert!(!shed(&unread.activity));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_drain_closes_parked_connections_only() {
         let budget = budget(10);
-        let parked = budget.admit().unwrap();
-        parked.activity.set_parked(true);
+        let parked = waiting(&budget).unwrap();
         let serving = budget.admit().unwrap();
         budget.drain();
         assert!(budget.draining());

@@ -277,56 +277,90 @@ impl ConnectionServer {
         protocol(is_http2);
         let exchange = Arc::new(Exchange::default());
         let service = self.service(&activity, &exchange, handle, is_http2);
+        // Each hyper connection is a boxed future of its own, dropped when the connection
+        // parks: the task then holds only this function's few locals.
         if is_http2 {
-            let mut session = Box::pin(self.http2.serve_connection(TokioIo::new(io), service));
-            if let SessionEnd::Done(Err(error)) = self.drive(&mut session, &activity, false).await {
-                tracing::debug!(%error, client = %peer, "connection ended with an error");
-            }
+            let session = async {
+                let mut session = Box::pin(self.http2.serve_connection(TokioIo::new(io), service));
+                if let SessionEnd::Done(Err(error)) =
+                    self.drive(&mut session, &activity, false).await
+                {
+                    tracing::debug!(%error, client = %peer, "connection ended with an error");
+                }
+            };
+            Box::pin(session).await;
             return;
         }
         let mut service = service;
         loop {
-            let mut session = Box::pin(self.http1.serve_connection(TokioIo::new(io), service));
-            let end = self.drive(&mut session, &activity, parks).await;
-            match end {
-                SessionEnd::Dropped => return,
-                SessionEnd::Done(Err(error)) => {
-                    tracing::debug!(%error, client = %peer, "connection ended with an error");
-                    return;
-                }
-                SessionEnd::Done(Ok(())) => {
-                    let parts = Pin::into_inner(session).into_parts();
-                    let mut io = parts.io.into_inner();
-                    let upgrade = exchange
-                        .upgrade
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .take();
-                    match upgrade {
-                        Some(upgrade) if activity.upgraded() => {
-                            io.unread(parts.read_buf);
-                            let _ = upgrade.send(UpgradedClient(Box::new(io)));
-                        }
-                        _ => {
-                            let _ = tokio::time::timeout(self.deadlines.idle_close, io.shutdown())
-                                .await;
-                        }
+            let session =
+                Box::pin(self.serve_http1(io, service, &activity, &exchange, peer, parks));
+            let Some((parked_io, parked_service)) = session.await else {
+                return;
+            };
+            io = parked_io;
+            service = parked_service;
+            if !io.has_read_ahead() && !self.park(&io, &activity).await {
+                let _ = tokio::time::timeout(self.deadlines.idle_close, io.shutdown()).await;
+                return;
+            }
+        }
+    }
+
+    /// One hyper HTTP/1.1 connection on a client connection, until it ends (`None`) or
+    /// has been idle long enough to park: then the stream, with whatever hyper had read
+    /// ahead put back, and the service, for the next one.
+    async fn serve_http1<IO, S, B>(
+        &self,
+        io: ClientIo<IO>,
+        service: S,
+        activity: &Activity,
+        exchange: &Exchange,
+        peer: SocketAddr,
+        parks: bool,
+    ) -> Option<(ClientIo<IO>, S)>
+    where
+        IO: ClientStream,
+        S: hyper::service::HttpService<Incoming, ResBody = B> + Unpin,
+        S::Future: Unpin,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: http_body::Body + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut session = Box::pin(self.http1.serve_connection(TokioIo::new(io), service));
+        match self.drive(&mut session, activity, parks).await {
+            SessionEnd::Dropped => None,
+            SessionEnd::Done(Err(error)) => {
+                tracing::debug!(%error, client = %peer, "connection ended with an error");
+                None
+            }
+            SessionEnd::Done(Ok(())) => {
+                let parts = Pin::into_inner(session).into_parts();
+                let mut io = parts.io.into_inner();
+                let upgrade = exchange
+                    .upgrade
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+                match upgrade {
+                    Some(upgrade) if activity.upgraded() => {
+                        io.unread(parts.read_buf);
+                        let _ = upgrade.send(UpgradedClient(Box::new(io)));
                     }
-                    return;
-                }
-                SessionEnd::Park => {
-                    let parts = Pin::into_inner(session).into_parts();
-                    io = parts.io.into_inner();
-                    service = parts.service;
-                    // Part of a pipelined request hyper had read: served at once, by a
-                    // new hyper connection, without parking.
-                    io.unread(parts.read_buf);
-                    if !io.has_read_ahead() && !self.park(&io, &activity).await {
+                    _ => {
                         let _ =
                             tokio::time::timeout(self.deadlines.idle_close, io.shutdown()).await;
-                        return;
                     }
                 }
+                None
+            }
+            SessionEnd::Park => {
+                let parts = Pin::into_inner(session).into_parts();
+                let mut io = parts.io.into_inner();
+                // Part of a pipelined request hyper had read: served at once, by a new
+                // hyper connection, without parking.
+                io.unread(parts.read_buf);
+                Some((io, parts.service))
             }
         }
     }
@@ -339,6 +373,7 @@ impl ConnectionServer {
             return true;
         };
         activity.set_parked(true);
+        let _counted = budget.parked();
         let woken = if budget.draining() {
             false
         } else {
@@ -682,7 +717,7 @@ mod tests {
                 &b"GET /a-path-longer-than-the-preface HTTP/1.1\r\n"[..],
                 false,
             ),
-            (&PREFACE[..], true),
+            (&PREFACE[..PREFACE.len()], true),
             (&b"PRI * HTTP/1.1\r\n"[..], false),
             (&PREFACE[..10], false),
         ] {

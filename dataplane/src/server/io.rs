@@ -34,7 +34,7 @@ impl ClientStream for TcpStream {
     const PARKS: bool = true;
 
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        TcpStream::poll_read_ready(self, cx)
+        peek_ready(self, cx)
     }
 }
 
@@ -44,8 +44,17 @@ impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // hyper reads until the stream would wait, so no plaintext is left in rustls
         // when the connection parks; the next record arrives on the socket.
-        self.get_ref().0.poll_read_ready(cx)
+        peek_ready(&self.get_ref().0, cx)
     }
+}
+
+/// Ready once the socket has bytes or has ended. A peek, not `poll_read_ready`: tokio
+/// counts a newly accepted socket readable until a read would block, so a connection that
+/// has sent nothing would never park.
+fn peek_ready(stream: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    let mut byte = [0u8; 1];
+    let mut buf = ReadBuf::new(&mut byte);
+    stream.poll_peek(cx, &mut buf).map_ok(|_| ())
 }
 
 /// In-memory connections for tests: never parked.

@@ -34,6 +34,9 @@ use crate::tls::{HandshakeFailure, TlsAcceptor};
 use budget::Counted;
 use io::ClientStream;
 
+/// How often each traffic thread hands freed memory back to the system.
+const RELEASE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Connection-level limits of a listener: the traffic listeners and the admin listener.
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
@@ -60,6 +63,10 @@ pub struct ListenerConfig {
     pub max_connections: usize,
     /// The memory limit the watermarks apply to; `None`: no watermarks.
     pub memory_limit: Option<u64>,
+    /// Returns memory the calling thread's allocator holds free to the system; each
+    /// traffic thread calls it every second. Connections that park free their buffers,
+    /// and an allocator keeps freed pages of an idle thread otherwise.
+    pub release_free_memory: Option<fn()>,
 }
 
 impl Default for ListenerConfig {
@@ -73,6 +80,7 @@ impl Default for ListenerConfig {
             max_handshakes: 1024,
             max_connections: 10_000,
             memory_limit: None,
+            release_free_memory: None,
         }
     }
 }
@@ -362,7 +370,21 @@ impl TrafficWorkers {
                                 }
                             }
                         };
-                        tokio::join!(http, https);
+                        let release = async {
+                            let Some(release) = config.release_free_memory else {
+                                return std::future::pending().await;
+                            };
+                            let mut every = tokio::time::interval(RELEASE_INTERVAL);
+                            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                            loop {
+                                every.tick().await;
+                                release();
+                            }
+                        };
+                        tokio::select! {
+                            ((), ()) = async { tokio::join!(http, https) } => {}
+                            () = release => {}
+                        }
                     });
                 })?;
             threads.push(thread);
