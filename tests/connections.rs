@@ -700,3 +700,41 @@ async fn parked_connections_are_closed_at_the_keep_alive_and_first_request_deadl
         );
     }
 }
+
+/// A drain closes idle connections at once: parked ones are told to close, so a silent
+/// connection (it would park before its first bytes) must not hold up the exit until the
+/// drain timeout, as a parked keep-alive connection does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_do_not_hold_up_the_drain() {
+    let args = ["--drain-timeout", "5s", "--header-read-timeout", "20s"];
+    for silent in [false, true] {
+        let what = if silent {
+            "a silent"
+        } else {
+            "an idle keep-alive"
+        };
+        let name = if silent {
+            "drain-silent"
+        } else {
+            "drain-keep-alive"
+        };
+        let mut site = Site::start(name, &args).await;
+        let mut stream = raw::connect(site.http()).await;
+        if !silent {
+            assert_served(
+                &request_on(&mut stream, &get("/once"), 1).await,
+                &["/once"],
+                what,
+            );
+        }
+        tokio::time::sleep(PARKED).await;
+        let stopping = Instant::now();
+        let exit = site.sluice.terminate(Duration::from_secs(8));
+        let took = stopping.elapsed();
+        println!("with {what} connection open, exit {exit:?} after {took:?}");
+        assert!(
+            exit.is_some() && took < Duration::from_secs(2),
+            "with {what} connection open, SIGTERM: exit {exit:?} after {took:?}, not within 2 s"
+        );
+    }
+}
