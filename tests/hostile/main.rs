@@ -15,6 +15,7 @@
 mod support;
 
 mod cases;
+mod connections;
 mod forwarding;
 mod framing;
 mod headers;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod grpc;
+pub mod held;
 pub mod jwt;
 pub mod origin;
 pub mod raw;

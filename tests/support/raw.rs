@@ -689,6 +689,40 @@ where
     exchange
 }
 
+/// Reads from `stream` until `count` complete responses have arrived, the server closes
+/// the connection, or `within` passes, without writing anything. Reads nothing beyond what
+/// the server sent, so the stream can carry on (say, as a WebSocket after a keep-alive
+/// request); bytes past the responses are `trailing`.
+pub async fn read_responses<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    count: usize,
+    within: Duration,
+) -> Exchange {
+    let started = Instant::now();
+    let mut data = Vec::new();
+    let mut buffer = vec![0u8; 16 * 1024];
+    let mut closed_after = None;
+    while parse_responses(&data, false).0.len() < count {
+        let left = within.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+            Ok(Ok(read)) => data.extend_from_slice(&buffer[..read]),
+            Err(_) => break,
+        }
+    }
+    let (responses, used) = parse_responses(&data, closed_after.is_some());
+    Exchange {
+        responses,
+        closed: closed_after.is_some(),
+        closed_after,
+        trailing: data[used..].to_vec(),
+        unsent: 0,
+    }
+}
+
 /// The complete responses at the start of `data` and how many bytes they take; a `101`
 /// ends them (what follows is no longer HTTP/1.1). A body without a length runs to the
 /// close (`closed`).
