@@ -122,7 +122,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if le (int .Values.terminationGracePeriodSeconds) (add $delay $drain) -}}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must be longer than controller.shutdownDelay + controller.drainTimeout (%ds): Kubernetes would kill draining requests" (int .Values.terminationGracePeriodSeconds) (add $delay $drain)) -}}
 {{- end -}}
-{{- $managed := list "--ingress-class" "--http-addr" "--https-addr" "--https-redirect-port" "--default-ssl-certificate" "--admin-addr" "--log-format" "--access-log" "--leader-elect" "--lease-name" "--lease-duration" "--lease-namespace" "--publish-service" "--trusted-proxies" "--shutdown-delay" "--drain-timeout" "--identity" "--redis-url" "--cache-purge-token-file" -}}
+{{- $managed := list "--ingress-class" "--http-addr" "--https-addr" "--https-redirect-port" "--default-ssl-certificate" "--admin-addr" "--log-format" "--access-log" "--leader-elect" "--lease-name" "--lease-duration" "--lease-namespace" "--publish-service" "--trusted-proxies" "--shutdown-delay" "--drain-timeout" "--identity" "--redis-url" "--cache-purge-token-file" "--max-connections" "--memory-limit" -}}
 {{- range .Values.controller.extraArgs -}}
 {{- $flag := regexReplaceAll "=.*" . "" -}}
 {{- if has $flag $managed -}}

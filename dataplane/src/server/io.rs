@@ -44,7 +44,7 @@ impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // hyper reads until the stream would wait, so no plaintext is left in rustls
         // when the connection parks; the next record arrives on the socket.
-        peek_ready(&self.get_ref().0, cx)
+        peek_ready(self.get_ref().0, cx)
     }
 }
 
