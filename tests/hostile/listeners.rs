@@ -45,6 +45,7 @@ fn assert_closed_at_header_timeout(what: &str, lived: Option<Duration>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_and_partial_http2_prefaces_are_closed_at_the_header_timeout() {
+    let _timed = crate::TIMED.read().await;
     let site = Site::start("listeners-silent", &LONG_IDLE).await;
     let listeners = [("traffic", site.http()), ("admin", site.sluice.admin)];
     let mut clients = Vec::new();
@@ -65,6 +66,7 @@ async fn silent_connections_and_partial_http2_prefaces_are_closed_at_the_header_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_trickled_a_byte_at_a_time_are_cut_at_the_header_timeout() {
+    let _timed = crate::TIMED.read().await;
     let site = Site::start("listeners-slowloris", &LONG_IDLE).await;
     let request = format!(
         "GET /readyz HTTP/1.1\r\nHost: admin\r\nX-Slow: {}",
@@ -93,6 +95,7 @@ async fn headers_trickled_a_byte_at_a_time_are_cut_at_the_header_timeout() {
 /// traffic is served throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_connections_beyond_the_cap_are_refused_and_probes_answer_after_the_flood() {
+    let _timed = crate::TIMED.read().await;
     let (sluice, _dir) =
         start_without_routes("listeners-admin-flood", &["--admin-max-connections", "8"]).await;
     let flood_began = Instant::now();
@@ -180,6 +183,7 @@ async fn frames_until_closed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_client_that_ignores_the_goaway_ping_is_dropped() {
+    let _timed = crate::TIMED.read().await;
     let site = Site::start("listeners-h2-goaway", &["--client-idle-timeout", "2s"]).await;
 
     // Traffic: the SETTINGS exchange and then silence. At the header timeout (1 s) the

@@ -37,6 +37,11 @@ use support::{INGRESS_CLASS, ManifestDir, Sluice, service_yaml};
 pub const USER: &str = "ada";
 pub const PASSWORD: &str = "s3cret";
 
+/// Cases that time Sluice's deadlines to a fraction of a second hold this for reading;
+/// the connection flood, which keeps both cores busy for seconds, holds it for writing, so
+/// it never runs beside them.
+pub static TIMED: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// `Authorization` with the site's good Basic credentials.
 pub fn credentials() -> String {
     basic(USER, PASSWORD)

@@ -18,6 +18,7 @@ const TRICKLED: &str = "GET /slow HTTP/1.1\r\nHost: public.test\r\nX-Slow: aaaaa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_headers_are_cut_off_at_the_header_read_timeout() {
+    let _timed = crate::TIMED.read().await;
     let site = Site::start("slow", &[]).await;
     site.backend.reset();
     let addr = site.http();
