@@ -249,7 +249,7 @@ impl ConnectionServer {
     {
         let mut io = ClientIo::new(io, Arc::clone(&activity));
         let parks = self.budget.is_some() && IO::PARKS;
-        if parks && !self.park(&io, &activity).await {
+        if parks && IO::PARKS_BEFORE_FIRST_REQUEST && !self.park(&io, &activity).await {
             return;
         }
         let first_bytes = async {

@@ -24,6 +24,10 @@ pub(crate) trait ClientStream:
 {
     /// Whether the stream can say when it is readable, and so park.
     const PARKS: bool;
+    /// Whether it may park before its first request. Not over TLS: the client's first
+    /// request often arrives with its last handshake message, and is then already
+    /// decrypted in rustls, where the socket's readiness cannot see it.
+    const PARKS_BEFORE_FIRST_REQUEST: bool;
 
     /// Ready once reading would not wait (bytes, end of stream or an error); for a stream
     /// that cannot park, at once.
@@ -32,6 +36,7 @@ pub(crate) trait ClientStream:
 
 impl ClientStream for TcpStream {
     const PARKS: bool = true;
+    const PARKS_BEFORE_FIRST_REQUEST: bool = true;
 
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         peek_ready(self, cx)
@@ -39,7 +44,10 @@ impl ClientStream for TcpStream {
 }
 
 impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+    // Between requests hyper has read until the stream would wait, so rustls holds no
+    // plaintext then.
     const PARKS: bool = true;
+    const PARKS_BEFORE_FIRST_REQUEST: bool = false;
 
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // hyper reads until the stream would wait, so no plaintext is left in rustls
@@ -60,6 +68,7 @@ fn peek_ready(stream: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> 
 /// In-memory connections for tests: never parked.
 impl ClientStream for tokio::io::DuplexStream {
     const PARKS: bool = false;
+    const PARKS_BEFORE_FIRST_REQUEST: bool = false;
 
     fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
