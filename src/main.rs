@@ -388,7 +388,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// `NAMESPACE/NAME`, both object names.
+/// Keeps the kernel from backing Sluice's heap with transparent huge pages. mimalloc asks
+/// for them on its arenas, and khugepaged then fills whole 2 MiB regions around the pages
+/// that parked connections freed: idle memory grows back, counted against the memory
+/// limit, where there is no traffic at all.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(error) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::warn!(%error, "cannot turn transparent huge pages off");
+    }
+}
+
 /// Returns the calling thread's free mimalloc pages to the system. mimalloc keeps the
 /// pages a thread freed until that thread allocates again; a traffic thread whose
 /// connections just parked may not for a long time.
@@ -501,6 +511,7 @@ fn init_logging(format: LogFormat) {
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
+    disable_transparent_huge_pages();
     // Traffic gets its own threads (see `TrafficWorkers`); this runtime carries the
     // controller, the admin listener and snapshot delivery, so a long compile never
     // delays a request.

@@ -59,7 +59,7 @@ pub async fn serve_admin(
         .purge_token
         .map(|token| Arc::new(<[u8; 32]>::from(Sha256::digest(token.as_bytes()))));
     let (drain, draining) = watch::channel(false);
-    let server = ConnectionServer::new(&options.listener, draining, None);
+    let server = Arc::new(ConnectionServer::new(&options.listener, draining, None));
     // Clamped: a semaphore panics beyond MAX_PERMITS.
     let slots = Arc::new(Semaphore::new(
         options.max_connections.clamp(1, Semaphore::MAX_PERMITS),
@@ -86,7 +86,7 @@ pub async fn serve_admin(
             continue;
         };
         let connection = serve_admin_client(
-            server.clone(),
+            Arc::clone(&server),
             stream,
             peer,
             Arc::clone(&data_plane),
@@ -102,7 +102,7 @@ pub async fn serve_admin(
 
 /// Serves one admin connection until it closes.
 async fn serve_admin_client(
-    server: ConnectionServer,
+    server: Arc<ConnectionServer>,
     stream: TcpStream,
     peer: SocketAddr,
     data_plane: Arc<DataPlane>,
@@ -123,7 +123,7 @@ async fn serve_admin_client(
     };
     let activity = Arc::new(crate::server::Activity::new());
     server
-        .serve(stream, peer, activity, None, |_| {}, handle)
+        .serve(stream, &peer, activity, None, |_| {}, || handle.clone())
         .await;
 }
 

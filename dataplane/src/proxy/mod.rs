@@ -103,18 +103,13 @@ pub struct ClientConnection {
 }
 
 impl ClientConnection {
-    pub fn new(peer: SocketAddr, local: SocketAddr, scheme: &'static str) -> Self {
+    pub fn new(peer: SocketAddr, local_port: u16, scheme: &'static str) -> Self {
         ClientConnection {
             peer,
             scheme,
-            headers: ConnectionHeaders::new(peer.ip(), local.port()),
+            headers: ConnectionHeaders::new(peer.ip(), local_port),
             tls: None,
         }
-    }
-
-    pub fn with_tls(mut self, info: TlsConnectionInfo) -> Self {
-        self.tls = Some(info);
-        self
     }
 }
 

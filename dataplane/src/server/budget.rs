@@ -9,12 +9,13 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use slab::Slab;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::metrics::{Metrics, ShedReason};
@@ -36,11 +37,11 @@ pub(crate) struct Activity {
     /// Whether the last request left hyper between messages with nothing more to read
     /// (see [`Activity::begin`]); cleared when the connection parks.
     parkable: AtomicBool,
-    /// Whether an HTTP/1.1 upgrade was answered 101: the stream goes to the tunnel.
-    upgraded: AtomicBool,
     /// Whether it has been asked to close (by the budget or the memory watch); set once.
     shed: AtomicBool,
-    close_soon: Notify,
+    /// The connection's task, while it waits for `shed`: one task per connection, so one
+    /// waker (lighter than a `Notify`, whose waiter would sit in every parked task).
+    closing_waker: AtomicWaker,
 }
 
 impl Activity {
@@ -53,9 +54,8 @@ impl Activity {
             write_waiting: AtomicBool::new(false),
             parked: AtomicBool::new(false),
             parkable: AtomicBool::new(false),
-            upgraded: AtomicBool::new(false),
             shed: AtomicBool::new(false),
-            close_soon: Notify::new(),
+            closing_waker: AtomicWaker::new(),
         }
     }
 
@@ -80,14 +80,6 @@ impl Activity {
     /// The connection parks: a later request must end before it may park again.
     pub(super) fn parking(&self) {
         self.parkable.store(false, Ordering::Relaxed);
-    }
-
-    pub(super) fn mark_upgraded(&self) {
-        self.upgraded.store(true, Ordering::Relaxed);
-    }
-
-    pub(super) fn upgraded(&self) -> bool {
-        self.upgraded.load(Ordering::Relaxed)
     }
 
     pub(super) fn in_flight(&self) -> bool {
@@ -136,13 +128,28 @@ impl Activity {
         if self.shed.swap(true, Ordering::AcqRel) {
             return false;
         }
-        self.close_soon.notify_one();
+        self.closing_waker.wake();
         true
     }
 
     /// Completes once [`Activity::close_soon`] has been called (also if that was before).
     pub(super) async fn closing(&self) {
-        self.close_soon.notified().await;
+        std::future::poll_fn(|cx| self.poll_closing(cx)).await;
+    }
+
+    /// Ready once [`Activity::close_soon`] has been called. Polled by the connection's own
+    /// task only.
+    pub(super) fn poll_closing(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.shed.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.closing_waker.register(cx.waker());
+        // Asked between the look and the registration: the wake found no waker.
+        if self.shed.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     pub(super) fn set_parked(&self, parked: bool) {

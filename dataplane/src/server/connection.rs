@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -153,7 +153,7 @@ trait Session {
 type BoxedResponse<B> =
     Pin<Box<dyn Future<Output = Result<Response<TrackedBody<B>>, Infallible>> + Send>>;
 
-impl<I, S, B> Session for Pin<Box<http1::Connection<I, S>>>
+impl<I, S, B> Session for http1::Connection<I, S>
 where
     S: hyper::service::HttpService<Incoming, ResBody = B> + Unpin,
     S::Future: Unpin,
@@ -163,11 +163,11 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     fn poll_session(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
-        self.as_mut().get_mut().poll_without_shutdown(cx)
+        self.poll_without_shutdown(cx)
     }
 
     fn close_gracefully(&mut self) {
-        self.as_mut().graceful_shutdown();
+        Pin::new(self).graceful_shutdown();
     }
 }
 
@@ -189,11 +189,25 @@ where
     }
 }
 
-/// What the service tells the driver about the connection's latest request.
+/// What the service tells the driver about one hyper connection's latest request.
 #[derive(Default)]
 struct Exchange {
-    /// The client side of an HTTP/1.1 upgrade, once the 101 is written.
+    /// Where the client side of an HTTP/1.1 upgrade goes once the 101 is written.
     upgrade: Mutex<Option<oneshot::Sender<UpgradedClient>>>,
+    /// Whether the upgrade was answered 101: the stream goes to the tunnel.
+    upgraded: AtomicBool,
+}
+
+impl Exchange {
+    /// Where the stream goes if the last request was upgraded.
+    fn take_upgrade(&self) -> Option<oneshot::Sender<UpgradedClient>> {
+        let sender = self
+            .upgrade
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        sender.filter(|_| self.upgraded.load(Ordering::Relaxed))
+    }
 }
 
 impl ConnectionServer {
@@ -226,141 +240,151 @@ impl ConnectionServer {
     }
 
     /// Serves HTTP/1.1 and HTTP/2 on one accepted (and, for HTTPS, decrypted) connection,
-    /// answering each request with `handle`, until the client closes it or a deadline
-    /// ends it: no first request in time or idle too long (closed gracefully: in-flight
-    /// requests finish, HTTP/2 gets a GOAWAY), asked to close by the connection budget,
-    /// or the listener drains (likewise). Once a graceful close has begun the connection
-    /// is dropped at a hard deadline, whether or not the client cooperates. `http2` is
-    /// what TLS negotiated, if it did; otherwise the first bytes decide.
-    pub(crate) async fn serve<IO, H, F, B>(
+    /// answering each request with a handler from `handler`, until the client closes it or
+    /// a deadline ends it: no first request in time or idle too long (closed gracefully:
+    /// in-flight requests finish, HTTP/2 gets a GOAWAY), asked to close by the connection
+    /// budget, or the listener drains (likewise). Once a graceful close has begun the
+    /// connection is dropped at a hard deadline, whether or not the client cooperates.
+    /// `http2` is what TLS negotiated, if it did; otherwise the first bytes decide.
+    ///
+    /// `handler` is called for each hyper connection on the client connection, so that a
+    /// parked connection holds no handler either: this future, while parked, is what an
+    /// idle client costs, and everything else it needs is boxed in the phase that needs it.
+    pub(crate) async fn serve<IO, M, H, F, B>(
         &self,
         io: IO,
-        peer: SocketAddr,
+        peer: &SocketAddr,
         activity: Arc<Activity>,
         http2: Option<bool>,
         protocol: impl FnOnce(bool) + Send,
-        handle: H,
+        mut handler: M,
     ) where
         IO: ClientStream,
+        M: FnMut() -> H + Send,
         H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
         F: Future<Output = Response<B>> + Send + 'static,
         B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let mut io = ClientIo::new(io, Arc::clone(&activity));
+        let mut io = ClientIo::new(io, activity);
         let parks = self.budget.is_some() && IO::PARKS;
-        if parks && IO::PARKS_BEFORE_FIRST_REQUEST && !self.park(&io, &activity).await {
+        if parks && IO::PARKS_BEFORE_FIRST_REQUEST && !self.park(&io).await {
             return;
         }
-        let first_bytes = async {
-            match http2 {
-                Some(known) => Ok(known),
-                None => sniff_http2(&mut io).await,
-            }
-        };
-        let is_http2 = match tokio::time::timeout_at(
-            activity.started + self.deadlines.first_request,
-            first_bytes,
-        )
-        .await
-        {
-            Ok(Ok(is_http2)) => is_http2,
-            Ok(Err(error)) => {
-                tracing::debug!(%error, client = %peer, "connection ended before its first request");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(client = %peer, "no request before the deadline; closed");
-                return;
-            }
+        let Some(is_http2) = Box::pin(self.first_bytes(&mut io, http2, *peer)).await else {
+            return;
         };
         protocol(is_http2);
-        let exchange = Arc::new(Exchange::default());
-        let service = self.service(&activity, &exchange, handle, is_http2);
-        // Each hyper connection is a boxed future of its own, dropped when the connection
-        // parks: the task then holds only this function's few locals.
         if is_http2 {
-            let session = async {
-                let mut session = Box::pin(self.http2.serve_connection(TokioIo::new(io), service));
-                if let SessionEnd::Done(Err(error)) =
-                    self.drive(&mut session, &activity, false).await
-                {
-                    tracing::debug!(%error, client = %peer, "connection ended with an error");
-                }
-            };
-            Box::pin(session).await;
+            Box::pin(self.serve_http2(io, handler(), *peer)).await;
             return;
         }
-        let mut service = service;
         loop {
-            let session =
-                Box::pin(self.serve_http1(io, service, &activity, &exchange, peer, parks));
-            let Some((parked_io, parked_service)) = session.await else {
+            let Some(parked) = Box::pin(self.serve_http1(io, handler(), *peer, parks)).await else {
                 return;
             };
-            io = parked_io;
-            service = parked_service;
-            if !io.has_read_ahead() && !self.park(&io, &activity).await {
+            io = parked;
+            if !io.has_read_ahead() && !self.park(&io).await {
                 let _ = tokio::time::timeout(self.deadlines.idle_close, io.shutdown()).await;
                 return;
             }
         }
     }
 
-    /// One hyper HTTP/1.1 connection on a client connection, until it ends (`None`) or
-    /// has been idle long enough to park: then the stream, with whatever hyper had read
-    /// ahead put back, and the service, for the next one.
-    async fn serve_http1<IO, S, B>(
+    /// Whether the connection speaks HTTP/2: what TLS negotiated, else its first bytes.
+    /// `None` when it ended or sent no request in time.
+    async fn first_bytes<IO: ClientStream>(
         &self,
-        io: ClientIo<IO>,
-        service: S,
-        activity: &Activity,
-        exchange: &Exchange,
+        io: &mut ClientIo<IO>,
+        http2: Option<bool>,
         peer: SocketAddr,
-        parks: bool,
-    ) -> Option<(ClientIo<IO>, S)>
+    ) -> Option<bool> {
+        let deadline = io.activity().started + self.deadlines.first_request;
+        let first_bytes = async {
+            match http2 {
+                Some(known) => Ok(known),
+                None => sniff_http2(io).await,
+            }
+        };
+        match tokio::time::timeout_at(deadline, first_bytes).await {
+            Ok(Ok(is_http2)) => Some(is_http2),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, client = %peer, "connection ended before its first request");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(client = %peer, "no request before the deadline; closed");
+                None
+            }
+        }
+    }
+
+    /// The HTTP/2 connection, until it ends. It never parks: its state (HPACK tables,
+    /// flow-control windows, settings) lives in hyper for the connection's life.
+    async fn serve_http2<IO, H, F, B>(&self, io: ClientIo<IO>, handle: H, peer: SocketAddr)
     where
         IO: ClientStream,
-        S: hyper::service::HttpService<Incoming, ResBody = B> + Unpin,
-        S::Future: Unpin,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        B: http_body::Body + 'static,
+        H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+        F: Future<Output = Response<B>> + Send + 'static,
+        B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let mut session = Box::pin(self.http1.serve_connection(TokioIo::new(io), service));
-        match self.drive(&mut session, activity, parks).await {
-            SessionEnd::Dropped => None,
+        let activity = Arc::clone(io.activity());
+        let exchange = Arc::new(Exchange::default());
+        let service = self.service(&activity, &exchange, handle, true);
+        let mut session = Box::pin(self.http2.serve_connection(TokioIo::new(io), service));
+        if let SessionEnd::Done(Err(error)) = self.drive(&mut session, &activity, false).await {
+            tracing::debug!(%error, client = %peer, "connection ended with an error");
+        }
+    }
+
+    /// One hyper HTTP/1.1 connection on a client connection, until it ends (`None`) or
+    /// has been idle long enough to park: then the stream, with whatever hyper had read
+    /// ahead put back.
+    async fn serve_http1<IO, H, F, B>(
+        &self,
+        io: ClientIo<IO>,
+        handle: H,
+        peer: SocketAddr,
+        parks: bool,
+    ) -> Option<ClientIo<IO>>
+    where
+        IO: ClientStream,
+        H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+        F: Future<Output = Response<B>> + Send + 'static,
+        B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let activity = Arc::clone(io.activity());
+        let exchange = Arc::new(Exchange::default());
+        let service = self.service(&activity, &exchange, handle, false);
+        // Not boxed apart: the caller boxes this whole future, one allocation per session.
+        let mut session = self.http1.serve_connection(TokioIo::new(io), service);
+        let end = self.drive(&mut session, &activity, parks).await;
+        let parked = matches!(end, SessionEnd::Park);
+        let upgraded = match end {
+            SessionEnd::Dropped => return None,
             SessionEnd::Done(Err(error)) => {
                 tracing::debug!(%error, client = %peer, "connection ended with an error");
+                return None;
+            }
+            SessionEnd::Done(Ok(())) => exchange.take_upgrade(),
+            SessionEnd::Park => None,
+        };
+        let parts = session.into_parts();
+        let mut io = parts.io.into_inner();
+        // Part of a pipelined request hyper had read: served at once, by a new hyper
+        // connection, without parking; after an upgrade, the tunnel's first bytes.
+        io.unread(parts.read_buf);
+        match (parked, upgraded) {
+            (true, _) => Some(io),
+            (false, Some(upgrade)) => {
+                let _ = upgrade.send(UpgradedClient(Box::new(io)));
                 None
             }
-            SessionEnd::Done(Ok(())) => {
-                let parts = Pin::into_inner(session).into_parts();
-                let mut io = parts.io.into_inner();
-                let upgrade = exchange
-                    .upgrade
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take();
-                match upgrade {
-                    Some(upgrade) if activity.upgraded() => {
-                        io.unread(parts.read_buf);
-                        let _ = upgrade.send(UpgradedClient(Box::new(io)));
-                    }
-                    _ => {
-                        let _ =
-                            tokio::time::timeout(self.deadlines.idle_close, io.shutdown()).await;
-                    }
-                }
+            (false, None) => {
+                let _ = tokio::time::timeout(self.deadlines.idle_close, io.shutdown()).await;
                 None
-            }
-            SessionEnd::Park => {
-                let parts = Pin::into_inner(session).into_parts();
-                let mut io = parts.io.into_inner();
-                // Part of a pipelined request hyper had read: served at once, by a new
-                // hyper connection, without parking.
-                io.unread(parts.read_buf);
-                Some((io, parts.service))
             }
         }
     }
@@ -368,21 +392,27 @@ impl ConnectionServer {
     /// Waits, holding only the socket, until the client sends something: true. False when
     /// the connection is to close instead (asked by the budget, its time is up, or the
     /// listener drains). Streams that cannot park return true at once.
-    async fn park<IO: ClientStream>(&self, io: &ClientIo<IO>, activity: &Activity) -> bool {
+    async fn park<IO: ClientStream>(&self, io: &ClientIo<IO>) -> bool {
         let Some(budget) = self.budget.as_ref().filter(|_| IO::PARKS) else {
             return true;
         };
+        let activity = io.activity();
         activity.set_parked(true);
         let _counted = budget.parked();
-        let woken = if budget.draining() {
-            false
-        } else {
-            tokio::select! {
+        // One poll function rather than a `select!` of two futures: this future is what
+        // every parked connection's task holds.
+        let woken = !budget.draining()
+            && std::future::poll_fn(|cx| {
                 // An error is hyper's to find and report.
-                _ = io.readable() => true,
-                () = activity.closing() => false,
-            }
-        };
+                if io.poll_readable(cx).is_ready() {
+                    Poll::Ready(true)
+                } else if activity.poll_closing(cx).is_ready() {
+                    Poll::Ready(false)
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
         activity.set_parked(false);
         woken
     }
@@ -436,11 +466,12 @@ impl ConnectionServer {
                 activity.close_soon();
             }
             let activity = Arc::clone(&activity);
+            let exchange = Arc::clone(&exchange);
             let response = handle(request);
             Box::pin(async move {
                 let mut response = response.await;
                 if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    activity.mark_upgraded();
+                    exchange.upgraded.store(true, Ordering::Relaxed);
                 }
                 // A tunnel keeps its connection busy after its response is done with
                 // (an HTTP/2 WebSocket's body ends with its headers): never idle-closed.
@@ -624,11 +655,11 @@ mod tests {
             server
                 .serve(
                     server_end,
-                    peer,
+                    &peer,
                     Arc::new(Activity::new()),
                     None,
                     |_| {},
-                    answer,
+                    || answer,
                 )
                 .await
         });

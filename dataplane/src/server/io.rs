@@ -106,17 +106,22 @@ impl<IO: ClientStream> ClientIo<IO> {
         }
     }
 
+    /// The activity of the connection this stream belongs to.
+    pub(crate) fn activity(&self) -> &Arc<Activity> {
+        &self.activity
+    }
+
     /// Whether bytes are waiting to be read that the socket no longer has.
     pub(crate) fn has_read_ahead(&self) -> bool {
         !self.read_ahead.is_empty()
     }
 
-    /// Completes once the client has sent something (or closed, or failed).
-    pub(crate) async fn readable(&self) -> io::Result<()> {
+    /// Ready once the client has sent something (or closed, or failed).
+    pub(crate) fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.has_read_ahead() {
-            return Ok(());
+            return Poll::Ready(Ok(()));
         }
-        std::future::poll_fn(|cx| self.inner.poll_read_ready(cx)).await
+        self.inner.poll_read_ready(cx)
     }
 
     fn note_write<T>(&self, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
@@ -137,6 +142,10 @@ impl<IO: ClientStream> AsyncRead for ClientIo<IO> {
             let take = self.read_ahead.len().min(buf.remaining());
             buf.put_slice(&self.read_ahead[..take]);
             self.read_ahead.advance(take);
+            if self.read_ahead.is_empty() {
+                // An empty `Bytes` still holds its buffer.
+                self.read_ahead = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)

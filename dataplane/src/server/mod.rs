@@ -30,7 +30,7 @@ pub use connection::{ClientUpgrade, UpgradedClient, UpgradedIo};
 use crate::live::DataPlane;
 use crate::metrics::ConnectionLabels;
 use crate::proxy::{ClientConnection, Proxy, ProxyConfig};
-use crate::tls::{HandshakeFailure, TlsAcceptor};
+use crate::tls::{HandshakeFailure, TlsAcceptor, TlsConnectionInfo};
 use budget::Counted;
 use io::ClientStream;
 
@@ -115,7 +115,11 @@ pub async fn serve_traffic(
     shutdown: impl Future<Output = ()>,
 ) {
     let (drain, draining) = watch::channel(false);
-    let server = ConnectionServer::new(&config, draining, Some(Arc::clone(&budget)));
+    let server = Arc::new(ConnectionServer::new(
+        &config,
+        draining,
+        Some(Arc::clone(&budget)),
+    ));
     // Every connection holds a sender; the drain is over when the last one is gone.
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
     // Clamped: a semaphore panics beyond MAX_PERMITS.
@@ -145,12 +149,16 @@ pub async fn serve_traffic(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let local_addr = stream.local_addr().ok().or(local).unwrap_or(peer);
+        let local_port = stream.local_addr().ok().or(local).unwrap_or(peer).port();
         let gauge = proxy.data_plane().metrics().active_connections.clone();
         let open = OpenConnection::new(admitted, gauge, alive.clone());
         let Some(tls) = tls.as_ref() else {
-            let connection = ClientConnection::new(peer, local_addr, "http");
-            let client = serve_client(server.clone(), stream, None, connection, &proxy, open);
+            let client = ClientEnd {
+                peer,
+                local_port,
+                tls: None,
+            };
+            let client = serve_client(Arc::clone(&server), stream, None, client, &proxy, open);
             tokio::spawn(client);
             continue;
         };
@@ -159,7 +167,7 @@ pub async fn serve_traffic(
             continue;
         };
         let tls = Arc::clone(tls);
-        let server = server.clone();
+        let server = Arc::clone(&server);
         let proxy = Arc::clone(&proxy);
         tokio::spawn(async move {
             let accepted = tls.accept(stream).await;
@@ -167,9 +175,12 @@ pub async fn serve_traffic(
             match accepted {
                 Ok((stream, info)) => {
                     let http2 = Some(stream.get_ref().1.alpn_protocol() == Some(b"h2"));
-                    let connection =
-                        ClientConnection::new(peer, local_addr, "https").with_tls(info);
-                    serve_client(server, stream, http2, connection, &proxy, open).await;
+                    let client = ClientEnd {
+                        peer,
+                        local_port,
+                        tls: Some(Box::new(info)),
+                    };
+                    serve_client(server, stream, http2, client, &proxy, open).await;
                 }
                 Err(failure) => {
                     tracing::debug!(client = %peer, reason = failure.label(), "TLS handshake failed");
@@ -188,45 +199,60 @@ pub async fn serve_traffic(
     }
 }
 
+/// Who is on the other end of a traffic connection, as the connection keeps it while
+/// parked: the [`ClientConnection`] the proxy sees is made from it each time the
+/// connection wakes.
+struct ClientEnd {
+    peer: SocketAddr,
+    local_port: u16,
+    /// Set on HTTPS connections; boxed, as most connections are not parked HTTPS ones.
+    tls: Option<Box<TlsConnectionInfo>>,
+}
+
+impl ClientEnd {
+    fn connection(&self) -> ClientConnection {
+        let (scheme, tls) = match &self.tls {
+            Some(tls) => ("https", Some(TlsConnectionInfo::clone(tls))),
+            None => ("http", None),
+        };
+        let mut connection = ClientConnection::new(self.peer, self.local_port, scheme);
+        connection.tls = tls;
+        connection
+    }
+}
+
 /// Serves one traffic connection (decrypted, for HTTPS) through `proxy` until it closes.
 /// `http2`: what TLS negotiated.
 fn serve_client<IO: ClientStream>(
-    server: ConnectionServer,
+    server: Arc<ConnectionServer>,
     io: IO,
     http2: Option<bool>,
-    connection: ClientConnection,
+    client: ClientEnd,
     proxy: &Arc<Proxy>,
     open: OpenConnection,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let peer = connection.peer;
-    let listener = connection.scheme;
-    let connection = Arc::new(connection);
+    let listener = if client.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let proxy = Arc::clone(proxy);
     async move {
         let activity = Arc::clone(&open.admitted.activity);
-        let metrics = proxy.data_plane().metrics();
-        let mut counted = Some(Counted::new(
-            metrics
-                .open_connections
-                .get_or_create(&ConnectionLabels {
-                    listener,
-                    protocol: "unknown",
-                })
-                .clone(),
-        ));
-        let protocol = |http2: bool| {
-            counted = Some(Counted::new(
+        let metrics = Arc::clone(proxy.data_plane().metrics());
+        let counted = |protocol| {
+            Counted::new(
                 metrics
                     .open_connections
-                    .get_or_create(&ConnectionLabels {
-                        listener,
-                        protocol: if http2 { "http2" } else { "http1" },
-                    })
+                    .get_or_create(&ConnectionLabels { listener, protocol })
                     .clone(),
-            ));
+            )
         };
-        let handle = {
+        let mut open_as = counted("unknown");
+        let protocol = |http2: bool| open_as = counted(if http2 { "http2" } else { "http1" });
+        let handler = || {
             let proxy = Arc::clone(&proxy);
+            let connection = Arc::new(client.connection());
             move |request| {
                 let proxy = Arc::clone(&proxy);
                 let connection = Arc::clone(&connection);
@@ -234,9 +260,9 @@ fn serve_client<IO: ClientStream>(
             }
         };
         server
-            .serve(io, peer, activity, http2, protocol, handle)
+            .serve(io, &client.peer, activity, http2, protocol, handler)
             .await;
-        drop(counted);
+        drop(open_as);
         drop(open);
     }
 }
