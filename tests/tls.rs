@@ -220,6 +220,109 @@ async fn without_a_default_a_generated_certificate_answers() {
     assert!(plain.headers.get("strict-transport-security").is_none());
 }
 
+/// Completes a TLS 1.3 handshake by hand and sends the request in the same segment as the
+/// client's Finished, as resuming clients (and many others) do: rustls on the server then
+/// holds the request's plaintext before the first read, where the socket shows nothing.
+/// The answer's head, or what went wrong.
+fn request_with_the_finished(
+    addr: std::net::SocketAddr,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let name = rustls::pki_types::ServerName::try_from("f.example").map_err(|e| e.to_string())?;
+    let mut tls = rustls::ClientConnection::new(std::sync::Arc::clone(config), name)
+        .map_err(|e| e.to_string())?;
+    let mut tcp = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    // Far below the header-read timeout (30 s): a request left unread waits that long.
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    while tls.is_handshaking() {
+        while tls.wants_write() && tls.is_handshaking() {
+            tls.write_tls(&mut tcp).map_err(|e| e.to_string())?;
+        }
+        if tls.is_handshaking() {
+            tls.read_tls(&mut tcp).map_err(|e| e.to_string())?;
+            tls.process_new_packets().map_err(|e| e.to_string())?;
+        }
+    }
+    // The Finished is still queued: the request joins it, and both leave in one write.
+    tls.writer()
+        .write_all(b"GET / HTTP/1.1\r\nHost: f.example\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut flight = Vec::new();
+    while tls.wants_write() {
+        tls.write_tls(&mut flight).map_err(|e| e.to_string())?;
+    }
+    tcp.write_all(&flight).map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let read = tls
+            .read_tls(&mut tcp)
+            .map_err(|e| format!("no answer: {e}"))?;
+        if read == 0 {
+            return Err("closed before an answer".to_owned());
+        }
+        tls.process_new_packets().map_err(|e| e.to_string())?;
+        let mut plain = [0u8; 4096];
+        match tls.reader().read(&mut plain) {
+            Ok(read) => answer.extend_from_slice(&plain[..read]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_with_the_last_handshake_message_is_answered_at_once() {
+    let echo = Echo::start(&["127.0.0.1"]);
+    let ca = TestCa::new("Sluice coalesced request CA");
+    let issued = ca.server(&["f.example"]);
+    let dir = ManifestDir::new("tls-coalesced");
+    dir.write("backend.yaml", &backend(&echo));
+    dir.write(
+        "secret.yaml",
+        &tls_secret_yaml("default", "f-tls", &issued.cert_pem, &issued.key_pem),
+    );
+    dir.write(
+        "ingress.yaml",
+        &tls_ingress(
+            "f",
+            "2024-01-01T00:00:00Z",
+            &["f.example"],
+            &[("f-tls", &[])],
+            &[],
+        ),
+    );
+    let sluice = start_https(&dir, &[]).await;
+    let addr = https_addr(&sluice);
+    let config = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(ca.roots())
+        .with_no_client_auth(),
+    );
+    // The first connection makes a full handshake, the second resumes its session.
+    let answers = tokio::task::spawn_blocking(move || {
+        (0..2)
+            .map(|_| request_with_the_finished(addr, &config))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for (index, answer) in answers.into_iter().enumerate() {
+        let answer = answer.unwrap_or_else(|error| panic!("connection {index}: {error}"));
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "connection {index}: {answer}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_secret_is_served_without_a_restart_and_a_bad_one_keeps_the_last_good() {
     let echo = Echo::start(&["127.0.0.1"]);

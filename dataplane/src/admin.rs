@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cache::store::PurgeTarget;
 use crate::live::{DataPlane, PurgeReport};
-use crate::server::{ConnectionServer, ListenerConfig};
+use crate::server::{Activity, ClientIo, ConnectionServer, ListenerConfig};
 
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
@@ -121,9 +121,9 @@ async fn serve_admin_client(
             }
         }
     };
-    let activity = Arc::new(crate::server::Activity::new());
+    let io = ClientIo::new(stream, Arc::new(Activity::new()));
     server
-        .serve(stream, &peer, activity, None, |_| {}, || handle.clone())
+        .serve(io, peer, None, |_| {}, |_| handle.clone(), ())
         .await;
 }
 

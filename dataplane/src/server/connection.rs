@@ -247,48 +247,67 @@ impl ConnectionServer {
     /// connection is dropped at a hard deadline, whether or not the client cooperates.
     /// `http2` is what TLS negotiated, if it did; otherwise the first bytes decide.
     ///
-    /// `handler` is called for each hyper connection on the client connection, so that a
-    /// parked connection holds no handler either: this future, while parked, is what an
-    /// idle client costs, and everything else it needs is boxed in the phase that needs it.
-    pub(crate) async fn serve<IO, M, H, F, B>(
-        &self,
-        io: IO,
-        peer: &SocketAddr,
-        activity: Arc<Activity>,
+    /// `handler` is called (with the peer's address) for each hyper connection on the
+    /// client connection, so that a
+    /// parked connection holds no handler either; `protocol` is told what the connection
+    /// speaks; `guard` is dropped when the connection ends. This future is the task's
+    /// whole state, and while parked it is what an idle client costs: it takes everything
+    /// by value (a caller's future around it would hold each argument a second time), and
+    /// everything else is boxed in the phase that needs it.
+    // An async block, not an async fn: an async fn's future keeps each argument twice.
+    #[allow(clippy::manual_async_fn)]
+    pub(crate) fn serve<IO, P, M, H, F, B, G>(
+        self: Arc<Self>,
+        mut io: ClientIo<IO>,
+        peer: SocketAddr,
         http2: Option<bool>,
-        protocol: impl FnOnce(bool) + Send,
+        mut protocol: P,
         mut handler: M,
-    ) where
+        guard: G,
+    ) -> impl Future<Output = ()> + Send + use<IO, P, M, H, F, B, G>
+    where
         IO: ClientStream,
-        M: FnMut() -> H + Send,
+        P: FnMut(bool) + Send,
+        M: FnMut(SocketAddr) -> H + Send,
         H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
         F: Future<Output = Response<B>> + Send + 'static,
         B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        G: Send,
     {
-        let mut io = ClientIo::new(io, activity);
-        let parks = self.budget.is_some() && IO::PARKS;
-        if parks && IO::PARKS_BEFORE_FIRST_REQUEST && !self.park(&io).await {
-            return;
-        }
-        let Some(is_http2) = Box::pin(self.first_bytes(&mut io, http2, *peer)).await else {
-            return;
-        };
-        protocol(is_http2);
-        if is_http2 {
-            Box::pin(self.serve_http2(io, handler(), *peer)).await;
-            return;
-        }
-        loop {
-            let Some(parked) = Box::pin(self.serve_http1(io, handler(), *peer, parks)).await else {
-                return;
-            };
-            io = parked;
-            if !io.has_read_ahead() && !self.park(&io).await {
-                let _ = tokio::time::timeout(self.deadlines.idle_close, io.shutdown()).await;
+        async move {
+            // Captured, so that it counts the connection until this future ends.
+            let _guard = &guard;
+            let parks = self.budget.is_some() && IO::PARKS;
+            if parks && IO::PARKS_BEFORE_FIRST_REQUEST && !self.park(&io).await {
                 return;
             }
+            let Some(is_http2) = Box::pin(self.first_bytes(&mut io, http2, peer)).await else {
+                return;
+            };
+            protocol(is_http2);
+            if is_http2 {
+                Box::pin(self.serve_http2(io, handler(peer), peer)).await;
+                return;
+            }
+            loop {
+                let Some(parked) = Box::pin(self.serve_http1(io, handler(peer), peer, parks)).await
+                else {
+                    return;
+                };
+                io = parked;
+                if !io.has_read_ahead() && !self.park(&io).await {
+                    Box::pin(self.close(io)).await;
+                    return;
+                }
+            }
         }
+    }
+
+    /// Closes the stream (for HTTPS, with a close_notify), waiting no longer than a client
+    /// gets to let go of an idle connection.
+    async fn close<IO: ClientStream>(&self, mut io: ClientIo<IO>) {
+        let _ = tokio::time::timeout(self.deadlines.idle_close, io.shutdown()).await;
     }
 
     /// Whether the connection speaks HTTP/2: what TLS negotiated, else its first bytes.
@@ -383,7 +402,7 @@ impl ConnectionServer {
                 None
             }
             (false, None) => {
-                let _ = tokio::time::timeout(self.deadlines.idle_close, io.shutdown()).await;
+                self.close(io).await;
                 None
             }
         }
@@ -649,20 +668,10 @@ mod tests {
     /// server lets the connection go.
     fn connect(server: &ConnectionServer) -> (DuplexStream, tokio::task::JoinHandle<()>) {
         let (client, server_end) = tokio::io::duplex(64 * 1024);
-        let server = server.clone();
+        let server = Arc::new(server.clone());
         let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
-        let serving = tokio::spawn(async move {
-            server
-                .serve(
-                    server_end,
-                    &peer,
-                    Arc::new(Activity::new()),
-                    None,
-                    |_| {},
-                    || answer,
-                )
-                .await
-        });
+        let io = ClientIo::new(server_end, Arc::new(Activity::new()));
+        let serving = tokio::spawn(server.serve(io, peer, None, |_| {}, |_| answer, ()));
         (client, serving)
     }
 

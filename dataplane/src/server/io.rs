@@ -77,7 +77,8 @@ impl ClientStream for tokio::io::DuplexStream {
 
 /// The stream hyper reads from and writes to.
 pub(crate) struct ClientIo<IO> {
-    read_ahead: Bytes,
+    /// Boxed: rarely there, and this struct is in every parked connection.
+    read_ahead: Option<Box<Bytes>>,
     inner: IO,
     activity: Arc<Activity>,
 }
@@ -85,7 +86,7 @@ pub(crate) struct ClientIo<IO> {
 impl<IO: ClientStream> ClientIo<IO> {
     pub(crate) fn new(inner: IO, activity: Arc<Activity>) -> Self {
         ClientIo {
-            read_ahead: Bytes::new(),
+            read_ahead: None,
             inner,
             activity,
         }
@@ -96,14 +97,15 @@ impl<IO: ClientStream> ClientIo<IO> {
         if bytes.is_empty() {
             return;
         }
-        if self.read_ahead.is_empty() {
-            self.read_ahead = bytes;
-        } else {
-            let mut joined = BytesMut::with_capacity(bytes.len() + self.read_ahead.len());
-            joined.extend_from_slice(&bytes);
-            joined.extend_from_slice(&self.read_ahead);
-            self.read_ahead = joined.freeze();
-        }
+        self.read_ahead = Some(Box::new(match self.read_ahead.take() {
+            None => bytes,
+            Some(ahead) => {
+                let mut joined = BytesMut::with_capacity(bytes.len() + ahead.len());
+                joined.extend_from_slice(&bytes);
+                joined.extend_from_slice(&ahead);
+                joined.freeze()
+            }
+        }));
     }
 
     /// The activity of the connection this stream belongs to.
@@ -113,7 +115,7 @@ impl<IO: ClientStream> ClientIo<IO> {
 
     /// Whether bytes are waiting to be read that the socket no longer has.
     pub(crate) fn has_read_ahead(&self) -> bool {
-        !self.read_ahead.is_empty()
+        self.read_ahead.is_some()
     }
 
     /// Ready once the client has sent something (or closed, or failed).
@@ -138,13 +140,13 @@ impl<IO: ClientStream> AsyncRead for ClientIo<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.read_ahead.is_empty() {
-            let take = self.read_ahead.len().min(buf.remaining());
-            buf.put_slice(&self.read_ahead[..take]);
-            self.read_ahead.advance(take);
-            if self.read_ahead.is_empty() {
+        if let Some(ahead) = self.read_ahead.as_mut() {
+            let take = ahead.len().min(buf.remaining());
+            buf.put_slice(&ahead[..take]);
+            ahead.advance(take);
+            if ahead.is_empty() {
                 // An empty `Bytes` still holds its buffer.
-                self.read_ahead = Bytes::new();
+                self.read_ahead = None;
             }
             return Poll::Ready(Ok(()));
         }

@@ -32,6 +32,7 @@ use crate::metrics::ConnectionLabels;
 use crate::proxy::{ClientConnection, Proxy, ProxyConfig};
 use crate::tls::{HandshakeFailure, TlsAcceptor, TlsConnectionInfo};
 use budget::Counted;
+pub(crate) use io::ClientIo;
 use io::ClientStream;
 
 /// How often each traffic thread hands freed memory back to the system.
@@ -154,11 +155,18 @@ pub async fn serve_traffic(
         let open = OpenConnection::new(admitted, gauge, alive.clone());
         let Some(tls) = tls.as_ref() else {
             let client = ClientEnd {
-                peer,
                 local_port,
                 tls: None,
             };
-            let client = serve_client(Arc::clone(&server), stream, None, client, &proxy, open);
+            let client = serve_client(
+                Arc::clone(&server),
+                stream,
+                None,
+                peer,
+                client,
+                &proxy,
+                open,
+            );
             tokio::spawn(client);
             continue;
         };
@@ -176,11 +184,10 @@ pub async fn serve_traffic(
                 Ok((stream, info)) => {
                     let http2 = Some(stream.get_ref().1.alpn_protocol() == Some(b"h2"));
                     let client = ClientEnd {
-                        peer,
                         local_port,
                         tls: Some(Box::new(info)),
                     };
-                    serve_client(server, stream, http2, client, &proxy, open).await;
+                    serve_client(server, stream, http2, peer, client, &proxy, open).await;
                 }
                 Err(failure) => {
                     tracing::debug!(client = %peer, reason = failure.label(), "TLS handshake failed");
@@ -203,30 +210,31 @@ pub async fn serve_traffic(
 /// parked: the [`ClientConnection`] the proxy sees is made from it each time the
 /// connection wakes.
 struct ClientEnd {
-    peer: SocketAddr,
     local_port: u16,
     /// Set on HTTPS connections; boxed, as most connections are not parked HTTPS ones.
     tls: Option<Box<TlsConnectionInfo>>,
 }
 
 impl ClientEnd {
-    fn connection(&self) -> ClientConnection {
+    fn connection(&self, peer: SocketAddr) -> ClientConnection {
         let (scheme, tls) = match &self.tls {
             Some(tls) => ("https", Some(TlsConnectionInfo::clone(tls))),
             None => ("http", None),
         };
-        let mut connection = ClientConnection::new(self.peer, self.local_port, scheme);
+        let mut connection = ClientConnection::new(peer, self.local_port, scheme);
         connection.tls = tls;
         connection
     }
 }
 
 /// Serves one traffic connection (decrypted, for HTTPS) through `proxy` until it closes.
-/// `http2`: what TLS negotiated.
+/// `http2`: what TLS negotiated. Not an async block around [`ConnectionServer::serve`]:
+/// that future would hold each argument again, in every parked connection's task.
 fn serve_client<IO: ClientStream>(
     server: Arc<ConnectionServer>,
     io: IO,
     http2: Option<bool>,
+    peer: SocketAddr,
     client: ClientEnd,
     proxy: &Arc<Proxy>,
     open: OpenConnection,
@@ -236,35 +244,33 @@ fn serve_client<IO: ClientStream>(
     } else {
         "http"
     };
+    let metrics = Arc::clone(proxy.data_plane().metrics());
+    let counted = move |protocol| {
+        Counted::new(
+            metrics
+                .open_connections
+                .get_or_create(&ConnectionLabels { listener, protocol })
+                .clone(),
+        )
+    };
+    // Counted as "unknown" until the first bytes tell, then as what they said.
+    let mut open_as = Some(counted("unknown"));
+    let protocol = move |http2: bool| {
+        let protocol = if http2 { "http2" } else { "http1" };
+        open_as.replace(counted(protocol));
+    };
+    let io = ClientIo::new(io, Arc::clone(&open.admitted.activity));
     let proxy = Arc::clone(proxy);
-    async move {
-        let activity = Arc::clone(&open.admitted.activity);
-        let metrics = Arc::clone(proxy.data_plane().metrics());
-        let counted = |protocol| {
-            Counted::new(
-                metrics
-                    .open_connections
-                    .get_or_create(&ConnectionLabels { listener, protocol })
-                    .clone(),
-            )
-        };
-        let mut open_as = counted("unknown");
-        let protocol = |http2: bool| open_as = counted(if http2 { "http2" } else { "http1" });
-        let handler = || {
+    let handler = move |peer| {
+        let proxy = Arc::clone(&proxy);
+        let connection = Arc::new(client.connection(peer));
+        move |request| {
             let proxy = Arc::clone(&proxy);
-            let connection = Arc::new(client.connection());
-            move |request| {
-                let proxy = Arc::clone(&proxy);
-                let connection = Arc::clone(&connection);
-                async move { proxy.handle(request, &connection).await }
-            }
-        };
-        server
-            .serve(io, &client.peer, activity, http2, protocol, handler)
-            .await;
-        drop(open_as);
-        drop(open);
-    }
+            let connection = Arc::clone(&connection);
+            async move { proxy.handle(request, &connection).await }
+        }
+    };
+    server.serve(io, peer, http2, protocol, handler, open)
 }
 
 /// Opens `count` listening sockets on `addr` that share it through `SO_REUSEPORT`. With
