@@ -149,6 +149,32 @@ trait Session {
     fn close_gracefully(&mut self);
 }
 
+/// What answers the requests of one hyper connection: a function from a request to the
+/// future of its response.
+pub(crate) trait Handler: Send + Sync + 'static {
+    type Answer: Future<Output = Response<Self::Body>> + Send + 'static;
+    type Body: http_body::Body<Data = Bytes, Error = Self::BodyError> + Unpin + Send + 'static;
+    type BodyError: Into<Box<dyn std::error::Error + Send + Sync>>;
+
+    fn answer(&self, request: Request<Incoming>) -> Self::Answer;
+}
+
+impl<H, F, B> Handler for H
+where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Answer = F;
+    type Body = B;
+    type BodyError = B::Error;
+
+    fn answer(&self, request: Request<Incoming>) -> F {
+        self(request)
+    }
+}
+
 /// The service every session of one client connection shares.
 type BoxedResponse<B> =
     Pin<Box<dyn Future<Output = Result<Response<TrackedBody<B>>, Infallible>> + Send>>;
@@ -256,7 +282,7 @@ impl ConnectionServer {
     /// everything else is boxed in the phase that needs it.
     // An async block, not an async fn: an async fn's future keeps each argument twice.
     #[allow(clippy::manual_async_fn)]
-    pub(crate) fn serve<IO, P, M, H, F, B, G>(
+    pub(crate) fn serve<IO, P, M, H, G>(
         self: Arc<Self>,
         mut io: ClientIo<IO>,
         peer: SocketAddr,
@@ -264,15 +290,12 @@ impl ConnectionServer {
         mut protocol: P,
         mut handler: M,
         guard: G,
-    ) -> impl Future<Output = ()> + Send + use<IO, P, M, H, F, B, G>
+    ) -> impl Future<Output = ()> + Send + use<IO, P, M, H, G>
     where
         IO: ClientStream,
         P: FnMut(bool) + Send,
         M: FnMut(SocketAddr) -> H + Send,
-        H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
-        F: Future<Output = Response<B>> + Send + 'static,
-        B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        H: Handler,
         G: Send,
     {
         async move {
@@ -340,13 +363,10 @@ impl ConnectionServer {
 
     /// The HTTP/2 connection, until it ends. It never parks: its state (HPACK tables,
     /// flow-control windows, settings) lives in hyper for the connection's life.
-    async fn serve_http2<IO, H, F, B>(&self, io: ClientIo<IO>, handle: H, peer: SocketAddr)
+    async fn serve_http2<IO, H>(&self, io: ClientIo<IO>, handle: H, peer: SocketAddr)
     where
         IO: ClientStream,
-        H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
-        F: Future<Output = Response<B>> + Send + 'static,
-        B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        H: Handler,
     {
         let activity = Arc::clone(io.activity());
         let exchange = Arc::new(Exchange::default());
@@ -360,7 +380,7 @@ impl ConnectionServer {
     /// One hyper HTTP/1.1 connection on a client connection, until it ends (`None`) or
     /// has been idle long enough to park: then the stream, with whatever hyper had read
     /// ahead put back.
-    async fn serve_http1<IO, H, F, B>(
+    async fn serve_http1<IO, H>(
         &self,
         io: ClientIo<IO>,
         handle: H,
@@ -369,10 +389,7 @@ impl ConnectionServer {
     ) -> Option<ClientIo<IO>>
     where
         IO: ClientStream,
-        H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
-        F: Future<Output = Response<B>> + Send + 'static,
-        B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        H: Handler,
     {
         let activity = Arc::clone(io.activity());
         let exchange = Arc::new(Exchange::default());
@@ -439,7 +456,7 @@ impl ConnectionServer {
     /// The hyper service of one connection: counts requests in flight, keeps tunnels
     /// counted as busy, and under memory pressure asks the connection to close after
     /// its requests (no more keep-alive).
-    fn service<H, F, B>(
+    fn service<H>(
         &self,
         activity: &Arc<Activity>,
         exchange: &Arc<Exchange>,
@@ -447,16 +464,14 @@ impl ConnectionServer {
         is_http2: bool,
     ) -> impl hyper::service::Service<
         Request<Incoming>,
-        Response = Response<TrackedBody<B>>,
+        Response = Response<TrackedBody<H::Body>>,
         Error = Infallible,
-        Future = BoxedResponse<B>,
+        Future = BoxedResponse<H::Body>,
     > + Unpin
     + Send
     + 'static
     where
-        H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
-        F: Future<Output = Response<B>> + Send + 'static,
-        B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
+        H: Handler,
     {
         let activity = Arc::clone(activity);
         let exchange = Arc::clone(exchange);
@@ -486,7 +501,7 @@ impl ConnectionServer {
             }
             let activity = Arc::clone(&activity);
             let exchange = Arc::clone(&exchange);
-            let response = handle(request);
+            let response = handle.answer(request);
             Box::pin(async move {
                 let mut response = response.await;
                 if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -509,7 +524,7 @@ impl ConnectionServer {
                     body,
                     _guard: guard,
                 }))
-            }) as BoxedResponse<B>
+            }) as BoxedResponse<H::Body>
         })
     }
 
