@@ -143,6 +143,16 @@ enum SessionEnd {
     Dropped,
 }
 
+/// What becomes of an HTTP/1.1 client connection whose hyper connection let go of it.
+enum AfterSession {
+    /// Idle: it parks until the client sends again.
+    Park,
+    /// Upgraded: the stream goes to the tunnel.
+    Upgrade(oneshot::Sender<UpgradedClient>),
+    /// Keep-alive ended or the client closed: it is shut down.
+    Close,
+}
+
 /// A hyper connection the driver can poll and close gracefully.
 trait Session {
     fn poll_session(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>>;
@@ -274,12 +284,11 @@ impl ConnectionServer {
     /// `http2` is what TLS negotiated, if it did; otherwise the first bytes decide.
     ///
     /// `handler` is called (with the peer's address) for each hyper connection on the
-    /// client connection, so that a
-    /// parked connection holds no handler either; `protocol` is told what the connection
-    /// speaks; `guard` is dropped when the connection ends. This future is the task's
-    /// whole state, and while parked it is what an idle client costs: it takes everything
-    /// by value (a caller's future around it would hold each argument a second time), and
-    /// everything else is boxed in the phase that needs it.
+    /// client connection, so that a parked connection holds no handler either; `protocol`
+    /// is told what the connection speaks; `guard` is dropped when the connection ends.
+    /// This future is the task's whole state, and while parked it is what an idle client
+    /// costs: it owns its arguments (a caller's future around it would hold each one a
+    /// second time), and everything else is boxed in the phase that needs it.
     // An async block, not an async fn: an async fn's future keeps each argument twice.
     #[allow(clippy::manual_async_fn)]
     pub(crate) fn serve<IO, P, M, H, G>(
@@ -397,28 +406,29 @@ impl ConnectionServer {
         // Not boxed apart: the caller boxes this whole future, one allocation per session.
         let mut session = self.http1.serve_connection(TokioIo::new(io), service);
         let end = self.drive(&mut session, &activity, parks).await;
-        let parked = matches!(end, SessionEnd::Park);
-        let upgraded = match end {
+        let next = match end {
             SessionEnd::Dropped => return None,
             SessionEnd::Done(Err(error)) => {
                 tracing::debug!(%error, client = %peer, "connection ended with an error");
                 return None;
             }
-            SessionEnd::Done(Ok(())) => exchange.take_upgrade(),
-            SessionEnd::Park => None,
+            SessionEnd::Done(Ok(())) => exchange
+                .take_upgrade()
+                .map_or(AfterSession::Close, AfterSession::Upgrade),
+            SessionEnd::Park => AfterSession::Park,
         };
         let parts = session.into_parts();
         let mut io = parts.io.into_inner();
         // Part of a pipelined request hyper had read: served at once, by a new hyper
         // connection, without parking; after an upgrade, the tunnel's first bytes.
         io.unread(parts.read_buf);
-        match (parked, upgraded) {
-            (true, _) => Some(io),
-            (false, Some(upgrade)) => {
+        match next {
+            AfterSession::Park => Some(io),
+            AfterSession::Upgrade(upgrade) => {
                 let _ = upgrade.send(UpgradedClient(Box::new(io)));
                 None
             }
-            (false, None) => {
+            AfterSession::Close => {
                 self.close(io).await;
                 None
             }
