@@ -123,7 +123,7 @@ async fn serve_admin_client(
     };
     let io = ClientIo::new(stream, Arc::new(Activity::new()));
     server
-        .serve(io, peer, None, |_| {}, |_| handle.clone(), ())
+        .serve(io, peer, None, |_| {}, move |_| handle.clone(), ())
         .await;
 }
 

@@ -132,6 +132,11 @@ impl Activity {
         true
     }
 
+    /// Whether [`Activity::close_soon`] has been called.
+    pub(super) fn is_closing(&self) -> bool {
+        self.shed.load(Ordering::Acquire)
+    }
+
     /// Completes once [`Activity::close_soon`] has been called (also if that was before).
     pub(super) async fn closing(&self) {
         std::future::poll_fn(|cx| self.poll_closing(cx)).await;

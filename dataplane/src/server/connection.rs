@@ -5,8 +5,10 @@
 //! no hyper state, no buffers, no timers. Connections park before their first bytes, and
 //! an HTTP/1.1 keep-alive connection parks once it has been idle for a moment: hyper
 //! hands back the socket and whatever it had read ahead, and a new hyper connection takes
-//! over when the client sends again. Idle connections are what a client fleet (or an
-//! attacker) holds most of, so this is where memory per connection is decided.
+//! over when the client sends again. A plain-HTTP connection parks in its listener's
+//! [`ParkingLot`] and its task ends (a new one resumes it); an HTTPS one in its task.
+//! Idle connections are what a client fleet (or an attacker) holds most of, so this is
+//! where memory per connection is decided.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,7 +16,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,12 +33,15 @@ use tokio::time::Instant;
 use super::ListenerConfig;
 use super::budget::{ActiveRequest, Activity, ConnectionBudget, Pressure};
 use super::io::{ClientIo, ClientStream};
+use super::lot::ParkingLot;
 use crate::proxy::TunnelOpen;
 
 /// How long an HTTP/1.1 keep-alive connection stays idle before it parks. Long enough
-/// that a client sending request after request never parks between them (parking costs
-/// a new hyper connection when it sends again), short next to any keep-alive timeout.
-const PARK_AFTER: Duration = Duration::from_secs(1);
+/// that a client sending request after request does not park between them (parking costs
+/// a new hyper connection and task when it sends again, some microseconds), short enough
+/// that a burst of clients going idle at once does not hold their buffers for long: nginx
+/// lets go of them as soon as a keep-alive connection is idle.
+const PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// The HTTP/2 client connection preface.
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -82,6 +87,8 @@ pub(crate) struct ConnectionServer {
     /// The traffic listeners' budget: with it, idle connections park, and memory
     /// pressure turns keep-alive off.
     budget: Option<Arc<ConnectionBudget>>,
+    /// Where idle plain-HTTP connections wait, on the traffic listeners.
+    lot: Option<Arc<ParkingLot>>,
 }
 
 /// When a connection is closed, whatever its client does.
@@ -118,6 +125,47 @@ impl Deadlines {
     /// timeout runs from the end of one request, so it bounds keep-alive too.
     pub(super) fn keep_alive(&self) -> Duration {
         self.idle.min(self.idle_close)
+    }
+}
+
+/// Where [`ConnectionServer::serve_from`] begins: a new connection, one that parked before
+/// its first bytes, or one that parked between requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Opened,
+    Woken,
+    KeepAlive,
+}
+
+/// A connection on its way into the parking lot, its socket already off tokio.
+struct LotPlace<IO> {
+    lot: Arc<ParkingLot>,
+    socket: std::io::Result<std::net::TcpStream>,
+    activity: Arc<Activity>,
+    stream: std::marker::PhantomData<fn() -> IO>,
+}
+
+impl<IO: ClientStream> LotPlace<IO> {
+    /// Parks the connection; `resume` continues it (on the lot's runtime) once its client
+    /// sends again. A socket tokio could not let go of is closed.
+    fn park(self, resume: impl FnOnce(ClientIo<IO>) + Send + 'static) {
+        let socket = match self.socket {
+            Ok(socket) => socket,
+            Err(error) => {
+                tracing::debug!(%error, "cannot take an idle connection off tokio; closed");
+                return;
+            }
+        };
+        self.lot.park(
+            socket,
+            self.activity,
+            Box::new(move |socket, activity| match IO::from_socket(socket) {
+                Ok(stream) => resume(ClientIo::new(stream, activity)),
+                Err(error) => {
+                    tracing::debug!(%error, "cannot hand a woken connection back to tokio; closed");
+                }
+            }),
+        );
     }
 }
 
@@ -272,7 +320,14 @@ impl ConnectionServer {
             deadlines: Deadlines::new(config),
             draining,
             budget,
+            lot: None,
         }
+    }
+
+    /// Idle plain-HTTP connections wait in `lot` rather than in their own tasks.
+    pub(super) fn with_lot(mut self, lot: Arc<ParkingLot>) -> Self {
+        self.lot = Some(lot);
+        self
     }
 
     /// Serves HTTP/1.1 and HTTP/2 on one accepted (and, for HTTPS, decrypted) connection,
@@ -286,13 +341,35 @@ impl ConnectionServer {
     /// `handler` is called (with the peer's address) for each hyper connection on the
     /// client connection, so that a parked connection holds no handler either; `protocol`
     /// is told what the connection speaks; `guard` is dropped when the connection ends.
-    /// This future is the task's whole state, and while parked it is what an idle client
-    /// costs: it owns its arguments (a caller's future around it would hold each one a
-    /// second time), and everything else is boxed in the phase that needs it.
-    // An async block, not an async fn: an async fn's future keeps each argument twice.
-    #[allow(clippy::manual_async_fn)]
+    /// This future is the task's whole state while the connection is served: it owns its
+    /// arguments (a caller's future around it would hold each one a second time), and
+    /// everything else is boxed in the phase that needs it. An idle plain-HTTP connection
+    /// leaves its task for the listener's [`ParkingLot`] and gets a new one when its
+    /// client sends again; others park in their task.
     pub(crate) fn serve<IO, P, M, H, G>(
         self: Arc<Self>,
+        io: ClientIo<IO>,
+        peer: SocketAddr,
+        http2: Option<bool>,
+        protocol: P,
+        handler: M,
+        guard: G,
+    ) -> impl Future<Output = ()> + Send + use<IO, P, M, H, G>
+    where
+        IO: ClientStream,
+        P: FnMut(bool) + Send + 'static,
+        M: FnMut(SocketAddr) -> H + Send + 'static,
+        H: Handler,
+        G: Send + 'static,
+    {
+        self.serve_from(Stage::Opened, io, peer, http2, protocol, handler, guard)
+    }
+
+    // An async block, not an async fn: an async fn's future keeps each argument twice.
+    #[allow(clippy::manual_async_fn, clippy::too_many_arguments)]
+    fn serve_from<IO, P, M, H, G>(
+        self: Arc<Self>,
+        stage: Stage,
         mut io: ClientIo<IO>,
         peer: SocketAddr,
         http2: Option<bool>,
@@ -302,25 +379,51 @@ impl ConnectionServer {
     ) -> impl Future<Output = ()> + Send + use<IO, P, M, H, G>
     where
         IO: ClientStream,
-        P: FnMut(bool) + Send,
-        M: FnMut(SocketAddr) -> H + Send,
+        P: FnMut(bool) + Send + 'static,
+        M: FnMut(SocketAddr) -> H + Send + 'static,
         H: Handler,
-        G: Send,
+        G: Send + 'static,
     {
         async move {
             // Captured, so that it counts the connection until this future ends.
             let _guard = &guard;
             let parks = self.budget.is_some() && IO::PARKS;
-            if parks && IO::PARKS_BEFORE_FIRST_REQUEST && !self.park(&io).await {
-                return;
+            if stage == Stage::Opened && parks && IO::PARKS_BEFORE_FIRST_REQUEST {
+                // A request sent with the connection is served at once, without a detour
+                // through the lot.
+                let sent = io.poll_readable(&mut Context::from_waker(Waker::noop()));
+                if sent.is_pending() {
+                    match self.lot_place(io) {
+                        Ok(place) => {
+                            place.park(move |io| {
+                                tokio::spawn(self.serve_from(
+                                    Stage::Woken,
+                                    io,
+                                    peer,
+                                    http2,
+                                    protocol,
+                                    handler,
+                                    guard,
+                                ));
+                            });
+                            return;
+                        }
+                        Err(back) => io = back,
+                    }
+                }
+                if !self.park(&io).await {
+                    return;
+                }
             }
-            let Some(is_http2) = Box::pin(self.first_bytes(&mut io, http2, peer)).await else {
-                return;
-            };
-            protocol(is_http2);
-            if is_http2 {
-                Box::pin(self.serve_http2(io, handler(peer), peer)).await;
-                return;
+            if stage != Stage::KeepAlive {
+                let Some(is_http2) = Box::pin(self.first_bytes(&mut io, http2, peer)).await else {
+                    return;
+                };
+                protocol(is_http2);
+                if is_http2 {
+                    Box::pin(self.serve_http2(io, handler(peer), peer)).await;
+                    return;
+                }
             }
             loop {
                 let Some(parked) = Box::pin(self.serve_http1(io, handler(peer), peer, parks)).await
@@ -328,12 +431,47 @@ impl ConnectionServer {
                     return;
                 };
                 io = parked;
-                if !io.has_read_ahead() && !self.park(&io).await {
+                if io.has_read_ahead() {
+                    continue;
+                }
+                match self.lot_place(io) {
+                    Ok(place) => {
+                        place.park(move |io| {
+                            tokio::spawn(self.serve_from(
+                                Stage::KeepAlive,
+                                io,
+                                peer,
+                                http2,
+                                protocol,
+                                handler,
+                                guard,
+                            ));
+                        });
+                        return;
+                    }
+                    Err(back) => io = back,
+                }
+                if !self.park(&io).await {
                     Box::pin(self.close(io)).await;
                     return;
                 }
             }
         }
+    }
+
+    /// A place in the listener's parking lot for the connection, if it has one and the
+    /// stream is a bare socket; else the stream back.
+    fn lot_place<IO: ClientStream>(&self, io: ClientIo<IO>) -> Result<LotPlace<IO>, ClientIo<IO>> {
+        let Some(lot) = self.lot.as_ref().filter(|lot| lot.is_open()) else {
+            return Err(io);
+        };
+        let (socket, activity) = io.into_socket()?;
+        Ok(LotPlace {
+            lot: Arc::clone(lot),
+            socket,
+            activity,
+            stream: std::marker::PhantomData,
+        })
     }
 
     /// Closes the stream (for HTTPS, with a close_notify), waiting no longer than a client

@@ -32,6 +32,24 @@ pub(crate) trait ClientStream:
     /// Ready once reading would not wait (bytes, end of stream or an error); for a stream
     /// that cannot park, at once.
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// The bare socket, taken off tokio, for the parking lot: `Err(self)` for a stream
+    /// with state beyond its socket (TLS). The inner error means the socket is gone.
+    fn into_socket(self) -> Result<io::Result<std::net::TcpStream>, Self>
+    where
+        Self: Sized,
+    {
+        Err(self)
+    }
+
+    /// The stream again, from the socket [`ClientStream::into_socket`] gave.
+    fn from_socket(socket: std::net::TcpStream) -> io::Result<Self>
+    where
+        Self: Sized,
+    {
+        drop(socket);
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 impl ClientStream for TcpStream {
@@ -40,6 +58,14 @@ impl ClientStream for TcpStream {
 
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         peek_ready(self, cx)
+    }
+
+    fn into_socket(self) -> Result<io::Result<std::net::TcpStream>, Self> {
+        Ok(self.into_std())
+    }
+
+    fn from_socket(socket: std::net::TcpStream) -> io::Result<Self> {
+        TcpStream::from_std(socket)
     }
 }
 
@@ -111,6 +137,29 @@ impl<IO: ClientStream> ClientIo<IO> {
     /// The activity of the connection this stream belongs to.
     pub(crate) fn activity(&self) -> &Arc<Activity> {
         &self.activity
+    }
+
+    /// The bare socket and the activity, for the parking lot; `Err(self)` when the stream
+    /// is more than a socket, or bytes were read ahead.
+    pub(crate) fn into_socket(
+        self,
+    ) -> Result<(io::Result<std::net::TcpStream>, Arc<Activity>), Self> {
+        if self.has_read_ahead() {
+            return Err(self);
+        }
+        let ClientIo {
+            read_ahead,
+            inner,
+            activity,
+        } = self;
+        match inner.into_socket() {
+            Ok(socket) => Ok((socket, activity)),
+            Err(inner) => Err(ClientIo {
+                read_ahead,
+                inner,
+                activity,
+            }),
+        }
     }
 
     /// Whether bytes are waiting to be read that the socket no longer has.

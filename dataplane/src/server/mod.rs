@@ -10,6 +10,11 @@
 mod budget;
 mod connection;
 mod io;
+#[cfg(target_os = "linux")]
+mod lot;
+#[cfg(not(target_os = "linux"))]
+#[path = "lot_elsewhere.rs"]
+mod lot;
 pub mod memory;
 
 use std::future::Future;
@@ -34,6 +39,7 @@ use crate::tls::{HandshakeFailure, TlsAcceptor, TlsConnectionInfo};
 use budget::Counted;
 pub(crate) use io::ClientIo;
 use io::ClientStream;
+use lot::ParkingLot;
 
 /// How often each traffic thread hands freed memory back to the system.
 const RELEASE_INTERVAL: Duration = Duration::from_secs(1);
@@ -116,11 +122,23 @@ pub async fn serve_traffic(
     shutdown: impl Future<Output = ()>,
 ) {
     let (drain, draining) = watch::channel(false);
-    let server = Arc::new(ConnectionServer::new(
-        &config,
-        draining,
-        Some(Arc::clone(&budget)),
-    ));
+    let mut server = ConnectionServer::new(&config, draining, Some(Arc::clone(&budget)));
+    // Plain HTTP only: a TLS connection's state is more than its socket.
+    let lot = match tls {
+        Some(_) => None,
+        None => match ParkingLot::new(Arc::clone(&budget)) {
+            Ok(lot) => Some(lot),
+            Err(error) => {
+                tracing::warn!(%error, "no parking lot; idle connections park in their tasks");
+                None
+            }
+        },
+    };
+    let lot_task = lot.as_ref().map(|lot| {
+        server = server.clone().with_lot(Arc::clone(lot));
+        tokio::spawn(Arc::clone(lot).run())
+    });
+    let server = Arc::new(server);
     // Every connection holds a sender; the drain is over when the last one is gone.
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
     // Clamped: a semaphore panics beyond MAX_PERMITS.
@@ -203,6 +221,12 @@ pub async fn serve_traffic(
     tokio::select! {
         _ = all_closed.recv() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(config.drain_timeout) => tracing::warn!("drain deadline passed; closing the rest"),
+    }
+    if let Some(lot) = lot {
+        if let Some(task) = lot_task {
+            task.abort();
+        }
+        lot.close();
     }
 }
 
