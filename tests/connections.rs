@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 /// The cap the cap tests run at, and how many connections they open to reach it.
 const CAP: usize = 1000;
 
-/// Longer than `PARK_AFTER` (1 s): an HTTP/1.1 keep-alive connection idle this long has
+/// Well past `PARK_AFTER` (100 ms): an HTTP/1.1 keep-alive connection idle this long has
 /// been handed back by hyper and waits holding only its socket.
 const PARKED: Duration = Duration::from_secs(2);
 
@@ -543,6 +543,54 @@ async fn a_parked_keep_alive_connection_serves_its_next_requests() {
         &["/third"],
         "third",
     );
+}
+
+/// Parked connections wait in the listener's parking lot, with no task of their own: a
+/// client that goes away must still be noticed there, and its connection let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_connections_whose_clients_leave_are_let_go() {
+    const CLIENTS: usize = 20;
+    let site = Site::start("park-leave", &[]).await;
+    let open = "sluice_open_connections{listener=\"http\",protocol=\"http1\"}";
+    let mut streams = Vec::new();
+    for at in 0..CLIENTS {
+        let mut stream = raw::connect(site.http()).await;
+        let path = format!("/leave{at}");
+        assert_served(
+            &request_on(&mut stream, &get(&path), 1).await,
+            &[&path],
+            "before parking",
+        );
+        streams.push(stream);
+    }
+    tokio::time::sleep(PARKED).await;
+    let parked = site.metric("sluice_parked_connections").await;
+    assert_eq!(parked, CLIENTS as f64, "parked before the clients leave");
+    assert_eq!(site.metric(open).await, CLIENTS as f64);
+    // Half of them close; the other half half-close (no more requests, still reading).
+    let mut half_closed = Vec::new();
+    for (at, mut stream) in streams.into_iter().enumerate() {
+        if at % 2 == 1 {
+            stream.shutdown().await.expect("half-close");
+            half_closed.push(stream);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (parked, still_open) = (
+            site.metric("sluice_parked_connections").await,
+            site.metric(open).await,
+        );
+        if parked == 0.0 && still_open == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "5 s after the clients left: {parked} parked, {still_open} open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(half_closed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -649,9 +649,11 @@ impl ConnectionServer {
             }
             let activity = Arc::clone(&activity);
             let exchange = Arc::clone(&exchange);
-            let response = handle.answer(request);
+            let handle = Arc::clone(&handle);
+            // The handler's future is made inside the box, on its first poll: made out
+            // here, all of it (some kilobytes) would be copied into the box per request.
             Box::pin(async move {
-                let mut response = response.await;
+                let mut response = handle.answer(request).await;
                 if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     exchange.upgraded.store(true, Ordering::Relaxed);
                 }
