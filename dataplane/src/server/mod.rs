@@ -134,9 +134,12 @@ pub async fn serve_traffic(
             }
         },
     };
-    let lot_task = lot.as_ref().map(|lot| {
-        server = server.clone().with_lot(Arc::clone(lot));
-        tokio::spawn(Arc::clone(lot).run())
+    let _lot = lot.map(|lot| {
+        server = server.clone().with_lot(Arc::clone(&lot));
+        LotOpen {
+            task: tokio::spawn(Arc::clone(&lot).run()),
+            lot,
+        }
     });
     let server = Arc::new(server);
     // Every connection holds a sender; the drain is over when the last one is gone.
@@ -222,11 +225,20 @@ pub async fn serve_traffic(
         _ = all_closed.recv() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(config.drain_timeout) => tracing::warn!("drain deadline passed; closing the rest"),
     }
-    if let Some(lot) = lot {
-        if let Some(task) = lot_task {
-            task.abort();
-        }
-        lot.close();
+}
+
+/// A listener's parking lot while the listener serves: when serving ends, however it
+/// ends, the lot's task stops and its connections close (their entries hold the
+/// listener's state, which holds the lot: closing also ends that cycle).
+struct LotOpen {
+    lot: Arc<ParkingLot>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LotOpen {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.lot.close();
     }
 }
 
