@@ -393,23 +393,13 @@ impl ConnectionServer {
                 // through the lot.
                 let sent = io.poll_readable(&mut Context::from_waker(Waker::noop()));
                 if sent.is_pending() {
-                    match self.lot_place(io) {
+                    io = match self.lot_place(io) {
                         Ok(place) => {
-                            place.park(move |io| {
-                                tokio::spawn(self.serve_from(
-                                    Stage::Woken,
-                                    io,
-                                    peer,
-                                    http2,
-                                    protocol,
-                                    handler,
-                                    guard,
-                                ));
-                            });
-                            return;
+                            let state = (peer, http2, protocol, handler, guard);
+                            return self.rest_in_lot(place, Stage::Woken, state);
                         }
-                        Err(back) => io = back,
-                    }
+                        Err(back) => back,
+                    };
                 }
                 if !self.park(&io).await {
                     return;
@@ -434,29 +424,39 @@ impl ConnectionServer {
                 if io.has_read_ahead() {
                     continue;
                 }
-                match self.lot_place(io) {
+                io = match self.lot_place(io) {
                     Ok(place) => {
-                        place.park(move |io| {
-                            tokio::spawn(self.serve_from(
-                                Stage::KeepAlive,
-                                io,
-                                peer,
-                                http2,
-                                protocol,
-                                handler,
-                                guard,
-                            ));
-                        });
-                        return;
+                        let state = (peer, http2, protocol, handler, guard);
+                        return self.rest_in_lot(place, Stage::KeepAlive, state);
                     }
-                    Err(back) => io = back,
-                }
+                    Err(back) => back,
+                };
                 if !self.park(&io).await {
                     Box::pin(self.close(io)).await;
                     return;
                 }
             }
         }
+    }
+
+    /// Leaves the connection in the lot, to go on at `stage` in a new task once its client
+    /// sends again; `state` is what [`ConnectionServer::serve_from`] takes besides.
+    fn rest_in_lot<IO, P, M, H, G>(
+        self: Arc<Self>,
+        place: LotPlace<IO>,
+        stage: Stage,
+        state: (SocketAddr, Option<bool>, P, M, G),
+    ) where
+        IO: ClientStream,
+        P: FnMut(bool) + Send + 'static,
+        M: FnMut(SocketAddr) -> H + Send + 'static,
+        H: Handler,
+        G: Send + 'static,
+    {
+        let (peer, http2, protocol, handler, guard) = state;
+        place.park(move |io| {
+            tokio::spawn(self.serve_from(stage, io, peer, http2, protocol, handler, guard));
+        });
     }
 
     /// A place in the listener's parking lot for the connection, if it has one and the
