@@ -195,15 +195,13 @@ impl ParkingLot {
     }
 
     fn resume(&self, key: u64) {
-        let entry = {
+        // The lock is let go before the connection resumes.
+        let taken = usize::try_from(key).ok().and_then(|key| {
             let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(entry) = usize::try_from(key)
-                .ok()
-                .and_then(|key| parked.try_remove(key))
-            else {
-                return;
-            };
-            entry
+            parked.try_remove(key)
+        });
+        let Some(entry) = taken else {
+            return;
         };
         self.unwatch(&entry);
         (entry.resume)(entry.socket, entry.activity);

@@ -122,7 +122,7 @@ pub async fn serve_traffic(
     shutdown: impl Future<Output = ()>,
 ) {
     let (drain, draining) = watch::channel(false);
-    let mut server = ConnectionServer::new(&config, draining, Some(Arc::clone(&budget)));
+    let server = ConnectionServer::new(&config, draining, Some(Arc::clone(&budget)));
     // Plain HTTP only: a TLS connection's state is more than its socket.
     let lot = match tls {
         Some(_) => None,
@@ -134,14 +134,14 @@ pub async fn serve_traffic(
             }
         },
     };
-    let _lot = lot.map(|lot| {
-        server = server.clone().with_lot(Arc::clone(&lot));
-        LotOpen {
-            task: tokio::spawn(Arc::clone(&lot).run()),
-            lot,
-        }
+    let server = Arc::new(match &lot {
+        Some(lot) => server.with_lot(Arc::clone(lot)),
+        None => server,
     });
-    let server = Arc::new(server);
+    let _lot = lot.map(|lot| LotOpen {
+        task: tokio::spawn(Arc::clone(&lot).run()),
+        lot,
+    });
     // Every connection holds a sender; the drain is over when the last one is gone.
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
     // Clamped: a semaphore panics beyond MAX_PERMITS.
